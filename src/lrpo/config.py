@@ -207,6 +207,93 @@ class PretrainConfig:
         self.optim.validate()
 
 
+@dataclass
+class RewardConfig:
+    """The composite reward: a preset from lrpo.rewards.composite.PRESETS, or explicit terms."""
+
+    preset: str = "offline"  # "paper" (needs downloaded weights), "offline", ... or "" for `terms` only
+    # name -> {"weight": w, other keyword arguments of the term's factory}; replaces the preset's terms
+    terms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "auto"  # where reward models run
+
+
+@dataclass
+class LRPOConfig:
+    """Online RL of a pretrained policy (``lrpo train``, SPEC sections 2-6).
+
+    Counts marked "global" are totals over all processes; "per process" ones are per rank.
+    """
+
+    out_dir: str = "runs/lrpo"
+    init_checkpoint: str = ""  # pretrained policy (``lrpo pretrain`` run or checkpoint folder)
+    init_ema: bool = True  # start from the checkpoint's EMA weights
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # network forward passes; log-probs are always fp32
+    epochs: int = 10
+    group_size: int = 9  # G: candidates per LQ input (SPEC section 3)
+    groups_per_epoch: int = 24  # global; 24 x 9 = 216 trajectories as in the reference
+    rollout_groups_per_batch: int = 2  # per process: groups sampled in one forward batch
+    sample_steps: int = 50  # DDIM steps of the rollouts
+    eta: float = 1.0  # rollout stochasticity (SPEC: 1.0 for training)
+    eval_eta: float = 0.8  # eta for evaluation/inference (SPEC section 8)
+    train_fraction: float = 0.99  # first floor(fraction * steps) steps are updated
+    # advantages (SPEC section 5)
+    global_std: bool = True  # std over the whole batch (all processes) rather than per group
+    adv_eps: float = 1e-4
+    adv_clip: float = 5.0
+    noise_level_weights: bool = True  # weight step j's advantage by sigma_j / mean(sigma)
+    # objective (SPEC section 6)
+    clip_range: float = 1e-4  # PPO epsilon
+    reg_weight: float = 1e-3  # lambda of the GT-guided likelihood term (0 = "perception" model)
+    reg_tau: float = 40.0
+    reg_last_k: int = 5  # regularise the last K trained steps
+    gt_path: Literal["marginal", "compounded"] = "marginal"  # compounded = the reference's
+    kl_beta: float = 0.0  # KL to the frozen initial policy (0 = off, as in the reference)
+    # update
+    update_mode: Literal["per_timestep", "accumulate"] = "per_timestep"  # reference: one step per (minibatch, t)
+    minibatch_size: int = 6  # per process, trajectories per update forward
+    timesteps_per_forward: int = 1  # accumulate mode: timesteps stacked into one forward
+    inner_epochs: int = 1
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # EMA of the policy during RL (0 = off)
+    # bookkeeping
+    ckpt_every: int = 1  # epochs
+    keep_last: int = 2
+    log_images_every: int = 0  # epochs between sample grids (0 = never)
+    data: DataConfig = field(default_factory=DataConfig)
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def validate(self) -> None:
+        for name in ("epochs", "group_size", "groups_per_epoch", "rollout_groups_per_batch", "sample_steps",
+                     "minibatch_size", "timesteps_per_forward", "inner_epochs", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
+        if self.eta <= 0:
+            raise ConfigError(f"eta must be > 0 for rollouts with log-probabilities, got {self.eta}")
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        for name in ("clip_range", "reg_tau", "adv_eps", "adv_clip"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("reg_weight", "kl_beta", "weight_decay", "grad_clip", "reg_last_k", "keep_last", "log_images_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.init_checkpoint:
+            raise ConfigError("init_checkpoint is empty: LRPO starts from a pretrained policy (lrpo pretrain ...)")
+        self.data.validate()
+        self.degradation.validate()
+
+
 # ----------------------------------------------------------------------------------------------
 # generic machinery
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +313,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type ``tp`` or raise a ConfigError naming ``key``."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if value is None:  # an empty YAML section ("policy:" alone) means that section's defaults
+            value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
         return from_dict(tp, value, prefix=key)
@@ -337,7 +426,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or an empty YAML section ("policy:" alone)
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: '{p}' is not a section")
         node[parts[-1]] = value
@@ -392,6 +483,8 @@ __all__ = [
     "DiffusionConfig",
     "OptimConfig",
     "PretrainConfig",
+    "RewardConfig",
+    "LRPOConfig",
     "from_dict",
     "to_dict",
     "apply_overrides",

@@ -1,0 +1,224 @@
+"""The ``lrpo`` command line: quickstart, degrade, pretrain, restore, weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+DESCRIPTION = """\
+lrpo: blind face restoration improved with online reinforcement learning (LRPO).
+
+Typical flow:
+  lrpo quickstart                               # a complete small run on embedded faces (CPU)
+  lrpo degrade HQ_DIR OUT_DIR --seed 0          # make a CelebA-Test-style paired set
+  lrpo pretrain --config configs/pixel-64.yaml data.hq=FACES   # supervised base policy
+  lrpo train --config configs/lrpo-cpu.yaml init_checkpoint=runs/pretrain data.hq=FACES  # LRPO
+  lrpo restore IN_DIR OUT_DIR --checkpoint runs/lrpo            # restore aligned faces
+  lrpo weights list                             # model files lrpo knows and where to get them
+"""
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="supervised diffusion training of the base policy",
+        description="Train the pixel policy on online-degraded HQ faces. Every config key can be overridden as "
+        "section.key=value, e.g. data.hq=../shared/data/faces-hq optim.lr=5e-4 steps=3000.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config (see configs/); defaults are used for missing keys")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="resume exactly from a checkpoint folder, or (no value) from out_dir's latest")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="LRPO: online RL of a pretrained policy with a composite face reward",
+        description="Roll out groups of candidates per degraded face, score them with the composite reward, and "
+        "update the policy with group-relative, noise-level-weighted PPO-clip plus the GT-guided likelihood "
+        "term (SPEC sections 2-6). Override any key as key=value, e.g. init_checkpoint=runs/pretrain "
+        "data.hq=FACES reward.preset=offline reg_weight=0. Multi-GPU: torchrun --nproc_per_node N -m lrpo.cli train ...",
+    )
+    p.add_argument("--config", help="YAML config (see configs/lrpo-*.yaml)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="resume exactly from an LRPO checkpoint, or (no value) from out_dir's latest")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate held-out faces every N epochs (0 = never)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def _add_restore(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "restore",
+        help="restore a folder of aligned face crops",
+        description="Restore every image of IN_DIR (aligned face crops, any size) into OUT_DIR/<name>.png at the "
+        "input's size. Unreadable files are reported and skipped. Image i (sorted order) uses seed SEED+i.",
+    )
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its latest checkpoint)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic (default), 0.8 as DiffBIR")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list, locate, verify or fetch known model files",
+                       description="Model files are looked up in $LRPO_WEIGHTS (folders) and the cache "
+                       "($LRPO_CACHE, default ~/.cache/lrpo). Nothing is downloaded except by 'fetch'.")
+    wsub = p.add_subparsers(dest="weights_cmd", required=True)
+    wsub.add_parser("list", help="every known file, its licence and whether it is found locally")
+    for name, text in (("path", "print the local path of a file"), ("verify", "check a file's sha256"),
+                       ("fetch", "download a file from its publisher into the cache")):
+        q = wsub.add_parser(name, help=text)
+        q.add_argument("name")
+        if name != "fetch":
+            q.add_argument("--path", help="explicit file or folder to check instead of the search folders")
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quickstart",
+        help="a complete small run on embedded faces (CPU, a few minutes)",
+        description="Pretrain a small pixel policy on embedded public-domain faces (or --data DIR), restore "
+        "held-out degraded faces, and write a comparison grid and metrics. Prints where the results are.",
+    )
+    p.add_argument("--data", help="folder of aligned HQ faces to use instead of the embedded ones")
+    p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
+    p.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrpo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _add_quickstart(sub)
+    from .degradation.paired import add_degrade_arguments
+
+    add_degrade_arguments(sub.add_parser(
+        "degrade",
+        help="make a CelebA-Test-style paired set (hq/, lq/, params.jsonl)",
+        description="Degrade every HQ face with the BFR pipeline (blur, downsample, noise, JPEG, resize back; "
+        "SPEC section 7). Byte-for-byte reproducible for the same seed.",
+    ))
+    _add_pretrain(sub)
+    _add_train(sub)
+    _add_restore(sub)
+    _add_weights(sub)
+    return parser
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain.trainer import Pretrainer, load_pretrain_config
+
+    cfg = load_pretrain_config(args.config, args.overrides)
+    if not cfg.data.hq:
+        raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
+    resume = args.resume
+    if resume == "auto":
+        resume = cfg.out_dir
+    result = Pretrainer(cfg, resume=resume, progress=not args.no_progress).run()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import LRPOConfig, load_config
+    from .rl.trainer import LRPOTrainer
+
+    cfg = load_config(LRPOConfig, args.config, args.overrides)
+    if not cfg.data.hq:
+        raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
+    resume = cfg.out_dir if args.resume == "auto" else args.resume
+    result = LRPOTrainer(cfg, resume=resume, progress=not args.no_progress).run(eval_every=args.eval_every)
+    print(json.dumps(result["last"], indent=1))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .inference.restorer import Restorer, restore_folder
+
+    if args.batch_size < 1 or args.steps < 1 or args.eta < 0:
+        raise ConfigError("--batch-size and --steps must be >= 1 and --eta >= 0")
+    restorer = Restorer.from_checkpoint(args.checkpoint, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
+    summary = restore_folder(restorer, args.in_dir, args.out_dir, args.batch_size, args.seed, progress=not args.no_progress)
+    print(f"restored {len(summary.written)} image(s) into {args.out_dir}")
+    if summary.failed:
+        print(f"{len(summary.failed)} file(s) could not be read:")
+        for e in summary.failed:
+            print(f"  {e}")
+        return 1 if not summary.written else 0
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from . import weights
+
+    if args.weights_cmd == "list":
+        print(f"search folders: {', '.join(str(d) for d in weights.search_dirs())}")
+        for w in sorted(weights.KNOWN_FILES.values(), key=lambda w: w.name):
+            try:
+                where = str(weights.resolve(w.name))
+            except weights.MissingWeightsError:
+                where = "missing"
+            pin = "sha256 pinned" if w.sha256 else "sha256 not pinned"
+            print(f"{w.name:22s} {w.filename:45s} {w.licence:14s} {pin:18s} {where}\n{'':22s} {w.description}\n{'':22s} {w.url}")
+        return 0
+    if args.weights_cmd == "path":
+        print(weights.resolve(args.name, args.path))
+        return 0
+    if args.weights_cmd == "verify":
+        path, status = weights.verify(args.name, args.path)
+        print(f"{path}: {'sha256 ok' if status == 'ok' else 'present (no sha256 pinned to check against)'}")
+        return 0
+    print(weights.fetch(args.name))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart
+
+    return run_quickstart(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {
+        "pretrain": cmd_pretrain,
+        "train": cmd_train,
+        "restore": cmd_restore,
+        "weights": cmd_weights,
+        "quickstart": cmd_quickstart,
+    }
+    try:
+        if args.cmd == "degrade":
+            from .degradation.paired import run_degrade
+
+            return run_degrade(args)
+        return handlers[args.cmd](args)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        # user-facing errors: one clear line, no traceback
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"lrpo {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lrpo {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

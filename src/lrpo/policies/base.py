@@ -1,0 +1,43 @@
+"""The Policy interface: what the samplers and trainers need from a conditional diffusion restorer.
+
+Notation (SPEC sections 1-2):
+    lq      degraded input image, [B, 3, H, W] in [0, 1]
+    cond    the policy's condition tensor, batch-first (pixel policy: LQ and stage-1 output stacked
+            on channels; latent policy: the VAE latent of the stage-1 output)
+    x_0     a clean sample in the policy's *diffusion space* (pixels, a residual, or a VAE latent)
+    x_t     x_0 noised to timestep t
+    output  the network's raw prediction, of type ``policy.prediction`` ("eps", "v" or "x0")
+
+A policy only predicts; the DDIM maths lives in :mod:`lrpo.diffusion`. Because ``cond`` is one
+batch-first tensor, trainers can index, repeat and concatenate it like any other batch.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Policy(Protocol):
+    prediction: str  # "eps" | "v" | "x0"
+
+    def condition(self, lq: Tensor) -> Tensor:
+        """LQ images [B,3,H,W] in [0,1] -> condition tensor [B, ...] (deterministic)."""
+
+    def encode(self, images: Tensor, cond: Tensor) -> Tensor:
+        """Clean images [B,3,H,W] in [0,1] -> diffusion-space x_0 (used for targets and the GT path)."""
+
+    def decode(self, x0: Tensor, cond: Tensor) -> Tensor:
+        """Diffusion-space x_0 -> images [B,3,H,W] in [0,1] (clamped)."""
+
+    def sample_shape(self, cond: Tensor) -> tuple[int, ...]:
+        """Shape of x_T for this condition batch, batch dimension included."""
+
+    def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Raw network output for noisy x_t [B, ...] at integer timesteps t [B]."""
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the RL update may change (the frozen backbone is excluded)."""

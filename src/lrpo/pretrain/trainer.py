@@ -1,0 +1,283 @@
+"""Supervised diffusion training of the base policy on online-degraded faces (``lrpo pretrain``).
+
+Each step: draw a batch of HQ faces (a generator-driven permutation, so the order is part of the
+saved state), degrade them online (SPEC section 7), encode HQ into the policy's diffusion space,
+noise it to random timesteps and regress the network's prediction target; the stage-1 restorer
+learns an L1 regression at the same time. Validation restores held-out faces degraded once with a
+fixed seed and reports PSNR/SSIM next to the bicubic and stage-1 baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import checkpoint as ckpt_io
+from ..config import DEGRADATION_PRESETS, PretrainConfig, load_config, resolve_device, save_config, to_dict
+from ..data.datasets import FaceImageSet
+from ..degradation import degrade
+from ..diffusion.ddim import DDIMSampler
+from ..diffusion.schedules import add_noise, make_alphas_cumprod, training_target
+from ..ema import EMA
+from ..eval.metrics import psnr, ssim
+from ..inference.sampling import autocast_context, restore_images
+from ..policies.pixel_unet import PixelPolicy, build_policy
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_ratio * lr``."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class ValidationSet:
+    names: list[str]
+    hq: torch.Tensor  # [N,3,R,R] in [0,1]
+    lq: torch.Tensor  # [N,3,R,R] in [0,1], degraded once with a fixed seed
+    bicubic: dict[str, float]  # metrics of the LQ itself (already at the output size)
+
+
+def make_validation_set(faces: FaceImageSet, preset: str, seed: int) -> ValidationSet:
+    hq = torch.stack([faces[i] for i in range(len(faces))])
+    gen = torch.Generator().manual_seed(seed)
+    lq, _ = degrade(hq, DEGRADATION_PRESETS[preset], gen)
+    return ValidationSet(
+        names=list(faces.names),
+        hq=hq,
+        lq=lq,
+        bicubic={"psnr": float(psnr(lq, hq).mean()), "ssim": float(ssim(lq, hq).mean())},
+    )
+
+
+class Pretrainer:
+    """Owns model, EMA, optimiser, data order and RNG; every piece of it is in the checkpoint."""
+
+    def __init__(self, cfg: PretrainConfig, resume: str | Path | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.out_dir = Path(cfg.out_dir)
+        faces = FaceImageSet(cfg.data.hq, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
+        self.skipped = list(faces.skipped)
+        self.train_set, val_faces = faces.split(cfg.data.val_count) if cfg.data.val_count else (faces, None)
+        self.train_hq = torch.stack([self.train_set[i] for i in range(len(self.train_set))])
+        self.val = make_validation_set(val_faces, cfg.val_degradation, cfg.seed + 1) if val_faces is not None else None
+
+        torch.manual_seed(cfg.seed)  # parameter initialisation only; training draws use self.gen
+        self.policy: PixelPolicy = build_policy(cfg.policy).to(self.device)
+        self.ema = EMA(self.policy, cfg.ema_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        self.alphas_cumprod = make_alphas_cumprod(cfg.diffusion).to(self.device, torch.float32)
+        self.val_sampler = DDIMSampler(make_alphas_cumprod(cfg.diffusion), cfg.val_steps, eta=0.0)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.epoch = 0
+        self.perm = torch.randperm(len(self.train_set), generator=self.gen)
+        self.pos = 0
+        self.elapsed = 0.0  # training seconds, summed over resumed segments
+        self.history: list[dict] = []
+        if resume:
+            self.load(resume)
+
+    # -- data ---------------------------------------------------------------------------------
+    def next_indices(self) -> torch.Tensor:
+        out = []
+        need = self.cfg.batch_size
+        while need:
+            if self.pos >= len(self.perm):
+                self.epoch += 1
+                self.perm = torch.randperm(len(self.train_set), generator=self.gen)
+                self.pos = 0
+            take = self.perm[self.pos : self.pos + need]
+            self.pos += len(take)
+            need -= len(take)
+            out.append(take)
+        return torch.cat(out)
+
+    # -- one optimiser step ---------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        hq = self.train_hq[self.next_indices()]
+        lq, _ = degrade(hq, cfg.degradation, self.gen)
+        t = torch.randint(0, cfg.diffusion.train_timesteps, (hq.shape[0],), generator=self.gen)
+        noise = torch.randn(hq.shape, generator=self.gen)
+        hq, lq, t, noise = (x.to(self.device) for x in (hq, lq, t, noise))
+
+        lr = lr_at(self.step, cfg.steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.policy.train()
+        with autocast_context(self.device, cfg.precision):
+            cond = self.policy.condition(lq)
+            x0 = self.policy.encode(hq, cond)
+            a_t = self.alphas_cumprod[t]
+            x_t = add_noise(x0, noise, a_t)
+            target = training_target(x0, noise, a_t, self.policy.prediction)
+            out = self.policy(x_t, t, cond)
+            diffusion_loss = F.mse_loss(out.float(), target.float())
+            stage1_loss = torch.zeros((), device=self.device)
+            if self.policy.stage1 is not None:
+                stage1_loss = F.l1_loss(self.policy.stage1_restore(lq).float(), hq * 2 - 1)
+            loss = diffusion_loss + cfg.stage1_loss_weight * stage1_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; last checkpoint is intact")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.optim.grad_clip)
+            if cfg.optim.grad_clip > 0
+            else torch.zeros(())
+        )
+        self.optimizer.step()
+        self.ema.update(self.policy)
+        self.step += 1
+        return {
+            "loss": loss.item(),
+            "diffusion_loss": diffusion_loss.item(),
+            "stage1_loss": stage1_loss.item(),
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+        }
+
+    # -- validation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        self.policy.eval()
+        with self.ema.applied_to(self.policy):
+            lq = self.val.lq.to(self.device)
+            out = restore_images(self.policy, self.val_sampler, lq, seeds=list(range(len(lq))), precision=self.cfg.precision)
+            stage1 = ((self.policy.stage1_restore(lq) + 1) / 2).clamp(0, 1)
+        hq = self.val.hq.to(self.device)
+        return {
+            "val_psnr": float(psnr(out, hq).mean()),
+            "val_ssim": float(ssim(out, hq).mean()),
+            "val_stage1_psnr": float(psnr(stage1, hq).mean()),
+            "val_stage1_ssim": float(ssim(stage1, hq).mean()),
+            "val_bicubic_psnr": self.val.bicubic["psnr"],
+            "val_bicubic_ssim": self.val.bicubic["ssim"],
+        }
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "perm": self.perm,
+            "elapsed": self.elapsed,
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "history": self.history,
+        }
+
+    def save(self, name: str | None = None) -> Path:
+        return ckpt_io.save_checkpoint(
+            self.out_dir,
+            self.step,
+            self.policy,
+            to_dict(self.cfg),
+            self.training_state(),
+            ema=self.ema.state_dict(),
+            kind="pretrain",
+            keep_last=self.cfg.keep_last,
+            name=name,
+        )
+
+    def load(self, path: str | Path) -> None:
+        ckpt = ckpt_io.find_checkpoint(path)
+        ckpt_io.load_weights(self.policy, ckpt)
+        from safetensors.torch import load_file
+
+        self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
+        state = ckpt_io.load_state(ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step, self.epoch, self.pos = state["step"], state["epoch"], state["pos"]
+        self.perm = state["perm"]
+        self.elapsed = state.get("elapsed", 0.0)
+        self.history = state.get("history", [])
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out_dir / "config.yaml")
+        budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else math.inf
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", disable=not self.progress, dynamic_ncols=True)
+        last_val: dict[str, float] = {}
+        last_val_step = -1
+        window: list[dict] = []
+        tick = time.perf_counter()
+        while self.step < cfg.steps and self.elapsed < budget_s:
+            stats = self.train_step()
+            now = time.perf_counter()
+            self.elapsed += now - tick
+            tick = now
+            window.append(stats)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", s1=f"{stats['stage1_loss']:.4f}", it_s=f"{self.step / max(self.elapsed, 1e-9):.2f}")
+            if self.step % cfg.log_every == 0:
+                rec = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                rec.update(step=self.step, epoch=self.epoch, elapsed_s=round(self.elapsed, 1))
+                self.log(rec)
+                window = []
+            if cfg.val_every and self.step % cfg.val_every == 0:
+                last_val, last_val_step = self.validate(), self.step
+                self.log({"step": self.step, **last_val})
+                bar.write(_format_val(self.step, last_val))
+                tick = time.perf_counter()  # validation time is not training time
+            if self.step % cfg.ckpt_every == 0:
+                self.save()
+                tick = time.perf_counter()
+        bar.close()
+        if last_val_step != self.step:
+            last_val = self.validate()
+            if last_val:
+                self.log({"step": self.step, **last_val})
+                bar.write(_format_val(self.step, last_val))
+        final = self.save()  # the run folder's `latest` now names it
+        if self.skipped:
+            print(f"skipped {len(self.skipped)} unreadable image(s):")
+            for e in self.skipped:
+                print(f"  {e}")
+        return {"step": self.step, "checkpoint": str(final), **last_val}
+
+
+def _format_val(step: int, v: dict[str, float]) -> str:
+    if not v:
+        return f"step {step}: no validation set"
+    return (
+        f"step {step}: val PSNR {v['val_psnr']:.2f} SSIM {v['val_ssim']:.3f} | stage-1 {v['val_stage1_psnr']:.2f}/"
+        f"{v['val_stage1_ssim']:.3f} | bicubic {v['val_bicubic_psnr']:.2f}/{v['val_bicubic_ssim']:.3f}"
+    )
+
+
+def load_pretrain_config(path: str | None, overrides: list[str]) -> PretrainConfig:
+    return load_config(PretrainConfig, path, overrides)

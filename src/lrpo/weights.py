@@ -1,0 +1,161 @@
+"""Registry of the model files lrpo can use: name, publisher URL, sha256, licence, local lookup.
+
+No file is ever fetched silently. ``resolve(name)`` looks for the file, in order, at an explicit
+path, in ``$LRPO_WEIGHTS`` (a folder; several separated by ``os.pathsep``) and in the cache folder
+(``$LRPO_CACHE`` or ``~/.cache/lrpo``). A missing file raises :class:`MissingWeightsError` that
+names the file, its publisher URL and where to put it. ``lrpo weights fetch`` downloads a file into
+the cache on machines that reach the publisher (and verifies its sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # registry key, used on the command line and in configs
+    filename: str  # file name looked up in the search folders
+    url: str  # where the publisher serves it
+    licence: str
+    description: str
+    sha256: str | None = None  # None: not pinned (we could not obtain the publisher's file to hash it)
+    size_mb: float | None = None
+
+
+class MissingWeightsError(FileNotFoundError):
+    pass
+
+
+class ChecksumError(ValueError):
+    pass
+
+
+# Files with a pinned sha256 were hashed here; the others are listed with their publisher URL and
+# are verified only when a hash is pinned (see `lrpo weights verify`).
+KNOWN_FILES: dict[str, WeightFile] = {
+    w.name: w
+    for w in [
+        WeightFile(
+            "yunet",
+            "face_detection_yunet_2023mar.onnx",
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx",
+            "MIT",
+            "YuNet face detector: box, score and 5 landmarks (OpenCV Zoo)",
+            "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+            0.23,
+        ),
+        WeightFile(
+            "sface-int8",
+            "face_recognition_sface_2021dec_int8bq.onnx",
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/face_recognition_sface_2021dec_int8bq.onnx",
+            "Apache-2.0",
+            "SFace identity embedding (128-d, 112x112 aligned face), block-quantised int8 (OpenCV Zoo)",
+            "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+            10.7,
+        ),
+        WeightFile(
+            "sface",
+            "face_recognition_sface_2021dec.onnx",
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/face_recognition_sface_2021dec.onnx",
+            "Apache-2.0",
+            "SFace identity embedding (128-d), fp32 original (OpenCV Zoo)",
+            "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
+            38.7,
+        ),
+    ]
+}
+
+
+def register(entry: WeightFile) -> WeightFile:
+    """Add (or replace) an entry; model modules call this for the files they load."""
+    KNOWN_FILES[entry.name] = entry
+    return entry
+
+
+def search_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("LRPO_WEIGHTS", "").split(os.pathsep) if p]
+    dirs.append(cache_dir())
+    return dirs
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LRPO_CACHE", Path.home() / ".cache" / "lrpo")).expanduser()
+
+
+def get_entry(name: str) -> WeightFile:
+    try:
+        return KNOWN_FILES[name]
+    except KeyError:
+        raise KeyError(f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN_FILES))}") from None
+
+
+def resolve(name: str, path: str | os.PathLike | None = None) -> Path:
+    """Local path of registry file ``name`` (or of the explicit ``path``), else a clear error."""
+    entry = get_entry(name)
+    if path:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = p / entry.filename
+        if not p.is_file():
+            raise MissingWeightsError(
+                f"{name}: {p} does not exist (expected the file {entry.filename}; get it from {entry.url})"
+            )
+        return p
+    tried = []
+    for d in search_dirs():
+        p = d / entry.filename
+        tried.append(str(p))
+        if p.is_file():
+            return p
+    raise MissingWeightsError(
+        f"{name}: model file {entry.filename} not found; looked in {', '.join(tried)}. Download it from "
+        f"{entry.url} ({entry.licence}) into one of those folders, set LRPO_WEIGHTS to its folder, "
+        f"or pass its path explicitly."
+    )
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(name: str, path: str | os.PathLike | None = None) -> tuple[Path, str | None]:
+    """Check the file's sha256 against the pinned value. Returns (path, status) where status is
+    ``"ok"`` or ``"unpinned"``; a mismatch raises :class:`ChecksumError`."""
+    entry = get_entry(name)
+    p = resolve(name, path)
+    if entry.sha256 is None:
+        return p, "unpinned"
+    digest = sha256_of(p)
+    if digest != entry.sha256:
+        raise ChecksumError(f"{name}: {p} has sha256 {digest}, expected {entry.sha256} (wrong or corrupt file)")
+    return p, "ok"
+
+
+def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> Path:
+    """Download ``name`` from its publisher into the cache (atomic; verified when pinned)."""
+    entry = get_entry(name)
+    dest_dir = Path(dest_dir) if dest_dir else cache_dir()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / entry.filename
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{entry.filename}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out)
+        if entry.sha256 and sha256_of(tmp) != entry.sha256:
+            raise ChecksumError(f"{name}: downloaded file from {entry.url} does not match the pinned sha256")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
