@@ -1,0 +1,89 @@
+"""Minimal multi-process support: works under ``torchrun`` and ``accelerate launch`` alike.
+
+Both launchers set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. We use plain
+``torch.distributed``: gradients are averaged with one all-reduce per parameter tensor after each
+backward (what DDP does, without its wrapper, so the policy object stays the same everywhere),
+rewards are all-gathered for the global advantage std, and scalar statistics are all-reduced.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(backend: str | None = None) -> DistContext:
+    """Join the process group described by the launcher's environment (no-op for one process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def all_gather_cat(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally sized tensors [n, ...] from every rank, rank order, on every rank."""
+    if not ctx.enabled:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
+    if ctx.enabled:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(ctx: DistContext, value: int) -> int:
+    """The largest ``value`` over ranks."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def average_gradients(ctx: DistContext, params: list[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over ranks (a missing gradient counts as zero)."""
+    if not ctx.enabled:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(ctx.world_size)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()

@@ -1,0 +1,462 @@
+"""The LRPO trainer (``lrpo train``): collect -> score -> advantages -> update, per epoch.
+
+One epoch (SPEC sections 2-6):
+  1. collect   for each group of this process: degrade its HQ face once (the group's own seed), roll
+               out G trajectories with the stochastic DDIM sampler (eta = 1), recording latents and
+               per-step log-probs; each trajectory has its own seed, so nothing depends on batching
+               or on the number of processes;
+  2. score     decode the final samples and score them with the composite reward (every term kept);
+  3. advantages group-relative, divided by the global std (rewards all-gathered), weighted per step
+               by sigma_j / mean(sigma) and clipped; groups with equal rewards are dropped;
+  4. update    PPO-clip on the first floor(fraction * S) steps, plus the GT-guided likelihood term
+               on the last K of them, one optimiser step per (minibatch, step) as in the reference
+               or accumulated over steps.
+Checkpoints are written after an epoch completes (atomically), so a crash, a NaN or Ctrl-C loses at
+most the epoch in flight and ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import checkpoint as ckpt_io
+from ..config import DEGRADATION_PRESETS, LRPOConfig, resolve_device, save_config, to_dict
+from ..data.datasets import FaceImageSet
+from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
+from ..degradation import degrade
+from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
+from ..diffusion.schedules import make_alphas_cumprod
+from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, average_gradients, init_from_env
+from ..ema import EMA
+from ..eval.metrics import psnr, ssim
+from ..inference.restorer import load_policy
+from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
+from ..rewards import RewardInput, build_composite
+from .advantages import group_advantages, noise_level_weights, step_advantages
+from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_train_steps, ppo_clip_loss
+
+
+UPDATE_STATS = ("ppo_loss", "approx_kl", "clip_fraction", "reg", "gt_log_density", "kl_ref", "grad_norm")
+
+
+class RolloutBatch(NamedTuple):
+    """The N trajectories one process collected in an epoch (N = its groups x G).
+
+    group_ids [N] long; seeds [N] (trajectory seeds); names: face names;
+    cond [N, ...] policy condition; gt_x0 [N, ...] GT in the policy's diffusion space;
+    hq, lq [N, 3, R, R] in [0, 1]; latents [N, S+1, ...]; log_probs [N, S] float32;
+    images [N, 3, R, R] in [0, 1]: the decoded final samples.
+    """
+
+    group_ids: Tensor
+    seeds: list[int]
+    names: list[str]
+    cond: Tensor
+    gt_x0: Tensor
+    hq: Tensor
+    lq: Tensor
+    latents: Tensor
+    log_probs: Tensor
+    images: Tensor
+
+
+@dataclass
+class EpochTimes:
+    rollout: float = 0.0
+    reward: float = 0.0
+    update: float = 0.0
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class LRPOTrainer:
+    def __init__(self, cfg: LRPOConfig, resume: str | Path | None = None, progress: bool = True, dist_ctx: DistContext | None = None):
+        self.cfg = cfg
+        self.ctx = dist_ctx or init_from_env()
+        self.progress = progress and self.ctx.is_main
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.ctx.enabled:
+            self.device = torch.device("cuda", self.ctx.local_rank)
+        self.out_dir = Path(cfg.out_dir)
+
+        torch.manual_seed(cfg.seed)
+        self.policy, self.diffusion_cfg, self.init_ckpt = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema)
+        self.policy.train()
+        self.params = [p for p in self.policy.trainable_parameters() if p.requires_grad]
+        trainable = {id(p) for p in self.params}
+        for p in self.policy.parameters():  # frozen parts (stage 1) never receive gradients
+            p.requires_grad_(id(p) in trainable)
+        self.ref_policy = None
+        if cfg.kl_beta > 0:
+            self.ref_policy, _, _ = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema)
+            self.ref_policy.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+        alphas = make_alphas_cumprod(self.diffusion_cfg)
+        self.sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eta)
+        self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
+        self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
+        k = min(cfg.reg_last_k, self.n_train)
+        # the last K trained steps carry the GT-guided likelihood term (SPEC: t = 101 ... 21)
+        self.reg_steps = list(range(self.n_train - k, self.n_train)) if cfg.reg_weight > 0 else []
+        sig = self.sampler.sigmas.float()
+        weights = noise_level_weights(sig) if cfg.noise_level_weights else torch.ones_like(sig)
+        self.step_weights = weights
+
+        faces = FaceImageSet(cfg.data.hq, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
+        self.train_set, val = faces.split(cfg.data.val_count) if cfg.data.val_count else (faces, None)
+        if cfg.data.resolution != self.policy.cfg.resolution:
+            raise ValueError(
+                f"data.resolution={cfg.data.resolution} but the policy in {self.init_ckpt} works at {self.policy.cfg.resolution}"
+            )
+        self.val_hq = torch.stack([val[i] for i in range(len(val))]) if val is not None and len(val) else None
+        self.group_sampler = GroupSampler(
+            len(self.train_set), cfg.group_size, cfg.groups_per_epoch, cfg.seed, rank=self.ctx.rank, world_size=self.ctx.world_size
+        )
+        reward_device = str(self.device) if cfg.reward.device == "auto" else cfg.reward.device
+        spec: Any = dict(cfg.reward.terms) if cfg.reward.terms else cfg.reward.preset
+        self.reward = build_composite(spec, device=reward_device)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self._tb = None
+        if resume:
+            self.load(resume)
+
+    # ------------------------------------------------------------------------------------------
+    # 1. collect
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, epoch: int) -> RolloutBatch:
+        cfg = self.cfg
+        G = cfg.group_size
+        groups = self.group_sampler.groups(epoch)
+        parts: list[dict] = []
+        bar = tqdm(total=len(groups) * G, desc=f"epoch {epoch} rollout", unit="traj", disable=not self.progress, leave=False)
+        self.policy.eval()
+        for start in range(0, len(groups), cfg.rollout_groups_per_batch):
+            chunk: list[Group] = groups[start : start + cfg.rollout_groups_per_batch]
+            hq = torch.cat([self.train_set[g.index][None].expand(G, -1, -1, -1) for g in chunk])
+            lq = torch.cat([make_group_lq(self.train_set[g.index], g, G, self._degrade_fn) for g in chunk])
+            seeds = [derive_seed(g.seed, member) for g in chunk for member in range(G)]
+            hq, lq = hq.to(self.device), lq.to(self.device)
+            cond = self.policy.condition(lq)
+            traj = sample_trajectories(self.policy, self.sampler, cond, sample_generators(seeds), record=True, precision=cfg.precision)
+            parts.append(
+                dict(
+                    group_ids=torch.tensor([g.group_id for g in chunk for _ in range(G)]),
+                    seeds=seeds,
+                    names=[self.train_set.names[g.index] for g in chunk for _ in range(G)],
+                    cond=cond,
+                    gt_x0=self.policy.encode(hq, cond),
+                    hq=hq,
+                    lq=lq,
+                    latents=traj.latents,
+                    log_probs=traj.log_probs,
+                    images=self.policy.decode(traj.sample, cond),
+                )
+            )
+            bar.update(len(chunk) * G)
+        bar.close()
+        self.policy.train()
+        return RolloutBatch(
+            **{
+                k: (sum((p[k] for p in parts), []) if isinstance(parts[0][k], list) else torch.cat([p[k] for p in parts]))
+                for k in RolloutBatch._fields
+            }
+        )
+
+    def _degrade_fn(self, hq: Tensor, generator: torch.Generator):
+        return degrade(hq, self.cfg.degradation, generator)
+
+    # ------------------------------------------------------------------------------------------
+    # 2. score
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, batch: RolloutBatch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.reward(RewardInput(images=batch.images, gt=batch.hq, lq=batch.lq, meta=[{"name": n} for n in batch.names]))
+        for name, values in {"total": out.scores, **out.details}.items():
+            if not torch.isfinite(values).all():
+                raise NonFiniteError(f"reward term {name!r} is not finite in epoch {epoch}; the last checkpoint is intact")
+        return out.scores.float().cpu(), {k: v.float().cpu() for k, v in out.details.items()}
+
+    # ------------------------------------------------------------------------------------------
+    # 3. advantages
+    # ------------------------------------------------------------------------------------------
+    def advantages(self, rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+        cfg = self.cfg
+        all_rewards = all_gather_cat(self.ctx, rewards.to(self.device)).cpu().double()
+        std = float(all_rewards.std(correction=0)) if cfg.global_std else None
+        res = group_advantages(rewards, group_ids, global_std=cfg.global_std, eps=cfg.adv_eps, std_override=std)
+        per_step = step_advantages(res.advantages, self.step_weights, clip=cfg.adv_clip)
+        dropped = int(all_reduce_sum(self.ctx, torch.tensor(float(res.num_dropped_groups), device=self.device)).item())
+        stats = {"adv_std_of_rewards": res.std, "dropped_groups": dropped, "adv_abs_mean": float(res.advantages.abs().mean())}
+        return per_step, res.keep, stats
+
+    # ------------------------------------------------------------------------------------------
+    # 4. update
+    # ------------------------------------------------------------------------------------------
+    def gt_targets(self, batch: RolloutBatch) -> Tensor | None:
+        """g_{t_prev} for the regularised steps: [len(reg_steps), N, ...] (per-trajectory noise)."""
+        if not self.reg_steps:
+            return None
+        levels = self.sampler.alpha_prev[self.reg_steps]
+        shape = tuple(batch.gt_x0.shape[1:])
+        if self.cfg.gt_path == "marginal":
+            rows, chain = len(self.reg_steps), None
+        else:  # the reference chains through the levels of every sampler timestep, least noisy first
+            chain = self.sampler.alpha_t.flip(0)
+            rows = len(chain)
+        gens = sample_generators([derive_seed(s, 0x67) for s in batch.seeds])
+        noise = torch.stack([torch.randn((rows, *shape), generator=g) for g in gens], dim=1).to(self.device)
+        return gt_path(batch.gt_x0.float(), levels, mode=self.cfg.gt_path, noise=noise, chain_alphas_cumprod=chain)
+
+    def step_loss(
+        self, batch: RolloutBatch, idx: Tensor, steps: Tensor, adv: Tensor, gt: Tensor | None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Loss of trajectories ``idx`` at step indices ``steps`` (both [M], any mix of steps)."""
+        cfg = self.cfg
+        x_t = batch.latents[idx, steps]
+        x_prev = batch.latents[idx, steps + 1]
+        t = self.sampler.timesteps.to(self.device)[steps]
+        cond = batch.cond[idx]
+        with autocast_context(self.device, cfg.precision):
+            out = self.policy(x_t, t, cond)
+        st = self.sampler.step(out.float(), x_t, steps, prediction=self.policy.prediction, prev_sample=x_prev)
+        ppo = ppo_clip_loss(st.log_prob, batch.log_probs[idx, steps], adv[idx, steps].to(st.log_prob.dtype), cfg.clip_range)
+        loss = ppo.loss
+        stats = {"ppo_loss": ppo.loss.item(), "approx_kl": ppo.approx_kl.item(), "clip_fraction": ppo.clip_fraction.item()}
+        if gt is not None:
+            row_of = {j: r for r, j in enumerate(self.reg_steps)}
+            mask = torch.tensor([int(j) in row_of for j in steps.tolist()], device=self.device)
+            if mask.any():
+                rows = torch.tensor([row_of[int(j)] for j in steps[mask].tolist()], device=self.device)
+                g = gt[rows, idx[mask]]
+                m = gaussian_log_prob(g, st.mean[mask], st.std[mask])
+                reg = gt_likelihood_regularizer(m, cfg.reg_tau)
+                loss = loss + cfg.reg_weight * reg * mask.float().mean()
+                stats["reg"] = reg.item()
+                stats["gt_log_density"] = m.mean().item()
+        if self.ref_policy is not None:
+            with torch.no_grad(), autocast_context(self.device, cfg.precision):
+                ref_out = self.ref_policy(x_t, t, cond)
+            ref_mean = self.sampler.step(ref_out.float(), x_t, steps, prediction=self.policy.prediction, prev_sample=x_prev).mean
+            kl = kl_to_reference(st.mean, ref_mean, st.std).mean()
+            loss = loss + cfg.kl_beta * kl
+            stats["kl_ref"] = kl.item()
+        return loss, stats
+
+    def optimizer_step(self) -> float:
+        average_gradients(self.ctx, self.params)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else torch.zeros(())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.policy)
+        return float(norm)
+
+    def update(self, batch: RolloutBatch, adv: Tensor, keep: Tensor, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        gt = self.gt_targets(batch)
+        adv = adv.to(self.device)
+        kept = keep.nonzero().flatten()
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, self.ctx.rank, 0x75))
+        sums: dict[str, float] = {}
+        count = 0
+        # every process must run the same number of optimiser steps (gradients are all-reduced):
+        # a process whose groups were dropped runs empty minibatches that contribute zero gradient
+        n_mb = all_reduce_max(self.ctx, math.ceil(len(kept) / cfg.minibatch_size))
+        total_steps = cfg.inner_epochs * n_mb * (self.n_train if cfg.update_mode == "per_timestep" else 1)
+        bar = tqdm(total=total_steps, desc=f"epoch {epoch} update", unit="opt", disable=not self.progress, leave=False)
+        for _ in range(cfg.inner_epochs):
+            order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)] if len(kept) else kept
+            for b in range(n_mb):
+                idx = order[b * cfg.minibatch_size : (b + 1) * cfg.minibatch_size].to(self.device)
+                if cfg.update_mode == "per_timestep":
+                    for j in range(self.n_train):
+                        stats = self._backward(batch, idx, [j], adv, gt, scale=1.0)
+                        stats["grad_norm"] = self.optimizer_step()
+                        _accumulate(sums, stats)
+                        count += 1
+                        bar.update(1)
+                else:
+                    chunks = [list(range(s, min(s + cfg.timesteps_per_forward, self.n_train))) for s in range(0, self.n_train, cfg.timesteps_per_forward)]
+                    merged: dict[str, float] = {}
+                    for steps in chunks:
+                        _accumulate(merged, self._backward(batch, idx, steps, adv, gt, scale=len(steps) / self.n_train))
+                    stats = {k: v / len(chunks) for k, v in merged.items()}
+                    stats["grad_norm"] = self.optimizer_step()
+                    _accumulate(sums, stats)
+                    count += 1
+                    bar.update(1)
+        bar.close()
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def _backward(self, batch: RolloutBatch, idx: Tensor, steps: list[int], adv: Tensor, gt: Tensor | None, scale: float) -> dict[str, float]:
+        if len(idx) == 0:
+            return {}
+        sample_idx = idx.repeat(len(steps))
+        step_idx = torch.tensor(steps, device=self.device).repeat_interleave(len(idx))
+        loss, stats = self.step_loss(batch, sample_idx, step_idx, adv, gt)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"update loss is {loss.item()} ({stats}); the last checkpoint is intact")
+        (loss * scale).backward()
+        return stats
+
+    # ------------------------------------------------------------------------------------------
+    # evaluation on held-out faces (fixed degradation, fixed seeds)
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, preset: str = "mild", seed: int = 0) -> dict[str, float]:
+        if self.val_hq is None:
+            return {}
+        hq = self.val_hq
+        lq, _ = degrade(hq, DEGRADATION_PRESETS[preset], torch.Generator().manual_seed(seed))
+        hq, lq = hq.to(self.device), lq.to(self.device)
+        self.policy.eval()
+        ctx = self.ema.applied_to(self.policy) if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            cond = self.policy.condition(lq)
+            traj = sample_trajectories(self.policy, self.eval_sampler, cond, sample_generators(list(range(len(lq)))), record=False, precision=self.cfg.precision)
+            images = self.policy.decode(traj.sample, cond)
+        self.policy.train()
+        out = self.reward(RewardInput(images=images, gt=hq, lq=lq))
+        res = {"eval_reward": float(out.scores.mean()), "eval_psnr": float(psnr(images, hq).mean()), "eval_ssim": float(ssim(images, hq).mean())}
+        res.update({f"eval_{k}": float(v.mean()) for k, v in out.details.items() if "/" not in k and k != "total"})
+        return res
+
+    # ------------------------------------------------------------------------------------------
+    # one epoch, checkpoints, the loop
+    # ------------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        times = EpochTimes()
+        t0 = time.perf_counter()
+        batch = self.collect(epoch)
+        times.rollout = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rewards, details = self.score(batch, epoch)
+        times.reward = time.perf_counter() - t0
+        adv, keep, adv_stats = self.advantages(rewards, batch.group_ids)
+        t0 = time.perf_counter()
+        upd = self.update(batch, adv, keep, epoch)
+        times.update = time.perf_counter() - t0
+
+        # global statistics of every reward term (all processes)
+        rec: dict[str, Any] = {"epoch": epoch}
+        for name, values in {"reward": rewards, **{f"reward/{k}": v for k, v in details.items() if k != "total"}}.items():
+            allv = all_gather_cat(self.ctx, values.to(self.device)).double()
+            rec[f"{name}_mean"] = float(allv.mean())
+            rec[f"{name}_std"] = float(allv.std(correction=0))
+        rec.update(adv_stats)
+        # a fixed key list: every process must take part in the same all-reduces
+        for k in UPDATE_STATS:
+            if k in ("reg", "gt_log_density") and not self.reg_steps or k == "kl_ref" and self.ref_policy is None:
+                continue
+            v = torch.tensor(upd.get(k, 0.0), dtype=torch.float64, device=self.device)
+            rec[k] = float(all_reduce_sum(self.ctx, v).item()) / self.ctx.world_size
+        n_traj = len(rewards) * self.ctx.world_size
+        kept = int(all_reduce_sum(self.ctx, keep.sum().to(self.device)).item())
+        rec.update(
+            trajectories=n_traj,
+            time_rollout_s=round(times.rollout, 2),
+            time_reward_s=round(times.reward, 2),
+            time_update_s=round(times.update, 2),
+            update_sample_steps_per_s=round(kept * self.n_train * self.cfg.inner_epochs / max(times.update, 1e-9), 2),
+            rollout_traj_per_s=round(n_traj / max(times.rollout, 1e-9), 3),
+        )
+        return rec
+
+    def save(self, epoch: int) -> Path | None:
+        if not self.ctx.is_main:
+            return None
+        config = {
+            "policy": to_dict(self.policy.cfg),
+            "diffusion": {**to_dict(self.diffusion_cfg), "sample_steps": self.cfg.sample_steps, "eta": self.cfg.eval_eta},
+            "lrpo": to_dict(self.cfg),
+        }
+        state = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "world_size": self.ctx.world_size,
+        }
+        return ckpt_io.save_checkpoint(
+            self.out_dir, epoch, self.policy, config, state, ema=self.ema.state_dict() if self.ema else None,
+            kind="lrpo", keep_last=self.cfg.keep_last,
+        )
+
+    def load(self, path: str | Path) -> None:
+        ckpt = ckpt_io.find_checkpoint(path)
+        if ckpt_io.load_meta(ckpt).get("kind") != "lrpo":
+            raise ckpt_io.CheckpointError(f"{ckpt} is not an LRPO checkpoint; pass it as init_checkpoint instead of --resume")
+        ckpt_io.load_weights(self.policy, ckpt)
+        state = ckpt_io.load_state(ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.ema is not None:
+            from safetensors.torch import load_file
+
+            self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
+        self.epoch = state["epoch"]
+        self.history = state.get("history", [])
+
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.ctx.is_main:
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self._tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        self._tb.add_scalar(k, v, record["epoch"])
+
+    def run(self, eval_every: int = 0) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+        self._tb = _tensorboard(self.out_dir) if self.ctx.is_main else None
+        if self.epoch == 0 and eval_every:
+            self.log({"epoch": 0, **self.evaluate()})
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="lrpo", unit="epoch", disable=not self.progress, dynamic_ncols=True)
+        while self.epoch < cfg.epochs:
+            rec = self.train_epoch(self.epoch)
+            self.epoch += 1
+            rec["epoch"] = self.epoch
+            if eval_every and self.epoch % eval_every == 0:
+                rec.update(self.evaluate())
+            self.log(rec)
+            bar.update(1)
+            bar.set_postfix(reward=f"{rec['reward_mean']:.4f}", kl=f"{rec.get('approx_kl', 0):.2e}")
+            if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs:
+                self.save(self.epoch)
+        bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        return {"epoch": self.epoch, "last": self.history[-1] if self.history else {}}
+
+
+def _accumulate(sums: dict[str, float], stats: dict[str, float]) -> None:
+    for k, v in stats.items():
+        sums[k] = sums.get(k, 0.0) + v
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: JSONL only
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
