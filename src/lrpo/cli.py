@@ -18,6 +18,7 @@ Typical flow:
   lrpo pretrain --config configs/pixel-64.yaml data.hq=FACES   # supervised base policy
   lrpo train --config configs/lrpo-cpu.yaml init_checkpoint=runs/pretrain data.hq=FACES  # LRPO
   lrpo restore IN_DIR OUT_DIR --checkpoint runs/lrpo            # restore aligned faces
+  lrpo evaluate --paired SET --method base=ckpt:runs/pretrain --method lrpo=ckpt:runs/lrpo --out EVAL
   lrpo weights list                             # model files lrpo knows and where to get them
 """
 
@@ -114,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Degrade every HQ face with the BFR pipeline (blur, downsample, noise, JPEG, resize back; "
         "SPEC section 7). Byte-for-byte reproducible for the same seed.",
     ))
+    from .eval.cli import add_evaluate_arguments
+
+    add_evaluate_arguments(sub.add_parser(
+        "evaluate",
+        help="score methods side by side: metrics.json, per_image.csv, report.html",
+        description="Score checkpoints of ours and folders of other methods' outputs on a paired set (from "
+        "lrpo degrade) or on real LQ faces; writes metrics.json, per_image.csv and a self-contained report.html.",
+    ))
     _add_pretrain(sub)
     _add_train(sub)
     _add_restore(sub)
@@ -169,7 +178,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
     if args.weights_cmd == "list":
         print(f"search folders: {', '.join(str(d) for d in weights.search_dirs())}")
-        for w in sorted(weights.KNOWN_FILES.values(), key=lambda w: w.name):
+        for w in sorted(weights.load_catalog().values(), key=lambda w: w.name):
             try:
                 where = str(weights.resolve(w.name))
             except weights.MissingWeightsError:
@@ -194,9 +203,19 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(args)
 
 
+def _reclaim_override_from_resume(args: argparse.Namespace) -> None:
+    """``--resume key=value``: argparse hands the override to the optional flag as its value; the user
+    meant a bare ``--resume`` (the run's latest) followed by an override."""
+    resume = getattr(args, "resume", None)
+    if resume and resume != "auto" and "=" in resume and not Path(resume).exists() and hasattr(args, "overrides"):
+        args.overrides.insert(0, resume)
+        args.resume = "auto"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _reclaim_override_from_resume(args)
     handlers = {
         "pretrain": cmd_pretrain,
         "train": cmd_train,
@@ -209,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             from .degradation.paired import run_degrade
 
             return run_degrade(args)
+        if args.cmd == "evaluate":
+            from .eval.cli import run_evaluate
+
+            return run_evaluate(args)
         return handlers[args.cmd](args)
     except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         # user-facing errors: one clear line, no traceback

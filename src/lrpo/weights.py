@@ -73,6 +73,29 @@ KNOWN_FILES: dict[str, WeightFile] = {
 }
 
 
+# Modules that register the files they load (imported by `lrpo weights` to list everything).
+CATALOG_MODULES = (
+    "lrpo.rewards.lpips",
+    "lrpo.rewards.clip_models",
+    "lrpo.rewards.clip_tokenizer",
+    "lrpo.rewards.face_reward",
+    "lrpo.eval.fid",
+    "lrpo.policies.sd_loaders",
+)
+
+
+def load_catalog() -> dict[str, WeightFile]:
+    """Import every module that registers model files; return the full registry."""
+    import importlib
+
+    for name in CATALOG_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional backend whose dependencies are not installed
+            pass
+    return KNOWN_FILES
+
+
 def register(entry: WeightFile) -> WeightFile:
     """Add (or replace) an entry; model modules call this for the files they load."""
     KNOWN_FILES[entry.name] = entry
@@ -90,6 +113,8 @@ def cache_dir() -> Path:
 
 
 def get_entry(name: str) -> WeightFile:
+    if name not in KNOWN_FILES:
+        load_catalog()
     try:
         return KNOWN_FILES[name]
     except KeyError:

@@ -1,0 +1,143 @@
+"""``lrpo evaluate``: arguments and entry point (wired into :mod:`lrpo.cli` by the lead).
+
+    lrpo evaluate --paired runs/celeba_test --method ours=ckpt:runs/lrpo \\
+        --method codeformer=folder:results/codeformer --log ours=runs/lrpo/log.jsonl --out runs/eval
+    lrpo evaluate --lq ../shared/data/faces-lq-real --method ours=ckpt:runs/lrpo --out runs/eval_real
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired
+
+__all__ = ["add_evaluate_arguments", "run_evaluate"]
+
+DESCRIPTION = """\
+Score methods side by side on a paired set (synthetic LQ + GT, as written by `lrpo degrade`) or on
+real LQ faces without GT, and write OUT/metrics.json, OUT/per_image.csv and a self-contained
+OUT/report.html (metrics with the best value per column marked, image grids, worst cases, training
+curves). Methods are checkpoints of ours (restored here with fixed seeds: image i uses SEED+i) or
+folders of another method's outputs with the same file names (CodeFormer, GFPGAN, DiffBIR...).
+Offline metrics: PSNR, SSIM, MS-SSIM, identity (SFace), LMD (YuNet), sharpness/noise and the
+reward terms; LPIPS, ArcFace, FID and CLIP-IQA when their model files are given."""
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``lrpo evaluate`` arguments to ``parser`` (a subcommand parser); returns it."""
+    parser.description = parser.description or DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--paired", metavar="DIR", help="paired set: a folder holding lq/ and hq/ (from `lrpo degrade`)")
+    data.add_argument("--lq", metavar="DIR", help="real LQ faces without GT (a folder or a file listing images)")
+    parser.add_argument(
+        "--method", action="append", default=[], metavar="NAME=KIND:PATH",
+        help="a method to compare; KIND is ckpt (checkpoint or run folder) or folder (outputs named like the inputs). "
+        "Repeatable. Per-method settings after '#': ours-eta0.8=ckpt:runs/lrpo#eta=0.8,steps=20",
+    )
+    parser.add_argument("--log", action="append", default=[], metavar="NAME=PATH",
+                        help="training log (log.jsonl of lrpo train/pretrain) to plot in the report; repeatable")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    sampling = parser.add_argument_group("sampling (checkpoint methods)")
+    sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic (default), 0.8 as DiffBIR")
+    sampling.add_argument("--seed", type=int, default=0, help="base seed; image i uses SEED+i (default 0)")
+    sampling.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    sampling.add_argument("--no-ema", action="store_true", help="use raw weights instead of EMA weights")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--resolution", type=int, default=None,
+                     help="side at which outputs and references are compared (default: the size of the first GT/LQ)")
+    run.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by name)")
+    run.add_argument("--no-input-baseline", action="store_true", help="leave out the row that scores the LQ input itself")
+    run.add_argument("--no-progress", action="store_true")
+    metrics = parser.add_argument_group("metrics and model files")
+    metrics.add_argument("--reward-preset", default="offline",
+                         help="composite reward whose terms are reported: a preset name (offline, no_weights, paper), "
+                         "a YAML file with a reward spec, or 'none' (default offline)")
+    metrics.add_argument("--sface", metavar="PATH", help="SFace ONNX (default: the weights registry)")
+    metrics.add_argument("--arcface", metavar="PATH", help="ArcFace ONNX (112x112 input, (x-127.5)/127.5) for ArcFace identity")
+    metrics.add_argument("--yunet", metavar="PATH", help="YuNet ONNX for LMD (default: the weights registry)")
+    metrics.add_argument("--lpips-vgg", metavar="PATH", help="torchvision vgg16-397923af.pth (LPIPS backbone)")
+    metrics.add_argument("--lpips-lin", metavar="PATH", help="lpips weights/v0.1/vgg.pth (LPIPS linear heads)")
+    metrics.add_argument("--inception", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth for FID")
+    metrics.add_argument("--fid-ref", metavar="DIR", help="HQ faces FID compares with (default: the GT of a paired set)")
+    metrics.add_argument("--clipiqa", metavar="PATH", help="OpenAI CLIP RN50.pt for CLIP-IQA (no-reference)")
+    metrics.add_argument("--clip-vocab", metavar="PATH", help="CLIP BPE vocabulary for CLIP-IQA (default: registry)")
+    report = parser.add_argument_group("report")
+    report.add_argument("--grid-count", type=int, default=8, help="images in the example grid (default 8)")
+    report.add_argument("--worst-count", type=int, default=4, help="worst cases shown per method (default 4)")
+    return parser
+
+
+def _parse_logs(items: list[str]) -> dict[str, str]:
+    logs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--log {item!r}: expected NAME=PATH (e.g. ours=runs/lrpo/log.jsonl)")
+        logs[name.strip()] = path.strip()
+    return logs
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    if args.batch_size < 1 or args.steps < 1 or args.eta < 0:
+        raise ValueError("--batch-size and --steps must be >= 1 and --eta >= 0")
+    return EvalOptions(
+        batch_size=args.batch_size,
+        device=args.device,
+        resolution=args.resolution,
+        reward_preset=None if args.reward_preset == "none" else args.reward_preset,
+        sface_path=args.sface,
+        arcface_path=args.arcface,
+        yunet_path=args.yunet,
+        lpips_vgg_path=args.lpips_vgg,
+        lpips_lin_path=args.lpips_lin,
+        inception_path=args.inception,
+        clipiqa_path=args.clipiqa,
+        clip_vocab_path=args.clip_vocab,
+        fid_reference=args.fid_ref,
+        include_input=not args.no_input_baseline,
+        limit=args.limit,
+        logs=_parse_logs(args.log),
+        grid_count=args.grid_count,
+        worst_count=args.worst_count,
+        progress=not args.no_progress,
+    )
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``lrpo evaluate`` from parsed arguments; prints the summary and where the files are."""
+    methods = [
+        MethodSpec.parse(text, steps=args.steps, eta=args.eta, seed=args.seed, precision=args.precision, ema=not args.no_ema)
+        for text in args.method
+    ]
+    options = options_from_args(args)
+    if args.paired:
+        result = evaluate_paired(args.paired, methods, args.out, options)
+    else:
+        result = evaluate_lq_only(args.lq, methods, args.out, options)
+    print(format_summary(result.summary))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {result.metrics_path}, {result.per_image_path}" + (f", {result.report_path}" if result.report_path else ""))
+    return 0
+
+
+def format_summary(summary: dict[str, dict[str, float | None]], max_columns: int = 10) -> str:
+    """A plain-text table of the main metrics (the report has all of them)."""
+    methods = list(summary)
+    all_keys = list(next(iter(summary.values()), {}))
+    # reward terms only when there is no total to stand for them (the report shows every term)
+    terms_shown = ("reward/total",) if "reward/total" in all_keys else tuple(k for k in all_keys if k.startswith("reward/"))
+    keys = [k for k in all_keys if not k.startswith("reward/") or k in terms_shown][:max_columns]
+    width = max([len(m) for m in methods] + [6])
+    lines = [f"{'method':<{width}} " + " ".join(f"{k:>12}" for k in keys)]
+    for m in methods:
+        cells = []
+        for k in keys:
+            v = summary[m].get(k)
+            cells.append(f"{'-':>12}" if v is None else f"{v:>12.4f}")
+        lines.append(f"{m:<{width}} " + " ".join(cells))
+    return "\n".join(lines)
