@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_evaluate(args)
         return handlers[args.cmd](args)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError, FloatingPointError) as e:
         # user-facing errors: one clear line, no traceback
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"lrpo {args.cmd}: error: {msg}", file=sys.stderr)

@@ -190,8 +190,9 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "val_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.val_every < 0 or self.keep_last < 0 or self.time_budget_min < 0:
-            raise ConfigError("val_every, keep_last and time_budget_min must be >= 0")
+        for name in ("val_every", "keep_last", "time_budget_min"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.val_degradation not in DEGRADATION_PRESETS:
@@ -231,6 +232,7 @@ class LRPOConfig:
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # network forward passes; log-probs are always fp32
     epochs: int = 10
+    time_budget_min: float = 0.0  # stop (with a checkpoint) once this invocation has run this many minutes (0 = off)
     group_size: int = 9  # G: candidates per LQ input (SPEC section 3)
     groups_per_epoch: int = 24  # global; 24 x 9 = 216 trajectories as in the reference
     rollout_groups_per_batch: int = 2  # per process: groups sampled in one forward batch
@@ -281,7 +283,8 @@ class LRPOConfig:
         for name in ("clip_range", "reg_tau", "adv_eps", "adv_clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("reg_weight", "kl_beta", "weight_decay", "grad_clip", "reg_last_k", "keep_last", "log_images_every"):
+        for name in ("reg_weight", "kl_beta", "weight_decay", "grad_clip", "reg_last_k", "keep_last", "log_images_every",
+                     "time_budget_min"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None) -> torch.Tenso
     return y.clamp(0, 1)
 
 
+def output_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` for each input; inputs sharing a stem get ``<stem>_<ext>.png``, so none overwrites another."""
+    stems = Counter(p.stem for p in paths)
+    return [f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png" for p in paths]
+
+
 @dataclass
 class RestoreSummary:
     written: list[Path] = field(default_factory=list)
@@ -76,9 +83,12 @@ def restore_folder(
 ) -> RestoreSummary:
     """Restore every image of ``in_dir`` into ``out_dir/<stem>.png``; unreadable files are reported
     and skipped. Image i uses seed ``seed + i`` (i in sorted order), so results do not depend on
-    ``batch_size``."""
+    ``batch_size``. Inputs sharing a stem (``a.jpg``, ``a.png``) are written as ``a_jpg.png``, ``a_png.png``."""
     paths = list_images(in_dir)
     out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(in_dir).resolve():
+        raise ValueError(f"{out_dir}: OUT_DIR is IN_DIR; restoring in place would overwrite the input images")
+    out_names = output_names(paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = RestoreSummary()
     bar = tqdm(total=len(paths), desc="restore", unit="img", disable=not progress, dynamic_ncols=True)
@@ -93,10 +103,10 @@ def restore_folder(
                 bar.update(1)
                 continue
             seeds.append(seed + i)
-            names.append(p.stem)
+            names.append(out_names[i])
         if batch:
             for name, img in zip(names, restorer.restore(batch, seeds)):
-                target = out_dir / f"{name}.png"
+                target = out_dir / name
                 save_rgb(target, img)
                 summary.written.append(target)
             bar.update(len(batch))

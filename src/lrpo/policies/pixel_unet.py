@@ -5,8 +5,10 @@ bicubic fidelity on a CPU budget):
   * a stage-1 regression CNN restores the LQ first (DiffBIR's two-stage design); its output and
     the LQ condition the UNet;
   * the diffusion runs on the *residual* ``(hq - base) * residual_scale``, where ``base`` is the
-    stage-1 output (or the LQ when there is no stage 1), so an untrained model already returns
-    ``base`` and the UNet only has to add detail;
+    stage-1 output (or the LQ when there is no stage 1), so the UNet only has to add detail. With
+    the zero-initialised output layer an untrained *x0*-prediction model returns ``base``; an
+    untrained v-prediction model does not: v = 0 leaves x_t nearly unchanged along the DDIM path, so it
+    returns ``base + x_T / residual_scale`` (noise) until trained;
   * v-prediction by default, which stays well conditioned at both ends of the schedule.
 Images enter in [0, 1] and are mapped to [-1, 1] internally.
 """

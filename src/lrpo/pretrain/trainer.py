@@ -32,14 +32,18 @@ from ..inference.sampling import autocast_context, restore_images
 from ..policies.pixel_unet import PixelPolicy, build_policy
 
 
-def lr_at(step: int, total: int, base_lr: float, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_ratio * lr``."""
+def lr_at(step: int, progress: float, base_lr: float, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_ratio * lr``.
+
+    ``progress`` in [0, 1] is how far the run is (by steps, or by time when a time budget binds),
+    so a time-limited run still anneals to the floor.
+    """
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
     if schedule == "constant":
         return base_lr
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    p = min(1.0, max(0.0, progress))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 @dataclass
@@ -109,6 +113,15 @@ class Pretrainer:
             out.append(take)
         return torch.cat(out)
 
+    def progress_fraction(self) -> float:
+        """Fraction of the run done after warm-up: by steps, or by time when a budget is set."""
+        cfg = self.cfg
+        warm = cfg.optim.warmup_steps
+        by_steps = (self.step - warm) / max(1, cfg.steps - warm)
+        if cfg.time_budget_min > 0:
+            return max(by_steps, self.elapsed / (cfg.time_budget_min * 60))
+        return by_steps
+
     # -- one optimiser step ---------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -118,7 +131,7 @@ class Pretrainer:
         noise = torch.randn(hq.shape, generator=self.gen)
         hq, lq, t, noise = (x.to(self.device) for x in (hq, lq, t, noise))
 
-        lr = lr_at(self.step, cfg.steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio)
+        lr = lr_at(self.step, self.progress_fraction(), cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.lr_schedule, cfg.optim.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.policy.train()
@@ -218,6 +231,7 @@ class Pretrainer:
         self.perm = state["perm"]
         self.elapsed = state.get("elapsed", 0.0)
         self.history = state.get("history", [])
+        _rewrite_log(self.out_dir / "log.jsonl", self.history)
 
     # -- the loop ----------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -268,6 +282,15 @@ class Pretrainer:
             for e in self.skipped:
                 print(f"  {e}")
         return {"step": self.step, "checkpoint": str(final), **last_val}
+
+
+def _rewrite_log(path: Path, history: list[dict]) -> None:
+    """After a resume, the log holds exactly what the checkpoint had logged (records written after
+    the checkpoint belong to the abandoned continuation)."""
+    if path.parent.is_dir():
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+        tmp.replace(path)
 
 
 def _format_val(step: int, v: dict[str, float]) -> str:

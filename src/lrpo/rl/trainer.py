@@ -40,6 +40,7 @@ from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduc
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
+from ..pretrain.trainer import _rewrite_log
 from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
 from ..rewards import RewardInput, build_composite
 from .advantages import group_advantages, noise_level_weights, step_advantages
@@ -345,6 +346,8 @@ class LRPOTrainer:
         t0 = time.perf_counter()
         batch = self.collect(epoch)
         times.rollout = time.perf_counter() - t0
+        if self.cfg.log_images_every and epoch % self.cfg.log_images_every == 0 and self.ctx.is_main:
+            self.save_sample_grid(batch, epoch)
         t0 = time.perf_counter()
         rewards, details = self.score(batch, epoch)
         times.reward = time.perf_counter() - t0
@@ -377,6 +380,19 @@ class LRPOTrainer:
             rollout_traj_per_s=round(n_traj / max(times.rollout, 1e-9), 3),
         )
         return rec
+
+    def save_sample_grid(self, batch: RolloutBatch, epoch: int, max_groups: int = 4) -> Path:
+        """One row per group: LQ | its G candidates | GT, as a PNG under out_dir/samples/."""
+        from ..data.images import save_rgb, to_uint8
+        from ..quickstart import image_grid
+
+        G = self.cfg.group_size
+        rows = []
+        for start in range(0, min(len(batch.seeds), max_groups * G), G):
+            rows.append([to_uint8(batch.lq[start])] + [to_uint8(x) for x in batch.images[start : start + G]] + [to_uint8(batch.hq[start])])
+        path = self.out_dir / "samples" / f"epoch_{epoch:04d}.png"
+        save_rgb(path, image_grid(rows))
+        return path
 
     def save(self, epoch: int) -> Path | None:
         if not self.ctx.is_main:
@@ -412,6 +428,8 @@ class LRPOTrainer:
             self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         self.epoch = state["epoch"]
         self.history = state.get("history", [])
+        if self.ctx.is_main:
+            _rewrite_log(self.out_dir / "log.jsonl", self.history)
 
     def log(self, record: dict) -> None:
         self.history.append(record)
@@ -432,7 +450,13 @@ class LRPOTrainer:
         if self.epoch == 0 and eval_every:
             self.log({"epoch": 0, **self.evaluate()})
         bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="lrpo", unit="epoch", disable=not self.progress, dynamic_ncols=True)
+        started = time.perf_counter()
         while self.epoch < cfg.epochs:
+            over = int(cfg.time_budget_min > 0 and time.perf_counter() - started > cfg.time_budget_min * 60)
+            if all_reduce_max(self.ctx, over):  # every process stops at the same epoch
+                if self.history and self.epoch % cfg.ckpt_every:
+                    self.save(self.epoch)  # the budget ended between checkpoints
+                break
             rec = self.train_epoch(self.epoch)
             self.epoch += 1
             rec["epoch"] = self.epoch
