@@ -1,0 +1,170 @@
+"""Reading published model files and loading them strictly into our modules.
+
+The reward models here (LPIPS, CLIP, the Face Reward Model) are rebuilt in plain torch with the
+exact parameter names of the files their publishers release, so a downloaded file loads with no
+renaming. ``load_state_dict_strict`` is the single gate: any missing key, unexpected key or shape
+difference is an error that lists them all and names the file, instead of torch's
+``strict=False`` silently leaving random weights in place.
+
+Formats handled by :func:`read_state_dict`:
+
+* ``torch.save`` of a state dict, or of a dict holding one under ``"state_dict"`` (HPSv2-style
+  checkpoints); a ``"module."`` prefix left by DistributedDataParallel is removed;
+* TorchScript archives (OpenAI's CLIP ``RN50.pt``), read with ``torch.jit.load(...).state_dict()``;
+* ``.safetensors`` files.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointFormatError",
+    "StateDictMismatchError",
+    "autocast_factory",
+    "freeze",
+    "is_torchscript_archive",
+    "load_state_dict_strict",
+    "read_state_dict",
+    "unwrap_state_dict",
+]
+
+_MAX_LISTED = 25  # keys listed per category in an error message
+
+
+class StateDictMismatchError(ValueError):
+    """A state dict does not match the module's parameter names and shapes."""
+
+
+class CheckpointFormatError(ValueError):
+    """A file could not be read as a state dict."""
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """True for a TorchScript zip archive (it holds compiled ``code/``; a torch.save zip does not)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in name for name in zf.namelist())
+
+
+def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Tensor]:
+    """The tensors stored in ``path`` as a flat ``{name: tensor}`` dict, on the CPU.
+
+    ``trust_pickle=False`` reads torch.save files with ``weights_only=True``, which refuses
+    pickled code objects; set it only for files from a source you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path), device="cpu")
+        elif is_torchscript_archive(path):
+            # TorchScript is deprecated in recent torch, but it is the format OpenAI published.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        hint = "" if trust_pickle else " (if it holds pickled objects from a trusted source, pass trust_pickle=True)"
+        raise CheckpointFormatError(f"could not read {path} as a model file: {err}{hint}") from err
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def unwrap_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str, Tensor]:
+    """The flat state dict inside ``obj``: ``obj`` itself or ``obj["state_dict"]``, without a
+    DistributedDataParallel ``"module."`` prefix. Non-tensor entries are an error."""
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(f"{source}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointFormatError(
+            f"{source}: entries {_listing(bad)} are not tensors; expected a state dict, or a dict with one under 'state_dict'"
+        )
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_strict(
+    module: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: str,
+    ignore: Callable[[str], bool] = lambda key: False,
+    may_be_missing: Callable[[str], bool] = lambda key: False,
+) -> None:
+    """Copy ``state_dict`` into ``module``; every key and shape must match.
+
+    ignore(key):          file entries deliberately not loaded (e.g. a VGG's classifier).
+    may_be_missing(key):  module entries the file may omit without harm (e.g. BatchNorm's
+                          ``num_batches_tracked``, unused in eval mode); they keep their value.
+    Values are cast to the module's dtypes (published CLIP files are float16).
+    """
+    expected = module.state_dict()
+    given = {k: v for k, v in state_dict.items() if not ignore(k)}
+    missing = [k for k in expected if k not in given and not may_be_missing(k)]
+    unexpected = [k for k in given if k not in expected]
+    wrong_shape = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in given.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if wrong_shape:
+            parts.append(f"shape mismatches ({len(wrong_shape)}): {_listing(wrong_shape)}")
+        raise StateDictMismatchError(
+            f"{source} does not match {type(module).__name__}: " + "; ".join(parts)
+            + ". Is it the right file for this model (see the registry entry's description)?"
+        )
+    merged = dict(expected)
+    merged.update(given)
+    module.load_state_dict(merged, strict=True)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: reward models are fixed judges."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], AbstractContextManager]:
+    """A factory of contexts for ``precision``: "fp32" (no autocast) or "bf16" (CUDA autocast).
+
+    bf16 is refused off CUDA: CPU autocast is slow on most CPUs and the rewards are cheap there.
+    """
+    if precision == "fp32":
+        return nullcontext
+    if precision == "bf16":
+        if device.type != "cuda":
+            raise ValueError(f"precision='bf16' autocast is for CUDA devices; use 'fp32' on {device}")
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+def _listing(items: Iterable[str]) -> str:
+    items = list(items)
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
