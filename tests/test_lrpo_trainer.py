@@ -213,3 +213,32 @@ def test_two_processes_match_one(setup_dirs, tmp_path):
     # only rank 0 wrote checkpoints and logs
     assert (tmp_path / "multi" / "latest").is_file()
     assert len((tmp_path / "multi" / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_guard_stops_and_rolls_back(setup_dirs, tmp_path):
+    """A brightness reward at lr 1e-3 brightens the faces, so PSNR to GT falls a little more each
+    epoch. With a 1 % tolerance the first epoch passes (saved as `best`), a later one fails: training
+    stops early, the policy is rolled back and `latest` names the best guarded checkpoint."""
+    import json
+
+    faces, base = setup_dirs
+    cfg = make_cfg(faces, base, tmp_path / "guard", epochs=10,
+                   guard=dict(every=1, metrics=["psnr"], tolerance=0.01, action="rollback"))
+    tr = LRPOTrainer(cfg, progress=False)
+    tr.run()
+    log = [json.loads(line) for line in (tmp_path / "guard" / "log.jsonl").read_text().splitlines()]
+    start = log[0]["guard_psnr"]  # the baseline, before any update
+    violated = [r for r in log if r.get("guard_violations")]
+    assert violated and tr.epoch < 10, [r.get("guard_psnr") for r in log]
+    assert violated[0]["guard_psnr"] < start * 0.99
+    assert tr.best is not None and tr.best[0] < tr.epoch
+    assert (tmp_path / "guard" / "latest").read_text().strip() == "best"
+    assert log[-1]["rolled_back_to_epoch"] == tr.best[0]
+    # the in-memory policy now holds the best checkpoint's weights
+    from lrpo.checkpoint import load_weights
+    import copy
+
+    ref = copy.deepcopy(tr.policy)
+    load_weights(ref, tmp_path / "guard" / "best")
+    for a, b in zip(ref.state_dict().values(), tr.policy.state_dict().values()):
+        assert torch.equal(a, b)

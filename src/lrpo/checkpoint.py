@@ -129,6 +129,14 @@ def save_checkpoint(
     return final
 
 
+def set_latest(run_dir: str | os.PathLike, name: str) -> None:
+    """Point the run's ``latest`` at checkpoint folder ``name`` (e.g. a rollback to ``best``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / name / "model.safetensors").is_file():
+        raise CheckpointError(f"{run_dir / name}: not a checkpoint")
+    _atomic_write_text(run_dir / "latest", name + "\n")
+
+
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Complete ``step_*`` checkpoint folders of a run, oldest first."""
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -219,6 +219,27 @@ class RewardConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Reward-hacking guard: held-out metrics outside the reward must not fall (lrpo.rl.guards)."""
+
+    every: int = 0  # epochs between guard evaluations (0 = off)
+    metrics: tuple[str, ...] = ("psnr", "identity")  # from psnr, ssim, identity (SFace), lmd (YuNet)
+    tolerance: float = 0.05  # allowed relative worsening from the value before RL
+    action: Literal["warn", "stop", "rollback"] = "rollback"  # rollback: restore the best guarded epoch, stop
+    preset: str = "mild"  # degradation preset of the held-out LQ (fixed seed 0)
+
+    def validate(self, prefix: str = "guard") -> None:
+        if self.every < 0 or self.tolerance < 0:
+            raise ConfigError(f"{prefix}.every and {prefix}.tolerance must be >= 0, got {self.every}, {self.tolerance}")
+        known = ("psnr", "ssim", "identity", "lmd")
+        bad = [m for m in self.metrics if m not in known]
+        if bad or (self.every and not self.metrics):
+            raise ConfigError(f"{prefix}.metrics must be a non-empty list from {list(known)}, got {list(self.metrics)}")
+        if self.preset not in DEGRADATION_PRESETS:
+            raise ConfigError(f"{prefix}.preset must be one of {sorted(DEGRADATION_PRESETS)}, got {self.preset!r}")
+
+
+@dataclass
 class LRPOConfig:
     """Online RL of a pretrained policy (``lrpo train``, SPEC sections 2-6).
 
@@ -268,6 +289,7 @@ class LRPOConfig:
     data: DataConfig = field(default_factory=DataConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self) -> None:
         for name in ("epochs", "group_size", "groups_per_epoch", "rollout_groups_per_batch", "sample_steps",
@@ -295,6 +317,9 @@ class LRPOConfig:
             raise ConfigError("init_checkpoint is empty: LRPO starts from a pretrained policy (lrpo pretrain ...)")
         self.data.validate()
         self.degradation.validate()
+        self.guard.validate()
+        if self.guard.every and not self.data.val_count:
+            raise ConfigError("guard.every > 0 needs held-out faces: set data.val_count > 0")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,6 +512,7 @@ __all__ = [
     "OptimConfig",
     "PretrainConfig",
     "RewardConfig",
+    "GuardConfig",
     "LRPOConfig",
     "from_dict",
     "to_dict",

@@ -9,7 +9,6 @@ fixed seed and reports PSNR/SSIM next to the bicubic and stage-1 baselines.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.sampling import autocast_context, restore_images
 from ..policies.pixel_unet import PixelPolicy, build_policy
+from ..runlog import append_record, rewrite_log
 
 
 def lr_at(step: int, progress: float, base_lr: float, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -231,13 +231,12 @@ class Pretrainer:
         self.perm = state["perm"]
         self.elapsed = state.get("elapsed", 0.0)
         self.history = state.get("history", [])
-        _rewrite_log(self.out_dir / "log.jsonl", self.history)
+        rewrite_log(self.out_dir / "log.jsonl", self.history)
 
     # -- the loop ----------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
         self.history.append(record)
-        with open(self.out_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_record(self.out_dir / "log.jsonl", record)
 
     def run(self) -> dict[str, float]:
         cfg = self.cfg
@@ -282,15 +281,6 @@ class Pretrainer:
             for e in self.skipped:
                 print(f"  {e}")
         return {"step": self.step, "checkpoint": str(final), **last_val}
-
-
-def _rewrite_log(path: Path, history: list[dict]) -> None:
-    """After a resume, the log holds exactly what the checkpoint had logged (records written after
-    the checkpoint belong to the abandoned continuation)."""
-    if path.parent.is_dir():
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-        tmp.replace(path)
 
 
 def _format_val(step: int, v: dict[str, float]) -> str:

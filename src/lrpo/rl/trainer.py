@@ -18,7 +18,6 @@ most the epoch in flight and ``--resume`` continues exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -40,10 +39,11 @@ from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduc
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
-from ..pretrain.trainer import _rewrite_log
+from ..runlog import append_record, rewrite_log
 from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
 from ..rewards import RewardInput, build_composite
 from .advantages import group_advantages, noise_level_weights, step_advantages
+from .guards import GuardMetrics, guard_violations
 from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_train_steps, ppo_clip_loss
 
 
@@ -130,6 +130,9 @@ class LRPOTrainer:
         reward_device = str(self.device) if cfg.reward.device == "auto" else cfg.reward.device
         spec: Any = dict(cfg.reward.terms) if cfg.reward.terms else cfg.reward.preset
         self.reward = build_composite(spec, device=reward_device)
+        self.guard = GuardMetrics(cfg.guard.metrics, self.device) if cfg.guard.every else None
+        self.guard_baseline: dict[str, float] | None = None
+        self.best: tuple[int, float] | None = None  # (epoch, held-out reward) of the best guarded epoch
         self.epoch = 0
         self.history: list[dict] = []
         self._tb = None
@@ -320,7 +323,10 @@ class LRPOTrainer:
     # evaluation on held-out faces (fixed degradation, fixed seeds)
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, preset: str = "mild", seed: int = 0) -> dict[str, float]:
+    def evaluate(self, preset: str | None = None, seed: int = 0) -> dict[str, float]:
+        """Restore the held-out faces (degraded once with ``seed``, the guard's preset by default)
+        deterministically with eval_eta and score them: reward terms, PSNR, SSIM, guard metrics."""
+        preset = preset or self.cfg.guard.preset
         if self.val_hq is None:
             return {}
         hq = self.val_hq
@@ -336,6 +342,8 @@ class LRPOTrainer:
         out = self.reward(RewardInput(images=images, gt=hq, lq=lq))
         res = {"eval_reward": float(out.scores.mean()), "eval_psnr": float(psnr(images, hq).mean()), "eval_ssim": float(ssim(images, hq).mean())}
         res.update({f"eval_{k}": float(v.mean()) for k, v in out.details.items() if "/" not in k and k != "total"})
+        if self.guard is not None:
+            res.update({f"guard_{k}": v for k, v in self.guard(images, hq).items()})
         return res
 
     # ------------------------------------------------------------------------------------------
@@ -394,7 +402,7 @@ class LRPOTrainer:
         save_rgb(path, image_grid(rows))
         return path
 
-    def save(self, epoch: int) -> Path | None:
+    def save(self, epoch: int, name: str | None = None) -> Path | None:
         if not self.ctx.is_main:
             return None
         config = {
@@ -408,10 +416,12 @@ class LRPOTrainer:
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "world_size": self.ctx.world_size,
+            "guard_baseline": self.guard_baseline,
+            "best": self.best,
         }
         return ckpt_io.save_checkpoint(
             self.out_dir, epoch, self.policy, config, state, ema=self.ema.state_dict() if self.ema else None,
-            kind="lrpo", keep_last=self.cfg.keep_last,
+            kind="lrpo", keep_last=self.cfg.keep_last, name=name,
         )
 
     def load(self, path: str | Path) -> None:
@@ -428,14 +438,38 @@ class LRPOTrainer:
             self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         self.epoch = state["epoch"]
         self.history = state.get("history", [])
+        self.guard_baseline = state.get("guard_baseline")
+        self.best = state.get("best")
         if self.ctx.is_main:
-            _rewrite_log(self.out_dir / "log.jsonl", self.history)
+            rewrite_log(self.out_dir / "log.jsonl", self.history)
+
+    def check_guard(self, rec: dict) -> bool:
+        """Compare the guard metrics in ``rec`` with the start; True when training must stop."""
+        cfg = self.cfg.guard
+        violations = guard_violations(self.guard_baseline or {}, _guard_values(rec), cfg.metrics, cfg.tolerance)
+        rec["guard_violations"] = violations
+        if not violations:
+            if self.best is None or rec["eval_reward"] > self.best[1]:
+                self.best = (self.epoch, rec["eval_reward"])
+                self.save(self.epoch, name="best")
+            return False
+        msg = f"guard: epoch {self.epoch}: held-out " + "; ".join(violations)
+        if self.progress or self.ctx.is_main:
+            print(msg + (" -> continuing (action=warn)" if cfg.action == "warn" else f" -> {cfg.action}"))
+        return cfg.action != "warn"
+
+    def rollback_to_best(self) -> None:
+        """Load the best guarded epoch's weights and point the run's ``latest`` at it."""
+        best_dir = self.out_dir / "best"
+        ckpt_io.load_weights(self.policy, best_dir)
+        if self.ctx.is_main:
+            ckpt_io.set_latest(self.out_dir, "best")
+            self.log({"epoch": self.epoch, "rolled_back_to_epoch": self.best[0]})
 
     def log(self, record: dict) -> None:
         self.history.append(record)
         if self.ctx.is_main:
-            with open(self.out_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.out_dir / "log.jsonl", record)
             if self._tb is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
@@ -447,8 +481,11 @@ class LRPOTrainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
         self._tb = _tensorboard(self.out_dir) if self.ctx.is_main else None
-        if self.epoch == 0 and eval_every:
-            self.log({"epoch": 0, **self.evaluate()})
+        if self.epoch == 0 and (eval_every or self.guard is not None):
+            first = self.evaluate()
+            self.log({"epoch": 0, **first})
+            if self.guard is not None:
+                self.guard_baseline = {k[len("guard_"):]: v for k, v in first.items() if k.startswith("guard_")}
         bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="lrpo", unit="epoch", disable=not self.progress, dynamic_ncols=True)
         started = time.perf_counter()
         while self.epoch < cfg.epochs:
@@ -460,17 +497,27 @@ class LRPOTrainer:
             rec = self.train_epoch(self.epoch)
             self.epoch += 1
             rec["epoch"] = self.epoch
-            if eval_every and self.epoch % eval_every == 0:
+            guard_due = self.guard is not None and self.epoch % cfg.guard.every == 0
+            if (eval_every and self.epoch % eval_every == 0) or guard_due:
                 rec.update(self.evaluate())
+            stop = self.check_guard(rec) if guard_due else False
             self.log(rec)
             bar.update(1)
             bar.set_postfix(reward=f"{rec['reward_mean']:.4f}", kl=f"{rec.get('approx_kl', 0):.2e}")
-            if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs:
+            if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or stop:
                 self.save(self.epoch)
+            if stop:
+                if cfg.guard.action == "rollback" and self.best is not None:
+                    self.rollback_to_best()
+                break
         bar.close()
         if self._tb is not None:
             self._tb.close()
         return {"epoch": self.epoch, "last": self.history[-1] if self.history else {}}
+
+
+def _guard_values(rec: dict) -> dict[str, float]:
+    return {k[len("guard_"):]: v for k, v in rec.items() if k.startswith("guard_") and isinstance(v, float)}
 
 
 def _accumulate(sums: dict[str, float], stats: dict[str, float]) -> None:
