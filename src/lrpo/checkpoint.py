@@ -41,9 +41,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+def _state_tensors(module: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage and non-contiguous views: save plain copies
-    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    sd = module if isinstance(module, dict) else module.state_dict()
+    return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -79,7 +80,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     config: dict,
     state: dict[str, Any],
     ema: nn.Module | dict[str, torch.Tensor] | None = None,
@@ -98,8 +99,7 @@ def save_checkpoint(
     try:
         save_file(_state_tensors(model), str(tmp / "model.safetensors"))
         if ema is not None:
-            ema_sd = ema if isinstance(ema, dict) else _state_tensors(ema)
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in ema_sd.items()}, str(tmp / "ema.safetensors"))
+            save_file(_state_tensors(ema), str(tmp / "ema.safetensors"))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -175,12 +175,18 @@ def load_config_dict(ckpt: str | os.PathLike) -> dict:
 
 
 def load_weights(module: nn.Module, ckpt: str | os.PathLike, ema: bool = False) -> None:
-    """Load ``model.safetensors`` (or ``ema.safetensors``) strictly; mismatches are listed."""
+    """Load ``model.safetensors`` (or ``ema.safetensors``) strictly; mismatches are listed.
+
+    A module with ``load_trainable_state_dict`` (the latent policy) gets only its trainable part.
+    """
     ckpt = find_checkpoint(ckpt)
     f = ckpt / ("ema.safetensors" if ema else "model.safetensors")
     if not f.is_file():
         raise CheckpointError(f"{f}: missing")
     sd = load_file(str(f))
+    if hasattr(module, "load_trainable_state_dict"):
+        module.load_trainable_state_dict(sd, source=str(f))
+        return
     check_state_dict(module, sd, source=str(f))
     module.load_state_dict(sd, strict=True)
 

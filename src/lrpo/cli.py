@@ -64,7 +64,10 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its latest checkpoint)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
+    src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'sd21-diffbir' (DiffBIR v1 face on "
+                     "SD 2.1; model files from `lrpo weights`, see configs/policy-sd21-diffbir.yaml)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic (default), 0.8 as DiffBIR")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
@@ -93,12 +96,14 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart",
         help="a complete small run on embedded faces (CPU, a few minutes)",
-        description="Pretrain a small pixel policy on embedded public-domain faces (or --data DIR), restore "
-        "held-out degraded faces, and write a comparison grid and metrics. Prints where the results are.",
+        description="On embedded public-domain faces (or --data DIR): pretrain a small pixel policy, improve it "
+        "with LRPO, evaluate base vs LRPO on held-out degraded faces and write a self-contained report.html "
+        "(metrics, reward curves, before/after grids). Prints the report's path. About 8 minutes on 2 CPU cores.",
     )
     p.add_argument("--data", help="folder of aligned HQ faces to use instead of the embedded ones")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    p.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget (default 3)")
+    p.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget in minutes (default 3)")
+    p.add_argument("--rl-minutes", type=float, default=3.0, help="LRPO time budget in minutes (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -162,7 +167,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.steps < 1 or args.eta < 0:
         raise ConfigError("--batch-size and --steps must be >= 1 and --eta >= 0")
-    restorer = Restorer.from_checkpoint(args.checkpoint, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
+    source = args.checkpoint
+    if args.policy:
+        from .quickstart import CONFIG_DIR
+
+        source = CONFIG_DIR / f"policy-{args.policy}.yaml"
+        if not source.is_file():
+            known = sorted(p.stem[len("policy-"):] for p in CONFIG_DIR.glob("policy-*.yaml"))
+            raise ConfigError(f"--policy {args.policy!r} is not known; known: {', '.join(known)}")
+    restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
     summary = restore_folder(restorer, args.in_dir, args.out_dir, args.batch_size, args.seed, progress=not args.no_progress)
     print(f"restored {len(summary.written)} image(s) into {args.out_dir}")
     if summary.failed:

@@ -8,25 +8,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
-from ..config import DiffusionConfig, PolicyConfig, from_dict, resolve_device
+from ..config import DiffusionConfig, from_dict, resolve_device
 from ..data.images import ImageLoadError, list_images, load_rgb, save_rgb, to_tensor, to_uint8
 from ..diffusion.ddim import DDIMSampler
 from ..diffusion.schedules import make_alphas_cumprod
-from ..policies.pixel_unet import PixelPolicy, build_policy
+from ..policies import Policy, build_policy_from_dict
 from .sampling import restore_images
 
 
-def load_policy(checkpoint: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> tuple[PixelPolicy, DiffusionConfig, Path]:
-    """Rebuild the policy from a checkpoint's config and load its (EMA) weights."""
-    ckpt = ckpt_io.find_checkpoint(checkpoint)
+def load_policy(source: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> tuple[Policy, DiffusionConfig, Path]:
+    """Rebuild a policy and its diffusion schedule.
+
+    ``source`` is a checkpoint (or run) folder, whose ``config.yaml`` rebuilds the model and whose
+    (EMA) weights are loaded, or a policy YAML (``configs/policy-*.yaml``: ``policy`` and
+    ``diffusion`` sections) describing a published model, e.g. DiffBIR v1 face on SD 2.1.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix in (".yaml", ".yml"):
+        raw = yaml.safe_load(source.read_text()) or {}
+        if "policy" not in raw:
+            raise ckpt_io.CheckpointError(f"{source}: a policy YAML needs a 'policy' section")
+        policy = build_policy_from_dict(raw["policy"], device)
+        diffusion = from_dict(DiffusionConfig, raw.get("diffusion", {}), prefix="diffusion")
+        return policy.eval(), diffusion, source
+    ckpt = ckpt_io.find_checkpoint(source)
     raw = ckpt_io.load_config_dict(ckpt)
     if "policy" not in raw or "diffusion" not in raw:
         raise ckpt_io.CheckpointError(f"{ckpt}/config.yaml has no 'policy' and 'diffusion' sections")
-    policy = build_policy(from_dict(PolicyConfig, raw["policy"], prefix="policy"))
+    policy = build_policy_from_dict(raw["policy"], "cpu")
     diffusion = from_dict(DiffusionConfig, raw["diffusion"], prefix="diffusion")
     use_ema = ema and (ckpt / "ema.safetensors").is_file()
     ckpt_io.load_weights(policy, ckpt, ema=use_ema)
@@ -35,7 +49,7 @@ def load_policy(checkpoint: str | Path, device: torch.device | str = "cpu", ema:
 
 @dataclass
 class Restorer:
-    policy: PixelPolicy
+    policy: Policy
     sampler: DDIMSampler
     device: torch.device
     precision: str = "fp32"
@@ -53,7 +67,10 @@ class Restorer:
         """RGB uint8 faces (any sizes) -> restored RGB uint8 faces at each input's size."""
         r = self.policy.cfg.resolution
         lq = torch.stack([_resize_tensor(to_tensor(im), r) for im in images]).to(self.device)
-        out = restore_images(self.policy, self.sampler, lq, seeds, self.precision).float().cpu()
+        if hasattr(self.policy, "restore_faces"):  # the latent policy: DiffBIR's colour fix included
+            out = self.policy.restore_faces(self.sampler, lq, seeds).float().cpu()
+        else:
+            out = restore_images(self.policy, self.sampler, lq, seeds, self.precision).float().cpu()
         return [to_uint8(_resize_tensor(o, im.shape[0], im.shape[1])) for o, im in zip(out, images)]
 
 

@@ -483,6 +483,10 @@ class LatentPolicy(nn.Module):
             for k, v in sd.items():
                 params[k].copy_(v)
 
+    def restore_faces(self, sampler, lq: Tensor, seeds: list[int]) -> Tensor:
+        """Restorer hook: sample, decode and colour-fix (see :func:`restore_faces`)."""
+        return restore_faces(self, sampler, lq, seeds, precision=self.cfg.precision)
+
     def controlnet_state_dict(self) -> dict[str, Tensor]:
         """The ControlNet's weights in its plain layout (LoRA merged), for export to DiffBIR."""
         return merged_state_dict(self.controlnet)

@@ -39,6 +39,7 @@ from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduc
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
+from ..policies import policy_state_dict
 from ..runlog import append_record, rewrite_log
 from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
 from ..rewards import RewardInput, build_composite
@@ -420,7 +421,7 @@ class LRPOTrainer:
             "best": self.best,
         }
         return ckpt_io.save_checkpoint(
-            self.out_dir, epoch, self.policy, config, state, ema=self.ema.state_dict() if self.ema else None,
+            self.out_dir, epoch, policy_state_dict(self.policy), config, state, ema=self.ema.state_dict() if self.ema else None,
             kind="lrpo", keep_last=self.cfg.keep_last, name=name,
         )
 
