@@ -90,7 +90,7 @@ class PolicyConfig:
     channel_mults: tuple[int, ...] = (1, 2, 4)  # width multiplier per resolution level
     blocks_per_level: int = 1  # residual blocks per level (encoder and decoder)
     attention_levels: tuple[int, ...] = ()  # indices of levels with self-attention
-    prediction: Literal["eps", "v", "x0"] = "v"  # network output parameterisation
+    prediction: Literal["eps", "v", "x0"] = "x0"  # network output; an untrained residual x0 model returns its base
     # diffuse the residual hq - base instead of the image itself; base is the stage-1 output when
     # stage1 != "none", else the bicubically upsampled LQ. Starts every sample from a sensible image.
     residual: bool = True

@@ -9,7 +9,8 @@ bicubic fidelity on a CPU budget):
     the zero-initialised output layer an untrained *x0*-prediction model returns ``base``; an
     untrained v-prediction model does not: v = 0 leaves x_t nearly unchanged along the DDIM path, so it
     returns ``base + x_T / residual_scale`` (noise) until trained;
-  * v-prediction by default, which stays well conditioned at both ends of the schedule.
+  * x0-prediction by default (it fits the MMSE image first, which is what a small CPU budget
+    reaches; SPEC section 11); v and eps are available and suit longer GPU runs.
 Images enter in [0, 1] and are mapped to [-1, 1] internally.
 """
 
