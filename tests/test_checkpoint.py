@@ -192,8 +192,8 @@ def test_load_weights_lists_missing_unexpected_and_shape_mismatches(tmp_path):
         check_state_dict(_model(0), sd, source="x.safetensors")
     msg = str(info.value)
     assert msg.startswith("x.safetensors does not match the model")
-    assert "missing keys: lin.bias" in msg
-    assert "unexpected keys: extra.weight" in msg
+    assert "missing keys (1): lin.bias" in msg
+    assert "unexpected keys (1): extra.weight" in msg
     assert "conv.weight: file (5, 3, 3, 3) vs model (4, 3, 3, 3)" in msg
 
 
@@ -201,14 +201,14 @@ def test_load_weights_into_a_wider_model_fails_and_leaves_it_untouched(tmp_path)
     path = save_checkpoint(tmp_path / "run", 1, _model(0, width=4), CONFIG, {})
     wide = _model(1, width=8)
     before = {k: v.clone() for k, v in wide.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"shape mismatches: .*conv.weight: file \(4, 3, 3, 3\) vs model \(8, 3, 3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(4\): .*conv.weight: file \(4, 3, 3, 3\) vs model \(8, 3, 3, 3\)"):
         load_weights(wide, path)
     _assert_same_weights(wide, before)
 
 
 def test_check_state_dict_shortens_long_lists():
-    model = nn.Sequential(*[nn.Linear(1, 1, bias=False) for _ in range(12)])
-    with pytest.raises(CheckpointError, match=r"missing keys: 0.weight, 1.weight, .* \(\+4 more\)"):
+    model = nn.Sequential(*[nn.Linear(1, 1, bias=False) for _ in range(16)])  # 12 listed, 4 counted
+    with pytest.raises(CheckpointError, match=r"missing keys \(16\): 0.weight, 1.weight, .*, \.\.\. \(4 more\)$"):
         check_state_dict(model, {}, source="f")
 
 

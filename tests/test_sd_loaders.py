@@ -199,7 +199,7 @@ def test_wrong_key_and_wrong_shape_are_listed():
         L.load_sd_ldm(sd, unet=build_unet(TINY.unet), vae=build_vae(TINY.vae), text=None, layers_per_block=1, source="bad.ckpt")
     msg = str(err.value)
     assert "bad.ckpt" in msg and good in msg and "down_blocks.0.resnets.0.norm1.weight" in msg
-    assert "unexpected in the file (1): model.diffusion_model.input_blocks.1.0.in_layer.0.weight" in msg
+    assert "unexpected keys (1): model.diffusion_model.input_blocks.1.0.in_layer.0.weight" in msg
 
     sd = _ldm_file_dict(unet, vae, text)
     sd["first_stage_model.decoder.conv_out.weight"] = torch.zeros(3, 4, 3, 3)

@@ -191,24 +191,36 @@ def load_weights(module: nn.Module, ckpt: str | os.PathLike, ema: bool = False) 
     module.load_state_dict(sd, strict=True)
 
 
+def listing(items: list[str], limit: int = 12) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    items = list(items)
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def mismatch_parts(missing: list[str], unexpected: list[str], wrong_shape: list[str]) -> list[str]:
+    """Sentence parts describing a state-dict mismatch (shared by every strict loader)."""
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {listing(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {listing(unexpected)}")
+    if wrong_shape:
+        parts.append(f"shape mismatches ({len(wrong_shape)}): {listing(wrong_shape)}")
+    return parts
+
+
+def compare_state_dicts(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape descriptions) of ``given`` against ``own``."""
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    shapes = [f"{k}: file {tuple(given[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items() if k in given and given[k].shape != v.shape]
+    return missing, unexpected, shapes
+
+
 def check_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     """Raise a CheckpointError listing missing/unexpected keys and shape mismatches."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-
-        def few(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {few(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches: {few(shapes)}")
+    parts = mismatch_parts(*compare_state_dicts(module.state_dict(), sd))
+    if parts:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
 
 

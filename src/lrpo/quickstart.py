@@ -8,15 +8,13 @@ runs on a fresh machine with no downloads. ``--data DIR`` uses a folder of align
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .config import PretrainConfig, load_config
+from .config import DEGRADATION_PRESETS, PretrainConfig, load_config
 from .data.images import list_images, save_rgb
 
 # FFHQ-like square crop of the astronaut's face (row0, row1, col0, col1) in the 512x512 photo:
@@ -67,74 +65,77 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
     return grid
 
 
+def offline_reward_preset() -> str:
+    """``offline`` when the SFace identity model is found (weights registry), else ``no_weights``."""
+    from . import weights
+
+    try:
+        weights.resolve("sface-int8")
+        return "offline"
+    except weights.MissingWeightsError:
+        return "no_weights"
+
+
 def run_quickstart(args: argparse.Namespace) -> int:
+    """Pretrain -> LRPO -> evaluate base vs LRPO -> report.html, on a CPU in a few minutes."""
+    from .config import LRPOConfig
     from .data.datasets import FaceImageSet
     from .degradation.paired import make_paired_set
-    from .eval.metrics import psnr, ssim
-    from .inference.restorer import Restorer
+    from .eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
     from .pretrain.trainer import Pretrainer
+    from .rl.trainer import LRPOTrainer
 
     out = Path(args.out)
     t0 = time.time()
     if args.data:
         source = Path(args.data)
-        print(f"[1/4] using faces from {source}")
+        print(f"[1/5] using faces from {source}")
     else:
         source = out / "embedded_faces"
         embedded_faces(source, seed=args.seed)
-        print(f"[1/4] wrote {len(list_images(source))} embedded public-domain faces to {source}")
+        print(f"[1/5] wrote {len(list_images(source))} embedded public-domain faces to {source}")
     faces = FaceImageSet(source, resolution=None, skip_bad=True)  # fails early when nothing is usable
-    if len(faces) < 4:
-        raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 4")
-    val_count = max(2, min(8, len(faces) // 5))
+    if len(faces) < 8:
+        raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 8")
+    val_count = max(4, min(16, len(faces) // 5))
+    common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}"]
 
-    cfg: PretrainConfig = load_config(
-        PretrainConfig,
-        CONFIG_DIR / "cpu-quickstart.yaml",
-        [
-            f"data.hq={source}",
-            f"data.val_count={val_count}",
-            "data.skip_bad=true",
-            f"out_dir={out / 'pretrain'}",
-            f"seed={args.seed}",
-            f"time_budget_min={args.minutes}",
-        ],
+    pre_cfg: PretrainConfig = load_config(
+        PretrainConfig, CONFIG_DIR / "cpu-quickstart.yaml",
+        [*common, f"out_dir={out / 'pretrain'}", f"time_budget_min={args.minutes}"],
     )
-    print(f"[2/4] pretraining a {cfg.policy.resolution}px pixel policy for up to {args.minutes:g} min")
-    result = Pretrainer(cfg, progress=not args.no_progress).run()
+    print(f"[2/5] pretraining a {pre_cfg.policy.resolution}px pixel policy (up to {args.minutes:g} min)")
+    Pretrainer(pre_cfg, progress=not args.no_progress).run()
 
-    print("[3/4] degrading the held-out faces (mild preset, seed 0) and restoring them")
-    val_files = sorted(faces.paths)[:val_count]
+    preset = offline_reward_preset()
+    rl_cfg: LRPOConfig = load_config(
+        LRPOConfig, CONFIG_DIR / "lrpo-quickstart.yaml",
+        [*common, f"init_checkpoint={out / 'pretrain'}", f"out_dir={out / 'lrpo'}", f"time_budget_min={args.rl_minutes}",
+         f"reward.preset={preset}"],
+    )
+    print(f"[3/5] LRPO with the '{preset}' reward (up to {args.rl_minutes:g} min)")
+    LRPOTrainer(rl_cfg, progress=not args.no_progress).run(eval_every=1)
+
+    print("[4/5] degrading the held-out faces (mild preset, seed 0)")
+    val_files = sorted(faces.paths)[:val_count]  # the faces both trainings held out
     val_list = out / "heldout.txt"
-    val_list.parent.mkdir(parents=True, exist_ok=True)
     val_list.write_text("".join(f"{p.resolve()}\n" for p in val_files))
-    from .config import DEGRADATION_PRESETS
-
     pairs = out / "heldout_pairs"
-    make_paired_set(val_list, pairs, size=cfg.data.resolution, seed=0, cfg=DEGRADATION_PRESETS["mild"], overwrite=True, progress=False)
-    restorer = Restorer.from_checkpoint(out / "pretrain", steps=50, eta=0.0, device=cfg.device)
-    from .data.datasets import PairedSet
-    from .data.images import to_uint8
+    make_paired_set(val_list, pairs, size=pre_cfg.data.resolution, seed=0, cfg=DEGRADATION_PRESETS["mild"], overwrite=True, progress=False)
 
-    pair_set = PairedSet(pairs)
-    lq = torch.stack([pair_set[i]["lq"] for i in range(len(pair_set))])
-    hq = torch.stack([pair_set[i]["hq"] for i in range(len(pair_set))])
-    restored = restorer.restore([to_uint8(x) for x in lq], seeds=list(range(len(lq))))
-    restored_t = torch.stack([torch.from_numpy(r).permute(2, 0, 1).float() / 255 for r in restored])
-    metrics = {
-        "lq_bicubic": {"psnr": float(psnr(lq, hq).mean()), "ssim": float(ssim(lq, hq).mean())},
-        "policy": {"psnr": float(psnr(restored_t, hq).mean()), "ssim": float(ssim(restored_t, hq).mean())},
-        "pretrain_steps": result["step"],
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    grid = image_grid([[to_uint8(a), r, to_uint8(b)] for a, r, b in zip(lq, restored, hq)])
-    save_rgb(out / "grid.png", grid)
-    print(f"[4/4] done in {math.ceil(time.time() - t0)} s")
-    print(
-        f"held-out faces ({len(lq)}): LQ PSNR {metrics['lq_bicubic']['psnr']:.2f} SSIM {metrics['lq_bicubic']['ssim']:.3f}"
-        f" -> policy PSNR {metrics['policy']['psnr']:.2f} SSIM {metrics['policy']['ssim']:.3f}"
+    print("[5/5] evaluating base vs LRPO")
+    result = evaluate_paired(
+        pairs,
+        [MethodSpec("base", "checkpoint", str(out / "pretrain")), MethodSpec("lrpo", "checkpoint", str(out / "lrpo"))],
+        out / "eval",
+        EvalOptions(device=pre_cfg.device, reward_preset=preset, logs={"lrpo": str(out / "lrpo" / "log.jsonl")},
+                    progress=not args.no_progress),
     )
-    print(f"grid (LQ | restored | GT): {out / 'grid.png'}")
-    print(f"metrics: {out / 'metrics.json'}")
-    print(f"checkpoint: {result['checkpoint']}")
+    summary = result.summary
+    print(f"done in {math.ceil(time.time() - t0)} s")
+    for method in ("input", "base", "lrpo"):
+        row = summary.get(method) or {}
+        shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("reward/total", "psnr", "ssim", "id_cos") if isinstance(row.get(k), float))
+        print(f"  {method:6s} {shown}")
+    print(f"report: {result.report_path}")
     return 0

@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, listing, mismatch_parts
 from ..weights import WeightFile, register
 
 SD_UNET_PREFIX = "model.diffusion_model."
@@ -269,10 +269,6 @@ def _is_conv1x1_in_original(original_key: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 # strict conversion, both ways
 # ----------------------------------------------------------------------------------------------
-def _listing(items: list[str], limit: int = 12) -> str:
-    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def from_original_layout(
     module: nn.Module,
     original: Mapping[str, Tensor],
@@ -310,15 +306,9 @@ def from_original_layout(
     ]
     not_ours = sorted(set(expected) - set(key_map))
     if missing or unexpected or wrong_shape or not_ours:
-        parts = []
-        if missing:
-            parts.append(f"missing in the file ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected in the file ({len(unexpected)}): {_listing(sorted(unexpected))}")
-        if wrong_shape:
-            parts.append(f"shape mismatches ({len(wrong_shape)}): {_listing(wrong_shape)}")
+        parts = mismatch_parts(missing, sorted(unexpected), wrong_shape)
         if not_ours:
-            parts.append(f"module entries without a mapping ({len(not_ours)}): {_listing(not_ours)}")
+            parts.append(f"module entries without a mapping ({len(not_ours)}): {listing(not_ours)}")
         raise WeightsMismatchError(
             f"{source} does not match {type(module).__name__}"
             + (f" under prefix {prefix!r}" if prefix else "")

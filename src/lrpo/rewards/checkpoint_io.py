@@ -19,12 +19,14 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from ..checkpoint import listing, mismatch_parts
 
 __all__ = [
     "CheckpointFormatError",
@@ -37,7 +39,6 @@ __all__ = [
     "unwrap_state_dict",
 ]
 
-_MAX_LISTED = 25  # keys listed per category in an error message
 
 
 class StateDictMismatchError(ValueError):
@@ -93,7 +94,7 @@ def unwrap_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str, T
     bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if bad:
         raise CheckpointFormatError(
-            f"{source}: entries {_listing(bad)} are not tensors; expected a state dict, or a dict with one under 'state_dict'"
+            f"{source}: entries {listing(bad)} are not tensors; expected a state dict, or a dict with one under 'state_dict'"
         )
     sd = dict(obj)
     if sd and all(k.startswith("module.") for k in sd):
@@ -126,13 +127,7 @@ def load_state_dict_strict(
         if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-        if wrong_shape:
-            parts.append(f"shape mismatches ({len(wrong_shape)}): {_listing(wrong_shape)}")
+        parts = mismatch_parts(missing, unexpected, wrong_shape)
         raise StateDictMismatchError(
             f"{source} does not match {type(module).__name__}: " + "; ".join(parts)
             + ". Is it the right file for this model (see the registry entry's description)?"
@@ -164,7 +159,3 @@ def autocast_factory(device: torch.device, precision: str) -> Callable[[], Abstr
     raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
 
 
-def _listing(items: Iterable[str]) -> str:
-    items = list(items)
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
