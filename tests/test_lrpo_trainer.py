@@ -242,3 +242,18 @@ def test_guard_stops_and_rolls_back(setup_dirs, tmp_path):
     load_weights(ref, tmp_path / "guard" / "best")
     for a, b in zip(ref.state_dict().values(), tr.policy.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_nan_loss_names_the_term_and_epoch(setup_dirs, tmp_path, monkeypatch):
+    faces, base = setup_dirs
+    real = trainer_mod.ppo_clip_loss
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out._replace(loss=out.loss * float("nan"))
+
+    monkeypatch.setattr(trainer_mod, "ppo_clip_loss", poisoned)
+    tr = LRPOTrainer(make_cfg(faces, base, tmp_path / "nanloss", epochs=1), progress=False)
+    with pytest.raises(NonFiniteError, match=r"ppo_loss not finite in epoch 0"):
+        tr.run()
+    assert not (tmp_path / "nanloss" / "latest").exists()  # nothing half-trained was saved

@@ -291,7 +291,7 @@ class LRPOTrainer:
                 idx = order[b * cfg.minibatch_size : (b + 1) * cfg.minibatch_size].to(self.device)
                 if cfg.update_mode == "per_timestep":
                     for j in range(self.n_train):
-                        stats = self._backward(batch, idx, [j], adv, gt, scale=1.0)
+                        stats = self._backward(batch, idx, [j], adv, gt, scale=1.0, epoch=epoch)
                         stats["grad_norm"] = self.optimizer_step()
                         _accumulate(sums, stats)
                         count += 1
@@ -300,7 +300,7 @@ class LRPOTrainer:
                     chunks = [list(range(s, min(s + cfg.timesteps_per_forward, self.n_train))) for s in range(0, self.n_train, cfg.timesteps_per_forward)]
                     merged: dict[str, float] = {}
                     for steps in chunks:
-                        _accumulate(merged, self._backward(batch, idx, steps, adv, gt, scale=len(steps) / self.n_train))
+                        _accumulate(merged, self._backward(batch, idx, steps, adv, gt, scale=len(steps) / self.n_train, epoch=epoch))
                     stats = {k: v / len(chunks) for k, v in merged.items()}
                     stats["grad_norm"] = self.optimizer_step()
                     _accumulate(sums, stats)
@@ -309,14 +309,19 @@ class LRPOTrainer:
         bar.close()
         return {k: v / max(count, 1) for k, v in sums.items()}
 
-    def _backward(self, batch: RolloutBatch, idx: Tensor, steps: list[int], adv: Tensor, gt: Tensor | None, scale: float) -> dict[str, float]:
+    def _backward(
+        self, batch: RolloutBatch, idx: Tensor, steps: list[int], adv: Tensor, gt: Tensor | None, scale: float, epoch: int
+    ) -> dict[str, float]:
         if len(idx) == 0:
             return {}
         sample_idx = idx.repeat(len(steps))
         step_idx = torch.tensor(steps, device=self.device).repeat_interleave(len(idx))
         loss, stats = self.step_loss(batch, sample_idx, step_idx, adv, gt)
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"update loss is {loss.item()} ({stats}); the last checkpoint is intact")
+            bad = [k for k, v in stats.items() if not math.isfinite(v)] or ["loss"]
+            raise NonFiniteError(
+                f"update term(s) {', '.join(bad)} not finite in epoch {epoch} at step(s) {steps}; the last checkpoint is intact"
+            )
         (loss * scale).backward()
         return stats
 
