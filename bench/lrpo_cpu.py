@@ -4,9 +4,9 @@ GT-guided likelihood regulariser, evaluated on the 20 held-out faces.
     python bench/lrpo_cpu.py --base runs/bench_pretrain/run --faces ../shared/data/faces-hq \
         --minutes 25 --out runs/bench_lrpo [--weights ../shared/weights]
 
-Trains two runs from the same base with configs/lrpo-cpu.yaml (offline reward preset): (b)
-reg_weight as configured and (c) reg_weight=0, one after the other or side by side (--parallel,
-one thread each). Then restores the held-out faces (the first 20 in sorted order; never trained
+Trains runs from the same base with configs/lrpo-cpu.yaml (offline reward preset), by default (b)
+reg_weight as configured and (c) reg_weight=0 (--variants adds others, e.g. a strong regulariser),
+one after the other or side by side (--parallel, one thread each). Then restores the held-out faces (the first 20 in sorted order; never trained
 on), degraded once with seed 0 (mild preset, as trained), with DDIM eta=0, 50 steps, and reports for
 (a) base, (b), (c): the composite reward and each term, PSNR, SSIM and the SFace identity cosine to
 GT. Also prints the per-epoch time split (rollout / reward / update) and the update's sample-steps/s.
@@ -81,11 +81,16 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "lrpo-cpu.yaml"))
     ap.add_argument("--parallel", action="store_true", help="train (b) and (c) side by side, one thread each")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--variants", default="lrpo_reg=config,lrpo_noreg=0",
+                    help="NAME=REG_WEIGHT pairs ('config' keeps the config's reg_weight), e.g. lrpo_reg1=1.0")
     args = ap.parse_args()
     os.environ.setdefault("LRPO_WEIGHTS", args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {"lrpo_reg": None, "lrpo_noreg": 0.0}  # None: the config's reg_weight
+    runs = {}
+    for item in args.variants.split(","):
+        name, _, reg = item.partition("=")
+        runs[name.strip()] = None if reg.strip() in ("", "config") else float(reg)  # None: the config's
     if not args.skip_train:
         threads = 1 if args.parallel else torch.get_num_threads()
         procs = []
