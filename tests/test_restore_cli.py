@@ -280,13 +280,29 @@ def test_quickstart_end_to_end_on_tiny_faces(tiny_faces, tmp_path, capsys):
     (tiny_faces / "zz_broken.png").write_bytes(b"nope")
     out = tmp_path / "qs"
     with single_thread():
-        assert main(["quickstart", "--data", str(tiny_faces), "--out", str(out), "--minutes", "0.0001", "--no-progress"]) == 0
+        argv = ["quickstart", "--data", str(tiny_faces), "--out", str(out), "--minutes", "0.0001", "--rl-minutes", "0.0001", "--no-progress"]
+        assert main(argv) == 0
     printed = capsys.readouterr().out
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["pretrain_steps"] >= 1
-    for key in ("lq_bicubic", "policy"):
-        assert np.isfinite(metrics[key]["psnr"]) and -1 <= metrics[key]["ssim"] <= 1
-    grid = load_rgb(out / "grid.png")
-    assert grid.shape[1] == 3 * 64 + 4 * 2  # LQ | restored | GT at the preset's 64 px
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert {"input", "base", "lrpo"} <= set(metrics["summary"])
+    for method in ("base", "lrpo"):
+        assert np.isfinite(metrics["summary"][method]["psnr"])
+    html = (out / "eval" / "report.html").read_text()
+    assert "lrpo" in html and "base" in html and "data:image/png;base64" in html
     assert find_checkpoint(out / "pretrain").name.startswith("step_")
-    assert "zz_broken.png" in printed and str(out / "grid.png") in printed
+    assert find_checkpoint(out / "lrpo").name.startswith("step_")
+    assert f"report: {out / 'eval' / 'report.html'}" in printed
+
+
+def test_overrides_may_follow_the_options(monkeypatch):
+    """`lrpo train --config X --no-progress lr=1e-5` and `lrpo train lr=1e-5 --no-progress` parse alike."""
+    from lrpo.cli import build_parser
+
+    seen = []
+    monkeypatch.setattr("lrpo.cli.cmd_train", lambda args: seen.append(args.overrides) or 0)
+    assert main(["train", "--no-progress", "lr=1e-5", "epochs=2"]) == 0
+    assert main(["train", "lr=1e-5", "--no-progress", "epochs=2"]) == 0
+    assert seen == [["lr=1e-5", "epochs=2"], ["lr=1e-5", "epochs=2"]]
+    with pytest.raises(SystemExit):
+        main(["train", "--no-progress", "--bogus"])
+    assert build_parser() is not None

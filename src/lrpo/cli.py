@@ -227,7 +227,13 @@ def _reclaim_override_from_resume(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may also follow the options (`lrpo train --config X --no-progress lr=1e-5`)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _reclaim_override_from_resume(args)
     handlers = {
         "pretrain": cmd_pretrain,
