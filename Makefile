@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup quickstart test test-all bench clean
+.PHONY: setup quickstart test test-fast clean
 
 # Creates the virtual environment when missing. torch is pinned to 2.13.0: on our machines pip
 # takes the local CPU wheel; elsewhere PyPI serves the build for your platform.
@@ -20,10 +20,11 @@ quickstart: setup
 	$(BIN)/lrpo quickstart
 
 test: setup
-	$(BIN)/python -m pytest -q
-
-test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# the quick loop while developing: everything but the tests marked slow
+test-fast: setup
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""``lrpo evaluate``: arguments and entry point (wired into :mod:`lrpo.cli` by the lead).
+"""``lrpo evaluate``: arguments and entry point.
 
     lrpo evaluate --paired runs/celeba_test --method ours=ckpt:runs/lrpo \\
         --method codeformer=folder:results/codeformer --log ours=runs/lrpo/log.jsonl --out runs/eval
