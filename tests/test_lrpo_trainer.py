@@ -9,6 +9,7 @@ What must hold:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -257,3 +258,32 @@ def test_nan_loss_names_the_term_and_epoch(setup_dirs, tmp_path, monkeypatch):
     with pytest.raises(NonFiniteError, match=r"ppo_loss not finite in epoch 0"):
         tr.run()
     assert not (tmp_path / "nanloss" / "latest").exists()  # nothing half-trained was saved
+
+
+def test_trainer_drives_the_latent_policy(setup_dirs, tmp_path):
+    """The SD2.1 + ControlNet policy (tiny random networks) goes through the same trainer: rollouts,
+    reward, PPO + GT term, a checkpoint holding only the ControlNet, which rebuilds the policy."""
+    import yaml
+
+    from lrpo.config import DiffusionConfig
+    from lrpo.inference.restorer import load_policy
+    from lrpo.policies.latent_config import LatentPolicyConfig
+
+    faces, _ = setup_dirs
+    arch = LatentPolicyConfig.preset("tiny")
+    section = to_dict(arch)
+    section["random_init"] = True
+    policy_file = tmp_path / "policy-tiny.yaml"
+    policy_file.write_text(yaml.safe_dump({"policy": section, "diffusion": to_dict(DiffusionConfig(sample_steps=4))}))
+    cfg = make_cfg(faces, policy_file, tmp_path / "latent", epochs=1, group_size=2, groups_per_epoch=2,
+                   rollout_groups_per_batch=2, minibatch_size=4, lr=1e-4, reg_weight=1e-2, reg_last_k=2,
+                   data=dict(hq=str(faces), resolution=arch.resolution, val_count=2))
+    tr = LRPOTrainer(cfg, progress=False)
+    before = [p.detach().clone() for p in tr.params]
+    assert all(n.startswith("controlnet.") for n, p in tr.policy.named_parameters() if p.requires_grad)
+    tr.run()
+    assert any(not torch.equal(a, p) for a, p in zip(before, tr.params))  # the ControlNet moved
+    assert "reg" in tr.history[-1] and math.isfinite(tr.history[-1]["reward_mean"])
+    reloaded, _, _ = load_policy(tmp_path / "latent")
+    for a, b in zip(reloaded.trainable_parameters(), tr.policy.trainable_parameters()):
+        assert torch.equal(a, b.detach())
