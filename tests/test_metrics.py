@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lrpo.eval.metrics import gaussian_window, psnr, ssim
+from lrpo.eval.metrics import psnr, ssim
+from lrpo.rewards.simple import gaussian_window
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
@@ -64,7 +65,7 @@ def test_psnr_of_identical_images_is_large_and_finite():
 # SSIM
 # ---------------------------------------------------------------------------------------------
 def test_gaussian_window_is_normalised_and_symmetric():
-    g = gaussian_window(11, 1.5)
+    g = gaussian_window(1.5)  # radius int(3.5 * 1.5 + 0.5) = 5: 11 taps
     assert g.shape == (11,)
     assert g.sum().item() == pytest.approx(1.0, abs=1e-6)
     assert torch.equal(g, g.flip(0))

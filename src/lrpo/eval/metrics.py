@@ -9,7 +9,6 @@ use_sample_covariance=False, data_range=1, channel_axis=...)``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -19,28 +18,12 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 1.0, eps: float = 1e-12) -> T
     return 10.0 * torch.log10(data_range**2 / (mse + eps))
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> Tensor:
-    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
+def ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
+    """Per-image SSIM of [B,C,H,W] images (mean over channels and valid windows), in float32.
 
+    The one implementation lives with the SSIM reward (:func:`lrpo.rewards.simple.ssim`); this
+    name keeps metrics code independent of the reward package's layout.
+    """
+    from ..rewards.simple import ssim as _ssim
 
-def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5) -> Tensor:
-    """Per-image SSIM of [B,C,H,W] images (mean over channels and valid windows)."""
-    x, y = x.float(), y.float()
-    c = x.shape[1]
-    g = gaussian_window(win_size, sigma, x.device)
-    # separable Gaussian filter, one depthwise conv per axis, no padding ('valid' windows)
-    wh = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    wv = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-
-    def blur(t: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(t, wh, groups=c), wv, groups=c)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = blur(x), blur(y)
-    vx = blur(x * x) - mx * mx
-    vy = blur(y * y) - my * my
-    cxy = blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
+    return _ssim(x.float(), y.float(), data_range=data_range)
