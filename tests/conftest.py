@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     as pyproject's marker text and the Makefile's ``test`` / ``test-all`` targets intend."""
     if config.option.markexpr:
         return
-    skip = pytest.mark.skip(reason="slow: run with -m slow (or make test-all)")
+    skip = pytest.mark.skip(reason="slow: run with -m slow (make test runs it)")
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(skip)

@@ -306,3 +306,22 @@ def test_overrides_may_follow_the_options(monkeypatch):
     with pytest.raises(SystemExit):
         main(["train", "--no-progress", "--bogus"])
     assert build_parser() is not None
+
+
+def test_restorer_defaults_come_from_the_checkpoint(tiny_run, tmp_path):
+    """No --steps/--eta: the sampler follows the checkpoint's diffusion section."""
+    import yaml
+
+    from lrpo.checkpoint import find_checkpoint
+    from lrpo.inference.restorer import Restorer
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg_file = find_checkpoint(run) / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg["diffusion"].update(sample_steps=7, eta=0.3)  # not the CLI's former fixed defaults
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    r = Restorer.from_checkpoint(run, steps=None, eta=None, device="cpu")
+    assert (len(r.sampler), r.sampler.eta) == (7, 0.3)
+    r = Restorer.from_checkpoint(run, steps=3, eta=0.5, device="cpu")
+    assert (len(r.sampler), r.sampler.eta) == (3, 0.5)

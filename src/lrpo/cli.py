@@ -68,8 +68,10 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
     src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'sd21-diffbir' (DiffBIR v1 face on "
                      "SD 2.1; model files from `lrpo weights`, see configs/policy-sd21-diffbir.yaml)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic (default), 0.8 as DiffBIR")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps (default: the checkpoint's diffusion.sample_steps, 50 for lrpo pretrain runs)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta, 0 = deterministic (default: the checkpoint's diffusion.eta; 0.8 in policy-sd21-diffbir)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -165,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .inference.restorer import Restorer, restore_folder
 
-    if args.batch_size < 1 or args.steps < 1 or args.eta < 0:
+    if args.batch_size < 1 or (args.steps is not None and args.steps < 1) or (args.eta is not None and args.eta < 0):
         raise ConfigError("--batch-size and --steps must be >= 1 and --eta >= 0")
     source = args.checkpoint
     if args.policy:

@@ -69,15 +69,12 @@ class DataConfig:
     resolution: int = 64  # faces are resized (area) to resolution x resolution
     val_count: int = 20  # the first N files in sorted order are held out for validation
     skip_bad: bool = False  # skip unreadable images (listed at the end) instead of stopping
-    workers: int = 0  # DataLoader worker processes
 
     def validate(self, prefix: str = "data") -> None:
         if self.resolution < 8 or self.resolution % 8:
             raise ConfigError(f"{prefix}.resolution must be a multiple of 8 and >= 8, got {self.resolution}")
         if self.val_count < 0:
             raise ConfigError(f"{prefix}.val_count must be >= 0, got {self.val_count}")
-        if self.workers < 0:
-            raise ConfigError(f"{prefix}.workers must be >= 0, got {self.workers}")
 
 
 @dataclass

@@ -16,7 +16,6 @@ from .. import checkpoint as ckpt_io
 from ..config import DiffusionConfig, from_dict, resolve_device
 from ..data.images import ImageLoadError, list_images, load_rgb, save_rgb, to_tensor, to_uint8
 from ..diffusion.ddim import DDIMSampler
-from ..diffusion.schedules import make_alphas_cumprod
 from ..policies import Policy, build_policy_from_dict
 from .sampling import restore_images
 
@@ -56,11 +55,13 @@ class Restorer:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | Path, steps: int = 50, eta: float = 0.0, device: str = "auto", precision: str = "fp32", ema: bool = True
+        cls, checkpoint: str | Path, steps: int | None = 50, eta: float | None = 0.0, device: str = "auto", precision: str = "fp32",
+        ema: bool = True,
     ) -> "Restorer":
+        """``steps`` / ``eta`` None: the checkpoint's (or policy file's) ``diffusion.sample_steps`` / ``eta``."""
         dev = resolve_device(device)
         policy, diffusion, _ = load_policy(checkpoint, dev, ema=ema)
-        sampler = DDIMSampler(make_alphas_cumprod(diffusion), steps, eta)
+        sampler = DDIMSampler.from_config(diffusion, eta=eta, num_steps=steps)
         return cls(policy, sampler, dev, precision)
 
     def restore(self, images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
