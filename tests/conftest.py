@@ -135,3 +135,36 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with single_thread():
         Pretrainer(cfg, progress=False).run()
     return root / "run"
+
+
+class CaptionLengthReward:
+    """A reward term that needs captions (like the face reward): caption length / 100. Records the
+    captions it was given in ``seen`` and fails on a sample without one."""
+
+    name = "caption_length"
+    needs_gt = False
+    needs_caption = True
+    seen: list[list[str]] = []
+
+    def __call__(self, inp):
+        import torch
+
+        from lrpo.rewards import RewardOutput
+
+        caps = [inp.meta_value(i, "caption") for i in range(inp.batch_size)]
+        if any(c is None for c in caps):
+            raise AssertionError(f"a sample reached the reward without a caption: {inp.meta}")
+        CaptionLengthReward.seen.append(caps)
+        return RewardOutput(torch.tensor([len(c) / 100 for c in caps]) + 0 * inp.images.mean(dim=(1, 2, 3)).cpu())
+
+
+def _caption_length_factory(device: str = "cpu") -> CaptionLengthReward:
+    return CaptionLengthReward()
+
+
+def register_caption_length_reward() -> str:
+    """Register :class:`CaptionLengthReward` as ``test_caption_length``; returns the name."""
+    from lrpo.rewards.registry import register_reward
+
+    register_reward("test_caption_length", _caption_length_factory)
+    return "test_caption_length"

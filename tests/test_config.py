@@ -321,3 +321,18 @@ def test_every_field_has_a_round_trippable_default():
         inst = cls()
         assert from_dict(cls, yaml.safe_load(yaml.safe_dump(to_dict(inst)))) == inst, cls.__name__
         assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls))
+
+
+def test_compounded_gt_path_needs_the_final_step_untrained():
+    """The reference's compounded chain has no latent for the final step's target level, so
+    train_fraction = 1 with gt_path=compounded is refused at load time (it crashed after a rollout)."""
+    from lrpo.config import LRPOConfig
+
+    base = ["init_checkpoint=runs/base", "gt_path=compounded", "sample_steps=50"]
+    with pytest.raises(ConfigError, match=r"gt_path=compounded needs the final step untrained.*train_fraction=1.0"):
+        load_config(LRPOConfig, None, base + ["train_fraction=1.0"])
+    # floor(0.99 * 50) = 49 < 50: the reference setting is fine; without the GT term nothing is chained
+    assert load_config(LRPOConfig, None, base + ["train_fraction=0.99"]).gt_path == "compounded"
+    load_config(LRPOConfig, None, base + ["train_fraction=1.0", "reg_weight=0"])
+    with pytest.raises(ConfigError, match=r"train_fraction=0.01 with sample_steps=50.*trains no step"):
+        load_config(LRPOConfig, None, ["init_checkpoint=runs/base", "train_fraction=0.01"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_tiny_faces
+from conftest import CaptionLengthReward, register_caption_length_reward, write_tiny_faces
 from lrpo.data.images import load_rgb, resize_square, save_rgb
 from lrpo.eval.cli import add_evaluate_arguments, run_evaluate
 from lrpo.eval.evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired, metric_info
@@ -322,3 +322,27 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, no_weights):
     colours = np.unique(img.reshape(-1, 3)[::7], axis=0)
     assert len(colours) > 500  # text, tables and face thumbnails, not a single-colour page
     assert math.isclose(img.mean(), 255, abs_tol=80)  # mostly a light page with content on it
+
+
+def test_captions_reach_caption_reward_terms_and_missing_ones_stop_first(tmp_path: Path, no_weights, monkeypatch):
+    """Sidecars beside the GT, a table and a default feed a caption-scoring term; without captions
+    the run stops before any method is restored, naming the images."""
+    from lrpo.data.captions import CaptionError
+    from lrpo.eval import evaluate as evaluate_mod
+
+    paired, gtcopy, _ = _paired_set(tmp_path, count=3)
+    spec = {register_caption_length_reward(): {"weight": 1.0}}
+    method = [MethodSpec("cf", "folder", str(gtcopy))]
+    monkeypatch.setattr(evaluate_mod._MethodRunner, "outputs", lambda *a: pytest.fail("restored before the caption check"))
+    with pytest.raises(CaptionError, match=r"3 of 3 have none: face_00, face_01, face_02.*--captions FILE"):
+        evaluate_paired(paired, method, tmp_path / "e0", _fast(reward_preset=spec))
+    monkeypatch.undo()
+    monkeypatch.setenv("LRPO_WEIGHTS", str(tmp_path / "no_weights"))
+    (paired / "hq" / "face_00.txt").write_text("sidecar zero")
+    table = tmp_path / "caps.jsonl"
+    table.write_text('{"name": "face_01.png", "caption": "from the table"}\n')
+    CaptionLengthReward.seen.clear()
+    result = evaluate_paired(paired, method, tmp_path / "e1", _fast(reward_preset=spec, captions=str(table), default_caption="a face"))
+    assert CaptionLengthReward.seen[0] == ["sidecar zero", "from the table", "a face"]
+    # the score is the caption length / 100, so the mean proves which captions were used
+    assert result.summary["cf"]["reward/total"] == pytest.approx((12 + 14 + 6) / 300)

@@ -35,6 +35,8 @@ def test_ppo_clip_loss_exact_value():
     expected_kl = 0.5 * (2 * math.log(1.5) ** 2 + math.log(0.5) ** 2 + math.log(1.05) ** 2) / 4
     assert stats.approx_kl.item() == pytest.approx(expected_kl, abs=1e-12)
     assert stats.clip_fraction.item() == 0.75
+    # the largest |log r| is |log 0.5| = log 2
+    assert stats.max_abs_log_ratio.item() == pytest.approx(math.log(2.0), abs=1e-12)
     assert stats.loss.ndim == stats.approx_kl.ndim == stats.clip_fraction.ndim == 0
 
 

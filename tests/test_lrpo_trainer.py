@@ -26,6 +26,8 @@ from lrpo.policies.pixel_unet import PixelPolicy
 from lrpo.rl import trainer as trainer_mod
 from lrpo.rl.trainer import LRPOTrainer, NonFiniteError
 
+from conftest import CaptionLengthReward, register_caption_length_reward
+
 RES = 16
 
 
@@ -287,3 +289,119 @@ def test_trainer_drives_the_latent_policy(setup_dirs, tmp_path):
     reloaded, _, _ = load_policy(tmp_path / "latent")
     for a, b in zip(reloaded.trainable_parameters(), tr.policy.trainable_parameters()):
         assert torch.equal(a, b.detach())
+
+
+# ----------------------------------------------------------------------------------------------
+# the shipped defaults: per-timestep updates, train_fraction 0.99, K < trained steps
+# ----------------------------------------------------------------------------------------------
+DEFAULTS = dict(update_mode="per_timestep", train_fraction=0.99, minibatch_size=8, reg_weight=1e-2, reg_last_k=2)
+
+
+def _dropout_base(root: Path) -> Path:
+    """A pixel policy with dropout 0.5 in every ResBlock (the setting where train-mode updates broke)."""
+    pcfg = PolicyConfig(resolution=RES, base_channels=8, channel_mults=(1, 2), stage1="none", prediction="v", dropout=0.5)
+    torch.manual_seed(1)
+    policy = PixelPolicy(pcfg)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():  # non-trivial weights everywhere, so dropout matters
+            if p.ndim > 1:
+                p.normal_(0, 0.1)
+    save_checkpoint(root, 0, policy, {"policy": to_dict(pcfg), "diffusion": to_dict(DiffusionConfig(sample_steps=4))}, {}, kind="pretrain")
+    return root
+
+
+def test_first_step_ratio_is_one_with_dropout_and_shipped_defaults(setup_dirs, tmp_path):
+    """Before the first optimiser step of an epoch nothing has changed, so log pi_theta recomputed
+    by the update equals the rollout's log pi_old: ratio 1, nothing clipped, even with dropout on
+    (the update runs the rollout's eval-mode function). With dropout in train mode the largest
+    |log-ratio| was 0.34 against a clip range of 1e-4."""
+    faces, _ = setup_dirs
+    base = _dropout_base(tmp_path / "base")
+    cfg = make_cfg(faces, base, tmp_path / "drop", epochs=2, clip_range=1e-4, **DEFAULTS)
+    assert cfg.update_mode == LRPOConfig.update_mode and cfg.train_fraction == LRPOConfig.train_fraction
+    tr = LRPOTrainer(cfg, progress=False)
+    assert tr.n_train == 3 and tr.reg_steps == [1, 2]  # floor(0.99 * 4) = 3 trained, the last 2 regularised
+    tr.run()
+    for rec in tr.history:
+        assert rec["first_max_abs_log_ratio"] < 1e-6, rec
+        assert rec["first_clip_fraction"] == 0.0, rec
+    # later steps did move the policy (per-timestep updates at lr 1e-3): the check is not vacuous
+    assert tr.history[-1]["approx_kl"] > 0
+
+
+def test_logged_gt_term_is_the_mean_over_the_regularised_steps(setup_dirs, tmp_path, monkeypatch):
+    """`reg` and `gt_log_density` are recorded on the K regularised steps only; the log is their mean
+    (per-timestep mode: one record per (minibatch, step) in reg_steps), not their sum divided by every
+    trained step (which diluted them by K / n_train = 2/3 here)."""
+    faces, base = setup_dirs
+    seen: list[float] = []
+    real = trainer_mod.gt_likelihood_regularizer
+
+    def recording(m, tau):
+        out = real(m, tau)
+        seen.append(out.item())
+        return out
+
+    monkeypatch.setattr(trainer_mod, "gt_likelihood_regularizer", recording)
+    cfg = make_cfg(faces, base, tmp_path / "reg", epochs=1, **{**DEFAULTS, "minibatch_size": 16})
+    tr = LRPOTrainer(cfg, progress=False)
+    tr.run()
+    assert len(seen) == 2  # one minibatch x the 2 regularised steps
+    assert tr.history[-1]["reg"] == pytest.approx(sum(seen) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("gt_path", ["marginal", "compounded"])
+def test_resume_is_exact_with_shipped_defaults(setup_dirs, tmp_path, gt_path):
+    """1 + 1 epochs with a resume == 2 straight, in per-timestep mode with train_fraction 0.99 and
+    K < n_train, for both GT paths."""
+    faces, base = setup_dirs
+    kw = dict(DEFAULTS, gt_path=gt_path)
+    straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "straight", **kw), progress=False)
+    straight.run()
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "split", epochs=1, **kw), progress=False).run()
+    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "split", **kw), resume=tmp_path / "split", progress=False)
+    resumed.run()
+    _state_equal(straight, resumed)
+    assert [r["reg"] for r in straight.history] == [r["reg"] for r in resumed.history]
+
+
+# ----------------------------------------------------------------------------------------------
+# captions reach the reward; missing ones stop the run before the first rollout
+# ----------------------------------------------------------------------------------------------
+def _caption_reward_cfg(faces, base, out, **data):
+    register_caption_length_reward()
+    return make_cfg(faces, base, out, epochs=1, data=dict(hq=str(faces), resolution=RES, val_count=2, **data),
+                    reward=dict(preset="", terms={"test_caption_length": {"weight": 0.5}, "brightness": {"weight": 0.5}}))
+
+
+def test_missing_captions_stop_before_the_first_rollout(setup_dirs, tmp_path, monkeypatch):
+    from lrpo.data.captions import CaptionError
+
+    faces, base = setup_dirs
+    monkeypatch.setattr(LRPOTrainer, "collect", lambda *a: pytest.fail("rolled out without captions"))
+    with pytest.raises(CaptionError, match=r"test_caption_length.*10 of 10|test_caption_length.*8 of 8") as err:
+        LRPOTrainer(_caption_reward_cfg(faces, base, tmp_path / "nocap"), progress=False)
+    msg = str(err.value)
+    assert "face_02.png" in msg and "sidecar" in msg and "data.captions" in msg and "default_caption" in msg
+
+
+def test_captions_from_sidecars_table_and_default_reach_the_reward(setup_dirs, tmp_path):
+    import shutil
+
+    faces_src, base = setup_dirs
+    faces = tmp_path / "faces"
+    shutil.copytree(faces_src, faces)
+    for p in sorted(faces.glob("*.png"))[:5]:
+        p.with_suffix(".txt").write_text(f"sidecar {p.stem}\n")
+    table = tmp_path / "captions.csv"
+    table.write_text('name,caption\nface_03.png,"table, with a comma"\nface_07,from table\n')
+    cfg = _caption_reward_cfg(faces, base, tmp_path / "cap", captions=str(table), default_caption="a face")
+    CaptionLengthReward.seen.clear()
+    tr = LRPOTrainer(cfg, progress=False)
+    # the table wins over a sidecar; the default fills in where neither exists
+    assert tr.val_captions == ["sidecar face_00", "sidecar face_01"]
+    assert tr.train_captions == ["sidecar face_02", "table, with a comma", "sidecar face_04", "a face", "a face",
+                                 "from table", "a face", "a face"]
+    tr.run()
+    seen = {c for batch in CaptionLengthReward.seen for c in batch}
+    assert "table, with a comma" in seen and seen <= set(tr.train_captions) | set(tr.val_captions)

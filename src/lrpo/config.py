@@ -69,6 +69,10 @@ class DataConfig:
     resolution: int = 64  # faces are resized (area) to resolution x resolution
     val_count: int = 20  # the first N files in sorted order are held out for validation
     skip_bad: bool = False  # skip unreadable images (listed at the end) instead of stopping
+    # captions, for reward terms that need one per image (the face reward): a table (CSV
+    # "name,caption" or JSONL); sidecar NAME.txt files beside the images are read in any case
+    captions: str = ""
+    default_caption: str = ""  # used for images with no caption; empty = none (missing ones are errors)
 
     def validate(self, prefix: str = "data") -> None:
         if self.resolution < 8 or self.resolution % 8:
@@ -312,6 +316,20 @@ class LRPOConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not self.init_checkpoint:
             raise ConfigError("init_checkpoint is empty: LRPO starts from a pretrained policy (lrpo pretrain ...)")
+        from .rl.losses import num_train_steps  # noqa: PLC0415 (rl imports config)
+
+        try:
+            n_train = num_train_steps(self.sample_steps, self.train_fraction)
+        except ValueError as e:
+            raise ConfigError(f"train_fraction={self.train_fraction} with sample_steps={self.sample_steps}: {e}") from None
+        if self.gt_path == "compounded" and self.reg_weight > 0 and n_train == self.sample_steps:
+            # the reference's chain runs through the sampler's timesteps; the final step's target
+            # (alphas_cumprod[0]) is not one of them, so that step has no compounded GT latent
+            raise ConfigError(
+                f"gt_path=compounded needs the final step untrained (train_fraction < 1, the reference's 0.99), "
+                f"got train_fraction={self.train_fraction} with sample_steps={self.sample_steps}; "
+                f"use gt_path=marginal to train every step"
+            )
         self.data.validate()
         self.degradation.validate()
         self.guard.validate()

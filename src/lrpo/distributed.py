@@ -73,6 +73,17 @@ def all_reduce_max(ctx: DistContext, value: int) -> int:
     return int(t.item())
 
 
+def all_reduce_max_float(ctx: DistContext, value: float) -> float:
+    """The largest float ``value`` over ranks."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def average_gradients(ctx: DistContext, params: list[torch.nn.Parameter]) -> None:
     """Replace each gradient by its mean over ranks (a missing gradient counts as zero)."""
     if not ctx.enabled:

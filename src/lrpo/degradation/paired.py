@@ -4,6 +4,7 @@ Layout written by :func:`make_paired_set`::
 
     out_dir/hq/<stem>.png     the HQ face resized to size x size (what the LQ was made from)
     out_dir/lq/<stem>.png     its degradation (SPEC section 7), size x size
+    out_dir/hq/<stem>.txt     the input's caption sidecar (<stem>.txt beside it), when it has one
     out_dir/params.jsonl      one JSON object per written pair, in input order:
                               {"name": "<stem>.png", "source": <input file name>,
                                "seed": <per-image generator seed>, <every DegradationParams field>}
@@ -20,6 +21,7 @@ import argparse
 import copy
 import hashlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -134,6 +136,9 @@ def make_paired_set(
             name = f"{path.stem}.png"
             save_rgb(out_dir / "hq" / name, hq)
             save_rgb(out_dir / "lq" / name, to_uint8(lq[0]))
+            caption = path.with_suffix(".txt")
+            if caption.is_file():  # captions travel with their faces (the face reward reads them)
+                shutil.copyfile(caption, out_dir / "hq" / f"{path.stem}.txt")
             record = {"name": name, "source": path.name, "seed": image_generator_seed, **params.to_dict()}
             params_file.write(json.dumps(record) + "\n")
             summary.written += 1

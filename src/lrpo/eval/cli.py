@@ -65,6 +65,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     metrics.add_argument("--fid-ref", metavar="DIR", help="HQ faces FID compares with (default: the GT of a paired set)")
     metrics.add_argument("--clipiqa", metavar="PATH", help="OpenAI CLIP RN50.pt for CLIP-IQA (no-reference)")
     metrics.add_argument("--clip-vocab", metavar="PATH", help="CLIP BPE vocabulary for CLIP-IQA (default: registry)")
+    metrics.add_argument("--captions", metavar="FILE",
+                         help="captions for the face reward: CSV 'name,caption' or JSONL (sidecar NAME.txt files are read anyway)")
+    metrics.add_argument("--default-caption", metavar="TEXT", help="caption for images that have none (default: none; missing ones are errors)")
     report = parser.add_argument_group("report")
     report.add_argument("--grid-count", type=int, default=8, help="images in the example grid (default 8)")
     report.add_argument("--worst-count", type=int, default=4, help="worst cases shown per method (default 4)")
@@ -98,6 +101,8 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         clipiqa_path=args.clipiqa,
         clip_vocab_path=args.clip_vocab,
         fid_reference=args.fid_ref,
+        captions=args.captions,
+        default_caption=args.default_caption,
         include_input=not args.no_input_baseline,
         limit=args.limit,
         logs=_parse_logs(args.log),

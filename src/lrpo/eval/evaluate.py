@@ -193,6 +193,9 @@ class EvalOptions:
         dropped with a note) and leaves the others out.
     fid_reference: folder of HQ faces for FID; None: the GT set (paired) or no FID (LQ only).
     limit: evaluate only the first ``limit`` images (sorted by name); None for all.
+    captions / default_caption: for reward terms that score an image against its caption (the face
+        reward): a table (CSV ``name,caption`` or JSONL) and a caption for images without one;
+        sidecar ``NAME.txt`` files beside the GT (paired) or LQ images are read in any case.
     """
 
     batch_size: int = 8
@@ -208,6 +211,8 @@ class EvalOptions:
     clipiqa_path: str | None = None
     clip_vocab_path: str | None = None
     fid_reference: str | None = None
+    captions: str | None = None
+    default_caption: str | None = None
     include_input: bool = True
     limit: int | None = None
     logs: dict[str, str] = field(default_factory=dict)  # training logs (name -> log.jsonl) for the report
@@ -466,9 +471,10 @@ def _identity_columns(prefix: str, suffix: str, out_emb: Tensor, ref_emb: Sequen
 class _BatchScorer:
     """Computes every per-image metric of one batch of outputs."""
 
-    def __init__(self, scorers: _Scorers, paired: bool):
+    def __init__(self, scorers: _Scorers, paired: bool, captions: Mapping[str, str | None] | None = None):
         self.s = scorers
         self.paired = paired
+        self.captions = dict(captions or {})
         self.ref_sface = _Cache(_embed(scorers.sface)) if scorers.sface else None
         self.ref_arcface = _Cache(_embed(scorers.arcface)) if scorers.arcface else None
         self.ref_landmarks = _Cache(scorers.landmarks.detect_batch) if scorers.landmarks else None
@@ -517,7 +523,8 @@ class _BatchScorer:
 
         if not self.s.rewards:
             return {}
-        inp = RewardInput(out, gt=gt, lq=lq, meta=[{"name": n} for n in names])
+        meta = [{"name": n, **({"caption": self.captions[n]} if self.captions.get(n) else {})} for n in names]
+        inp = RewardInput(out, gt=gt, lq=lq, meta=meta)
         cols, total = {}, torch.zeros(len(names), dtype=torch.float64)
         for key, reward in self.s.rewards.items():
             score = reward(inp).scores.double().cpu()
@@ -612,6 +619,28 @@ def evaluate_lq_only(
     return _evaluate(dataset, dataset.paths, None, info, methods, out_dir, options, resolution)
 
 
+def _captions(names, lq_paths, gt_paths, scorers: _Scorers, options: EvalOptions) -> dict[str, str | None]:
+    """Each image's caption (table, sidecar beside the GT then the LQ, default); an error before any
+    restoration when a caption-scoring reward term is on and some image has none."""
+    from ..data.captions import CaptionError, Captions
+
+    source = Captions.from_sources(options.captions or "", options.default_caption or "")
+    found = {}
+    for i, name in enumerate(names):
+        caption = source.lookup(gt_paths[i]) if gt_paths is not None else None
+        found[name] = caption or source.lookup(lq_paths[i])
+    terms = [k for k, r in scorers.rewards.items() if getattr(r, "needs_caption", False)]
+    missing = [n for n, c in found.items() if c is None]
+    if terms and missing:
+        shown = ", ".join(missing[:5]) + (f" ... and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CaptionError(
+            f"reward term {', '.join(map(repr, terms))} needs a caption for every image, but {len(missing)} of {len(names)} "
+            f"have none: {shown}. Give sidecar NAME.txt files beside the {'GT' if gt_paths is not None else 'LQ'} images, "
+            f"--captions FILE (CSV 'name,caption' or JSONL), --default-caption TEXT, or a --reward-preset without that term."
+        )
+    return found
+
+
 def _side(path: Path) -> int:
     h, w = load_rgb(path).shape[:2]
     return max(h, w)
@@ -630,7 +659,8 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     t_start = time.perf_counter()
     scorers, reward_label = _build_scorers(options, paired, device)
     notes = list(scorers.notes)
-    batch_scorer = _BatchScorer(scorers, paired)
+    captions = _captions(names, lq_paths[:count], gt_paths[:count] if paired else None, scorers, options)
+    batch_scorer = _BatchScorer(scorers, paired, captions)
     fid_ref = _reference_features(dataset, count, options, scorers, paired)
 
     rows: list[dict[str, Any]] = []

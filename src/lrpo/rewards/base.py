@@ -141,6 +141,7 @@ class BaseReward:
 
     name: str = "reward"
     needs_gt: bool = False
+    needs_caption: bool = False  # True: every sample needs meta["caption"]
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)

@@ -89,6 +89,8 @@ class CompositeReward:
                 raise ValueError(f"reward term name {key!r} is reserved or contains '/'")
         self.components = dict(components)
         self.needs_gt = any(r.needs_gt for r, _ in self.components.values())
+        # the terms that score an image against its caption (checked before a run starts)
+        self.caption_terms = [k for k, (r, _) in self.components.items() if getattr(r, "needs_caption", False)]
 
     @property
     def weights(self) -> dict[str, float]:

@@ -140,6 +140,10 @@ class FaceReward(BaseReward):
         model = FaceRewardModel.from_checkpoint(resolve(FACE_REWARD_WEIGHTS.name, path), vocab_path)
         return cls(model, device=device, precision=precision, default_caption=default_caption)
 
+    @property
+    def needs_caption(self) -> bool:  # a term-level default caption stands in for missing ones
+        return not self.default_caption
+
     def captions(self, inp: RewardInput) -> list[str]:
         out = []
         for i in range(inp.batch_size):

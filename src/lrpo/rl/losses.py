@@ -43,11 +43,14 @@ class PPOStats(NamedTuple):
     loss:           the clipped surrogate to minimise (carries the gradient).
     approx_kl:      0.5 * mean((log_prob - old_log_prob)^2), detached, for logging.
     clip_fraction:  fraction of samples with |ratio - 1| > clip_range, detached, for logging.
+    max_abs_log_ratio: max |log_prob - old_log_prob|, detached: exactly 0 before the first
+                    optimiser step of an epoch when the update recomputes the rollout's function.
     """
 
     loss: Tensor
     approx_kl: Tensor
     clip_fraction: Tensor
+    max_abs_log_ratio: Tensor
 
 
 def ppo_clip_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_range: float) -> PPOStats:
@@ -80,7 +83,8 @@ def ppo_clip_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, cl
     with torch.no_grad():
         approx_kl = 0.5 * log_ratio.square().mean()
         clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
-    return PPOStats(loss=loss, approx_kl=approx_kl, clip_fraction=clip_fraction)
+        max_abs_log_ratio = log_ratio.abs().max()
+    return PPOStats(loss=loss, approx_kl=approx_kl, clip_fraction=clip_fraction, max_abs_log_ratio=max_abs_log_ratio)
 
 
 def gt_likelihood_regularizer(gt_log_density: Tensor, tau: float = 40.0) -> Tensor:

@@ -13,6 +13,10 @@ One epoch (SPEC sections 2-6):
                or accumulated over steps.
 Checkpoints are written after an epoch completes (atomically), so a crash, a NaN or Ctrl-C loses at
 most the epoch in flight and ``--resume`` continues exactly.
+
+The policy stays in eval mode for rollouts *and* updates: log pi_old is recorded by the rollout's
+network function, and the update must recompute exactly that function (dropout in train mode would
+make the ratio differ from 1 before any optimiser step). Gradients do not depend on the mode.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
 from ..config import DEGRADATION_PRESETS, LRPOConfig, resolve_device, save_config, to_dict
+from ..data.captions import Captions, require_captions
 from ..data.datasets import FaceImageSet
 from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
 from ..degradation import degrade
 from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
 from ..diffusion.schedules import make_alphas_cumprod
-from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, average_gradients, init_from_env
+from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_max_float, all_reduce_sum, average_gradients, init_from_env
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
@@ -49,6 +54,8 @@ from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_tra
 
 
 UPDATE_STATS = ("ppo_loss", "approx_kl", "clip_fraction", "reg", "gt_log_density", "kl_ref", "grad_norm")
+# of the first optimiser step of an epoch, where nothing has changed yet: the ratio must be 1
+FIRST_STEP_STATS = ("first_clip_fraction", "first_max_abs_log_ratio")
 
 
 class RolloutBatch(NamedTuple):
@@ -57,7 +64,8 @@ class RolloutBatch(NamedTuple):
     group_ids [N] long; seeds [N] (trajectory seeds); names: face names;
     cond [N, ...] policy condition; gt_x0 [N, ...] GT in the policy's diffusion space;
     hq, lq [N, 3, R, R] in [0, 1]; latents [N, S+1, ...]; log_probs [N, S] float32;
-    images [N, 3, R, R] in [0, 1]: the decoded final samples.
+    images [N, 3, R, R] in [0, 1]: the decoded final samples;
+    captions: one caption (or None) per trajectory, for caption-scoring reward terms.
     """
 
     group_ids: Tensor
@@ -70,6 +78,7 @@ class RolloutBatch(NamedTuple):
     latents: Tensor
     log_probs: Tensor
     images: Tensor
+    captions: list = []  # never mutated; a default keeps hand-built batches (benchmarks) short
 
 
 @dataclass
@@ -94,8 +103,20 @@ class LRPOTrainer:
         self.out_dir = Path(cfg.out_dir)
 
         torch.manual_seed(cfg.seed)
+        faces = FaceImageSet(cfg.data.hq, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
+        self.train_set, val = faces.split(cfg.data.val_count) if cfg.data.val_count else (faces, None)
+        reward_device = str(self.device) if cfg.reward.device == "auto" else cfg.reward.device
+        spec: Any = dict(cfg.reward.terms) if cfg.reward.terms else cfg.reward.preset
+        self.reward = build_composite(spec, device=reward_device)
+        # every caption is found (or reported missing) here, before the policy loads and long
+        # before the first rollout
+        captions = Captions.from_sources(cfg.data.captions, cfg.data.default_caption)
+        self.train_captions = self._captions_of(self.train_set, captions)
+        self.val_names = val.names if val is not None else []
+        self.val_captions = self._captions_of(val, captions) if val is not None else []
+
         self.policy, self.diffusion_cfg, self.init_ckpt = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema)
-        self.policy.train()
+        self.policy.eval()  # for rollouts and updates alike (module docstring)
         self.params = [p for p in self.policy.trainable_parameters() if p.requires_grad]
         trainable = {id(p) for p in self.params}
         for p in self.policy.parameters():  # frozen parts (stage 1) never receive gradients
@@ -118,8 +139,6 @@ class LRPOTrainer:
         weights = noise_level_weights(sig) if cfg.noise_level_weights else torch.ones_like(sig)
         self.step_weights = weights
 
-        faces = FaceImageSet(cfg.data.hq, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
-        self.train_set, val = faces.split(cfg.data.val_count) if cfg.data.val_count else (faces, None)
         if cfg.data.resolution != self.policy.cfg.resolution:
             raise ValueError(
                 f"data.resolution={cfg.data.resolution} but the policy in {self.init_ckpt} works at {self.policy.cfg.resolution}"
@@ -128,9 +147,6 @@ class LRPOTrainer:
         self.group_sampler = GroupSampler(
             len(self.train_set), cfg.group_size, cfg.groups_per_epoch, cfg.seed, rank=self.ctx.rank, world_size=self.ctx.world_size
         )
-        reward_device = str(self.device) if cfg.reward.device == "auto" else cfg.reward.device
-        spec: Any = dict(cfg.reward.terms) if cfg.reward.terms else cfg.reward.preset
-        self.reward = build_composite(spec, device=reward_device)
         self.guard = GuardMetrics(cfg.guard.metrics, self.device) if cfg.guard.every else None
         self.guard_baseline: dict[str, float] | None = None
         self.best: tuple[int, float] | None = None  # (epoch, held-out reward) of the best guarded epoch
@@ -139,6 +155,12 @@ class LRPOTrainer:
         self._tb = None
         if resume:
             self.load(resume)
+
+    def _captions_of(self, faces: FaceImageSet, captions: Captions) -> list[str | None]:
+        if not self.reward.caption_terms:
+            return captions.for_images(faces.paths)
+        terms = ", ".join(repr(t) for t in self.reward.caption_terms)
+        return list(require_captions(faces.paths, captions, f"reward term {terms}", what=f"images of {faces.source}"))
 
     # ------------------------------------------------------------------------------------------
     # 1. collect
@@ -150,7 +172,6 @@ class LRPOTrainer:
         groups = self.group_sampler.groups(epoch)
         parts: list[dict] = []
         bar = tqdm(total=len(groups) * G, desc=f"epoch {epoch} rollout", unit="traj", disable=not self.progress, leave=False)
-        self.policy.eval()
         for start in range(0, len(groups), cfg.rollout_groups_per_batch):
             chunk: list[Group] = groups[start : start + cfg.rollout_groups_per_batch]
             hq = torch.cat([self.train_set[g.index][None].expand(G, -1, -1, -1) for g in chunk])
@@ -164,6 +185,7 @@ class LRPOTrainer:
                     group_ids=torch.tensor([g.group_id for g in chunk for _ in range(G)]),
                     seeds=seeds,
                     names=[self.train_set.names[g.index] for g in chunk for _ in range(G)],
+                    captions=[self.train_captions[g.index] for g in chunk for _ in range(G)],
                     cond=cond,
                     gt_x0=self.policy.encode(hq, cond),
                     hq=hq,
@@ -175,7 +197,6 @@ class LRPOTrainer:
             )
             bar.update(len(chunk) * G)
         bar.close()
-        self.policy.train()
         return RolloutBatch(
             **{
                 k: (sum((p[k] for p in parts), []) if isinstance(parts[0][k], list) else torch.cat([p[k] for p in parts]))
@@ -191,7 +212,8 @@ class LRPOTrainer:
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def score(self, batch: RolloutBatch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.reward(RewardInput(images=batch.images, gt=batch.hq, lq=batch.lq, meta=[{"name": n} for n in batch.names]))
+        meta = _meta(batch.names, batch.captions or [None] * len(batch.names))
+        out = self.reward(RewardInput(images=batch.images, gt=batch.hq, lq=batch.lq, meta=meta))
         for name, values in {"total": out.scores, **out.details}.items():
             if not torch.isfinite(values).all():
                 raise NonFiniteError(f"reward term {name!r} is not finite in epoch {epoch}; the last checkpoint is intact")
@@ -242,7 +264,10 @@ class LRPOTrainer:
         st = self.sampler.step(out.float(), x_t, steps, prediction=self.policy.prediction, prev_sample=x_prev)
         ppo = ppo_clip_loss(st.log_prob, batch.log_probs[idx, steps], adv[idx, steps].to(st.log_prob.dtype), cfg.clip_range)
         loss = ppo.loss
-        stats = {"ppo_loss": ppo.loss.item(), "approx_kl": ppo.approx_kl.item(), "clip_fraction": ppo.clip_fraction.item()}
+        stats = {
+            "ppo_loss": ppo.loss.item(), "approx_kl": ppo.approx_kl.item(), "clip_fraction": ppo.clip_fraction.item(),
+            "max_abs_log_ratio": ppo.max_abs_log_ratio.item(),
+        }
         if gt is not None:
             row_of = {j: r for r, j in enumerate(self.reg_steps)}
             mask = torch.tensor([int(j) in row_of for j in steps.tolist()], device=self.device)
@@ -278,8 +303,8 @@ class LRPOTrainer:
         adv = adv.to(self.device)
         kept = keep.nonzero().flatten()
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, self.ctx.rank, 0x75))
-        sums: dict[str, float] = {}
-        count = 0
+        means = _Means()
+        first: dict[str, float] | None = None
         # every process must run the same number of optimiser steps (gradients are all-reduced):
         # a process whose groups were dropped runs empty minibatches that contribute zero gradient
         n_mb = all_reduce_max(self.ctx, math.ceil(len(kept) / cfg.minibatch_size))
@@ -292,22 +317,26 @@ class LRPOTrainer:
                 if cfg.update_mode == "per_timestep":
                     for j in range(self.n_train):
                         stats = self._backward(batch, idx, [j], adv, gt, scale=1.0, epoch=epoch)
+                        first = first if first is not None or not stats else dict(stats)
                         stats["grad_norm"] = self.optimizer_step()
-                        _accumulate(sums, stats)
-                        count += 1
+                        means.add(stats)
                         bar.update(1)
                 else:
                     chunks = [list(range(s, min(s + cfg.timesteps_per_forward, self.n_train))) for s in range(0, self.n_train, cfg.timesteps_per_forward)]
-                    merged: dict[str, float] = {}
+                    merged = _Means()
                     for steps in chunks:
-                        _accumulate(merged, self._backward(batch, idx, steps, adv, gt, scale=len(steps) / self.n_train, epoch=epoch))
-                    stats = {k: v / len(chunks) for k, v in merged.items()}
+                        merged.add(self._backward(batch, idx, steps, adv, gt, scale=len(steps) / self.n_train, epoch=epoch))
+                    stats = merged.result()
+                    first = first if first is not None or not stats else dict(stats)
                     stats["grad_norm"] = self.optimizer_step()
-                    _accumulate(sums, stats)
-                    count += 1
+                    means.add(stats)
                     bar.update(1)
         bar.close()
-        return {k: v / max(count, 1) for k, v in sums.items()}
+        out = means.result()
+        if first is not None:
+            out["first_clip_fraction"] = first["clip_fraction"]
+            out["first_max_abs_log_ratio"] = first["max_abs_log_ratio"]
+        return out
 
     def _backward(
         self, batch: RolloutBatch, idx: Tensor, steps: list[int], adv: Tensor, gt: Tensor | None, scale: float, epoch: int
@@ -338,14 +367,12 @@ class LRPOTrainer:
         hq = self.val_hq
         lq, _ = degrade(hq, DEGRADATION_PRESETS[preset], torch.Generator().manual_seed(seed))
         hq, lq = hq.to(self.device), lq.to(self.device)
-        self.policy.eval()
         ctx = self.ema.applied_to(self.policy) if self.ema is not None else contextlib.nullcontext()
         with ctx:
             cond = self.policy.condition(lq)
             traj = sample_trajectories(self.policy, self.eval_sampler, cond, sample_generators(list(range(len(lq)))), record=False, precision=self.cfg.precision)
             images = self.policy.decode(traj.sample, cond)
-        self.policy.train()
-        out = self.reward(RewardInput(images=images, gt=hq, lq=lq))
+        out = self.reward(RewardInput(images=images, gt=hq, lq=lq, meta=_meta(self.val_names, self.val_captions)))
         res = {"eval_reward": float(out.scores.mean()), "eval_psnr": float(psnr(images, hq).mean()), "eval_ssim": float(ssim(images, hq).mean())}
         res.update({f"eval_{k}": float(v.mean()) for k, v in out.details.items() if "/" not in k and k != "total"})
         if self.guard is not None:
@@ -383,6 +410,8 @@ class LRPOTrainer:
                 continue
             v = torch.tensor(upd.get(k, 0.0), dtype=torch.float64, device=self.device)
             rec[k] = float(all_reduce_sum(self.ctx, v).item()) / self.ctx.world_size
+        for k in FIRST_STEP_STATS:  # the worst process: any rank whose ratio is not 1 is a fault
+            rec[k] = all_reduce_max_float(self.ctx, float(upd.get(k, 0.0)))
         n_traj = len(rewards) * self.ctx.world_size
         kept = int(all_reduce_sum(self.ctx, keep.sum().to(self.device)).item())
         rec.update(
@@ -526,9 +555,26 @@ def _guard_values(rec: dict) -> dict[str, float]:
     return {k[len("guard_"):]: v for k, v in rec.items() if k.startswith("guard_") and isinstance(v, float)}
 
 
-def _accumulate(sums: dict[str, float], stats: dict[str, float]) -> None:
-    for k, v in stats.items():
-        sums[k] = sums.get(k, 0.0) + v
+class _Means:
+    """Running mean of each logged statistic over the calls that recorded it: a term recorded on
+    only some steps (the GT term on the last K) is averaged over those steps, not over all."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, stats: dict[str, float]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def result(self) -> dict[str, float]:
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
+
+
+def _meta(names: list[str], captions: list[str | None]) -> list[dict[str, str]]:
+    """RewardInput.meta: the face's name and, where it has one, its caption."""
+    return [{"name": n, **({"caption": c} if c else {})} for n, c in zip(names, captions)]
 
 
 def _tensorboard(out_dir: Path):
