@@ -65,3 +65,15 @@ def test_registry_paths_name_the_missing_file(tmp_path, monkeypatch):
 
     with pytest.raises(MissingWeightsError, match="v2-1_512-ema-pruned.ckpt"):
         build_policy_from_dict(raw)
+
+
+def test_missing_diffusers_names_the_extra(monkeypatch):
+    """Without diffusers the latent policy stops with the extra to install, not an ImportError trace."""
+    import sys
+
+    from lrpo.optional import MissingDependencyError
+    from lrpo.policies import build_policy_from_dict
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` fail
+    with pytest.raises(MissingDependencyError, match=r'sd21_controlnet.*needs the Python package .diffusers.*pip install "lrpo\[sd\]"'):
+        build_policy_from_dict({"kind": "sd21_controlnet", "random_init": True})

@@ -26,6 +26,9 @@ def build_policy_from_dict(raw: dict[str, Any], device: torch.device | str = "cp
 
         return build_policy(from_dict(PolicyConfig, raw, prefix="policy")).to(device)
     if kind == "sd21_controlnet":
+        from ..optional import require
+
+        require("diffusers", "the SD 2.1 + ControlNet policy (policy.kind: sd21_controlnet)")
         from .latent import LatentPolicy
         from .latent_config import LatentPolicyConfig
 
