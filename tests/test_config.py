@@ -180,10 +180,47 @@ def test_empty_yaml_section_gives_that_sections_defaults(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # errors that name the key, the section and the file
 # ---------------------------------------------------------------------------------------------
-def test_unknown_top_level_key():
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\]") as info:
+def test_unknown_top_level_key(tmp_path):
+    # typed on the command line: said so, with the nearest key
+    with pytest.raises(ConfigError, match=r"command-line override 'stepz=3': PretrainConfig has no key 'stepz' \(did you mean 'steps'\?\)"):
         load_config(PretrainConfig, None, ["stepz=3"])
-    assert "steps" in str(info.value)  # the expected keys are listed
+    # in a file: the file is named, the expected keys are listed
+    path = tmp_path / "c.yaml"
+    path.write_text("stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key\(s\) \['stepz'\] \(did you mean 'steps'\?\)") as info:
+        load_config(PretrainConfig, path, [])
+    assert "expected some of" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "cls, override, hint",
+    [
+        ("LRPOConfig", "clip=0.1", "did you mean 'clip_range'"),
+        ("LRPOConfig", "optim.lr=5e-4", "did you mean 'lr'"),  # the README's pretrain key, typed for train
+        ("PretrainConfig", "lr=1e-4", "did you mean 'optim.lr'"),
+        ("LRPOConfig", "data.hqq=faces", "did you mean 'data.hq'"),
+    ],
+)
+def test_override_typos_name_the_override_and_the_nearest_key(cls, override, hint):
+    import lrpo.config as config_mod
+
+    with pytest.raises(ConfigError) as info:
+        load_config(getattr(config_mod, cls), "lrpo-cpu" if cls == "LRPOConfig" else None, [override])
+    msg = str(info.value)
+    assert msg.startswith(f"command-line override {override!r}") and hint in msg and "lrpo-cpu.yaml" not in msg
+
+
+def test_shipped_presets_by_name_from_any_folder(tmp_path, monkeypatch):
+    from lrpo.config import LRPOConfig, SHIPPED_CONFIG_DIR, find_config
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config("lrpo-cpu") == SHIPPED_CONFIG_DIR / "lrpo-cpu.yaml"
+    assert find_config("configs/lrpo-reference.yaml") == SHIPPED_CONFIG_DIR / "lrpo-reference.yaml"
+    assert load_config(LRPOConfig, "lrpo-reference", ["init_checkpoint=x"]).group_size == 9
+    (tmp_path / "lrpo-cpu.yaml").write_text("epochs: 3\n")  # a local file of that name wins
+    assert find_config("lrpo-cpu.yaml") == Path("lrpo-cpu.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: nope .*shipped preset: .*lrpo-cpu"):
+        find_config("nope")
 
 
 def test_unknown_key_names_the_section(tmp_path):

@@ -524,8 +524,10 @@ def test_paired_set_bad_images(hq_dir, tmp_path):
     (hq_dir / "face1b.jpg").write_bytes(b"this is not a jpeg" * 10)
     with pytest.raises(ImageLoadError, match="face1b.jpg"):
         make_paired_set(hq_dir, tmp_path / "a", size=32, progress=False)
+    # nothing partial is left behind, so the retry needs no --overwrite
+    assert not (tmp_path / "a").exists() and [p.name for p in tmp_path.iterdir()] == [hq_dir.name]
     summary = make_paired_set(hq_dir, tmp_path / "b", size=32, progress=False, skip_bad=True)
-    assert summary.written == 3
+    assert summary.written == 3 and summary.out_dir == tmp_path / "b"
     assert [Path(e.path).name for e in summary.skipped] == ["face1b.jpg"]
     assert sorted(p.name for p in (tmp_path / "b" / "lq").iterdir()) == ["face0.png", "face1.png", "face2.png"]
 

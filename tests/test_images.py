@@ -200,6 +200,15 @@ def test_list_images_errors_name_the_source(tmp_path):
     empty_list.write_text("# nothing\n\n")
     with pytest.raises(FileNotFoundError, match="names no images"):
         list_images(empty_list)
+    # an image where a folder or list is expected (was: read as text, 'utf-8' codec can't decode)
+    face = tmp_path / "face.jpg"
+    face.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match=r"face.jpg is an image; expected a folder of images or a text file"):
+        list_images(face)
+    binary = tmp_path / "list.dat"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"list.dat is not a text file listing image paths"):
+        list_images(binary)
 
 
 # ---------------------------------------------------------------------------------------------

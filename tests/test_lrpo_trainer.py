@@ -405,3 +405,129 @@ def test_captions_from_sidecars_table_and_default_reach_the_reward(setup_dirs, t
     tr.run()
     seen = {c for batch in CaptionLengthReward.seen for c in batch}
     assert "table, with a comma" in seen and seen <= set(tr.train_captions) | set(tr.val_captions)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run lifecycle: interrupts keep the work, one run per folder, resume means the same run
+# ----------------------------------------------------------------------------------------------
+def _interrupt_at(monkeypatch, target: str, call: int, times: int = 1) -> None:
+    """Send SIGINT to this process on the ``call``-th call of trainer_mod/LRPOTrainer ``target``."""
+    import signal
+
+    owner, name = (LRPOTrainer, target.split(".")[1]) if target.startswith("LRPOTrainer.") else (trainer_mod, target)
+    real = getattr(owner, name)
+    count = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == call:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+LIFECYCLE = dict(epochs=3, ckpt_every=5, rollout_groups_per_batch=2, **DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    "target, call, kept_epoch",
+    [
+        ("sample_trajectories", 5, 1),  # calls: eval, 2 chunks of epoch 0, eval, epoch 1 chunk 1: dropped, epoch 1 kept
+        ("LRPOTrainer.optimizer_step", 8, 2),  # epoch 1's update (6 steps per epoch): finished, epoch 2 kept
+        ("LRPOTrainer.evaluate", 2, 1),  # evaluation after epoch 1
+    ],
+)
+def test_sigint_checkpoints_the_last_completed_epoch_and_resume_is_exact(setup_dirs, tmp_path, monkeypatch, target, call, kept_epoch):
+    from lrpo.checkpoint import find_checkpoint
+    from lrpo.runs import Interrupted
+
+    faces, base = setup_dirs
+    straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "straight", **LIFECYCLE), progress=False)
+    straight.run(eval_every=1)
+
+    with monkeypatch.context() as m:
+        _interrupt_at(m, target, call)
+        tr = LRPOTrainer(make_cfg(faces, base, tmp_path / "run", **LIFECYCLE), progress=False)
+        with pytest.raises(Interrupted) as err:
+            tr.run(eval_every=1)
+    # the checkpoint exists although ckpt_every=5, and it is the last completed epoch
+    assert find_checkpoint(tmp_path / "run").name == f"step_{kept_epoch:06d}" == err.value.checkpoint.name
+    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "run", **LIFECYCLE), resume=tmp_path / "run", progress=False)
+    assert resumed.epoch == kept_epoch
+    resumed.run(eval_every=1)
+    _state_equal(straight, resumed)
+    rewards = lambda h: [(r["epoch"], r["reward_mean"]) for r in h if "reward_mean" in r]  # noqa: E731
+    assert rewards(straight.history) == rewards(resumed.history)
+
+
+def test_second_sigint_stops_at_once_and_keeps_the_previous_checkpoint(setup_dirs, tmp_path, monkeypatch):
+    faces, base = setup_dirs
+    cfg = make_cfg(faces, base, tmp_path / "run", **{**LIFECYCLE, "ckpt_every": 1})
+    _interrupt_at(monkeypatch, "LRPOTrainer.optimizer_step", 8, times=2)  # both in epoch 1's update
+    tr = LRPOTrainer(cfg, progress=False)
+    with pytest.raises(KeyboardInterrupt) as err:
+        tr.run()
+    from lrpo.runs import Interrupted
+
+    assert not isinstance(err.value, Interrupted)
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step_000001"
+
+
+def test_a_folder_holds_one_run(setup_dirs, tmp_path):
+    import json
+
+    from lrpo.runs import RunFolderError
+
+    faces, base = setup_dirs
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=2), progress=False).run()
+    with pytest.raises(RunFolderError, match=r"already holds a run \(latest checkpoint step_000002\).*--resume.*--overwrite"):
+        LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=1), progress=False)
+    # a finished run asked to resume says it is complete and trains nothing
+    done = LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=2), resume=tmp_path / "run", progress=False)
+    assert done.run()["complete"] is True and done.epoch == 2
+    # --overwrite starts over: no old checkpoint, a log of this run only
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=1), progress=False, overwrite=True).run()
+    assert sorted(p.name for p in (tmp_path / "run").glob("step_*")) == ["step_000001"]
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1]
+
+
+def test_resume_refuses_changed_settings_unless_allowed(setup_dirs, tmp_path):
+    import json
+
+    from lrpo.runs import RunFolderError
+
+    faces, base = setup_dirs
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=1), progress=False).run()
+    with pytest.raises(RunFolderError, match=r"group_size: checkpoint 4, now 2; lr: checkpoint 0.001, now 0.0005"):
+        LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=2, lr=5e-4, group_size=2), resume=tmp_path / "run", progress=False)
+    # budgets, logging, device and epochs may change
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=2, ckpt_every=3, keep_last=1, time_budget_min=5.0),
+                resume=tmp_path / "run", progress=False)
+    tr = LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=2, lr=5e-4), resume=tmp_path / "run", progress=False,
+                     allow_changes=True)
+    tr.run()
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"epoch": 1, "config_changes": {"lr": [0.001, 0.0005]}} in log
+
+
+def test_rollback_on_the_first_guarded_epoch_restores_the_initial_policy(setup_dirs, tmp_path):
+    """A guard that fails at once (tolerance 0 on PSNR, which a brightness reward lowers) rolls back to
+    the start: `latest` names `best`, whose weights are the initial policy's, as is the policy in memory."""
+    import copy
+
+    from lrpo.checkpoint import find_checkpoint, load_weights
+
+    faces, base = setup_dirs
+    cfg = make_cfg(faces, base, tmp_path / "guard", epochs=5, guard=dict(every=1, metrics=["psnr"], tolerance=0.0, action="rollback"))
+    tr = LRPOTrainer(cfg, progress=False)
+    initial = copy.deepcopy(tr.policy.state_dict())
+    tr.run()
+    assert tr.epoch == 1 and tr.best == (0, tr.history[0]["eval_reward"])
+    assert find_checkpoint(tmp_path / "guard").name == "best"
+    ref = copy.deepcopy(tr.policy)
+    load_weights(ref, tmp_path / "guard")
+    for k, v in initial.items():
+        assert torch.equal(ref.state_dict()[k], v) and torch.equal(tr.policy.state_dict()[k], v), k

@@ -192,9 +192,13 @@ def test_resume_is_exact(straight, monkeypatch):
 
 
 def test_resume_into_a_different_architecture_names_the_mismatch(tiny_pretrain_cfg, tiny_run):
+    from lrpo.runs import RunFolderError
+
     cfg = tiny_pretrain_cfg("policy.base_channels=16", out="wider")
-    with pytest.raises(ckpt_io.CheckpointError, match="shape mismatches"):
+    with pytest.raises(RunFolderError, match=r"policy.base_channels: checkpoint 8, now 16"):
         Pretrainer(cfg, resume=tiny_run, progress=False)
+    with pytest.raises(ckpt_io.CheckpointError, match="shape mismatches"):
+        Pretrainer(cfg, resume=tiny_run, progress=False, allow_changes=True)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_pretrain_cfg, monkeypatch):
@@ -242,3 +246,34 @@ def test_bf16_training_step_keeps_fp32_master_weights(tiny_pretrain_cfg):
     assert math.isfinite(stats["loss"]) and stats["loss"] > 0
     assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
     assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.state_dict().items())
+
+
+def test_sigint_finishes_the_step_checkpoints_and_resume_is_exact(straight, monkeypatch):
+    """SIGINT during step 2 (ckpt_every = 3, so no checkpoint is due): the step finishes, step_000002
+    is written, Interrupted is raised; the resumed run equals the 6 steps straight."""
+    import os
+    import signal
+
+    from lrpo.runs import Interrupted
+
+    ref = straight.trainer
+    cfg = straight.make_cfg("sigint")
+    original_step = Pretrainer.train_step
+
+    def signalled_in_step_2(self):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_step(self)
+
+    monkeypatch.setattr(Pretrainer, "train_step", signalled_in_step_2)
+    with pytest.raises(Interrupted) as err, contextlib.redirect_stdout(io.StringIO()):
+        Pretrainer(cfg, progress=False).run()
+    monkeypatch.undo()
+    assert err.value.checkpoint.name == "step_000002" == ckpt_io.find_checkpoint(cfg.out_dir).name
+    resumed = Pretrainer(cfg, resume=cfg.out_dir, progress=False)
+    assert resumed.step == 2
+    with contextlib.redirect_stdout(io.StringIO()):
+        resumed.run()
+    for k, v in ref.policy.state_dict().items():
+        assert torch.equal(v, resumed.policy.state_dict()[k]), k
+    _assert_optimizer_states_equal(ref.optimizer.state_dict(), resumed.optimizer.state_dict())

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError
+from .runs import Interrupted
 
 DESCRIPTION = """\
 lrpo: blind face restoration improved with online reinforcement learning (LRPO).
@@ -31,9 +32,14 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "section.key=value, e.g. data.hq=../shared/data/faces-hq optim.lr=5e-4 steps=3000.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="YAML config (see configs/); defaults are used for missing keys")
+    p.add_argument("--config", help="YAML config: a path, or a shipped preset by name (pixel-64, cpu-quickstart, "
+                   "pixel-512); defaults are used for missing keys")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume exactly from a checkpoint folder, or (no value) from out_dir's latest")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an out_dir that holds another run (its checkpoints and log are deleted first)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue although settings differ from the checkpoint's (recorded in the log)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -47,9 +53,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "term (SPEC sections 2-6). Override any key as key=value, e.g. init_checkpoint=runs/pretrain "
         "data.hq=FACES reward.preset=offline reg_weight=0. Multi-GPU: torchrun --nproc_per_node N -m lrpo.cli train ...",
     )
-    p.add_argument("--config", help="YAML config (see configs/lrpo-*.yaml)")
+    p.add_argument("--config", help="YAML config: a path, or a shipped preset by name (lrpo-cpu, lrpo-reference, "
+                   "lrpo-quickstart)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume exactly from an LRPO checkpoint, or (no value) from out_dir's latest")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an out_dir that holds another run (its checkpoints and log are deleted first)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue although settings differ from the checkpoint's (recorded in the log)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate held-out faces every N epochs (0 = never)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -107,6 +118,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="pretraining time budget in minutes (default 3)")
     p.add_argument("--rl-minutes", type=float, default=3.0, help="LRPO time budget in minutes (default 3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds an earlier quickstart")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -143,10 +155,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_pretrain_config(args.config, args.overrides)
     if not cfg.data.hq:
         raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
-    resume = args.resume
-    if resume == "auto":
-        resume = cfg.out_dir
-    result = Pretrainer(cfg, resume=resume, progress=not args.no_progress).run()
+    resume = cfg.out_dir if args.resume == "auto" else args.resume
+    result = Pretrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
+                        allow_changes=args.allow_changes).run()
+    if result.get("nothing_to_do"):
+        print(f"lrpo pretrain: {cfg.out_dir} is complete ({result['step']} of {cfg.steps} steps); raise steps=N to continue")
     print(json.dumps(result, indent=1))
     return 0
 
@@ -159,9 +172,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data.hq:
         raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
     resume = cfg.out_dir if args.resume == "auto" else args.resume
-    result = LRPOTrainer(cfg, resume=resume, progress=not args.no_progress).run(eval_every=args.eval_every)
-    print(json.dumps(result["last"], indent=1))
+    trainer = LRPOTrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
+                          allow_changes=args.allow_changes)
+    started = trainer.epoch
+    result = trainer.run(eval_every=args.eval_every)
+    print("\n".join(train_summary(trainer, started)))
     return 0
+
+
+def train_summary(trainer, started: int) -> list[str]:
+    """The few lines `lrpo train` ends with: where the model is, what ran, held-out figures, guards."""
+    from . import checkpoint as ckpt_io
+
+    cfg, hist = trainer.cfg, trainer.history
+    out = Path(cfg.out_dir)
+    if started >= cfg.epochs:
+        return [f"lrpo train: {out} is complete ({started} of {cfg.epochs} epochs); nothing to do (raise epochs=N to continue)"]
+    ran = trainer.epoch - started
+    lines = [f"lrpo train: {ran} epoch(s) run, now at epoch {trainer.epoch} of {cfg.epochs}"
+             + (f" (resumed from epoch {started})" if started else "")]
+    try:
+        lines.append(f"  model: {ckpt_io.find_checkpoint(out)} (what `latest` names; lrpo restore --checkpoint {out})")
+    except ckpt_io.CheckpointError:
+        pass
+    evals = [r for r in hist if "eval_reward" in r]
+    if len(evals) >= 2:
+        first, last = evals[0], evals[-1]
+        keys = [k for k in ("eval_reward", "eval_psnr", "eval_ssim") if k in first and k in last]
+        lines.append(f"  held-out (epoch {first['epoch']} -> {last['epoch']}): "
+                     + ", ".join(f"{k[5:]} {first[k]:.4g} -> {last[k]:.4g}" for k in keys))
+    guard = [r for r in hist if r.get("guard_violations")]
+    back = [r for r in hist if "rolled_back_to_epoch" in r]
+    if guard:
+        lines.append(f"  guard: {len(guard)} violation(s), first at epoch {guard[0]['epoch']}: {'; '.join(guard[0]['guard_violations'])}"
+                     + (f"; rolled back to epoch {back[-1]['rolled_back_to_epoch']}" if back else ""))
+    lines.append(f"  log: {out / 'log.jsonl'}")
+    return lines
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -259,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"lrpo {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"lrpo {args.cmd}: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"lrpo {args.cmd}: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ cannot work, naming the field and what was expected. Unknown keys are errors, ne
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -426,6 +427,73 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
 
+# the shipped presets (configs/ in the repository is a link to this folder)
+SHIPPED_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file path as given, or the shipped preset of that name (``lrpo-cpu`` ->
+    ``<package>/configs/lrpo-cpu.yaml``), so ``--config lrpo-cpu`` works from any folder."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    preset = SHIPPED_CONFIG_DIR / f"{stem}.yaml"
+    # a bare name, or the README's configs/NAME.yaml typed outside the repository
+    if (len(path.parts) == 1 or path.parent.name == "configs") and preset.is_file():
+        return preset
+    raise ConfigError(f"config file not found: {name} (a YAML path, or a shipped preset: {', '.join(shipped_configs())})")
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every key of a config dataclass tree, dotted ('optim.lr')."""
+    out = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _dotted_keys(hints[f.name], key + ".")
+    return out
+
+
+def did_you_mean(key: str, candidates: list[str]) -> str:
+    """' (did you mean X?)' for the closest candidates: same last part in another section, a key
+    starting with the typed one, then spelling neighbours."""
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = {c: c.rsplit(".", 1)[-1] for c in candidates}
+    same_leaf = [c for c, lf in leaves.items() if lf == leaf and c != key]
+    prefix = [c for c, lf in leaves.items() if lf.startswith(leaf) and lf != leaf]
+    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    close += [c for c, lf in leaves.items() if lf in difflib.get_close_matches(leaf, list(leaves.values()), n=3, cutoff=0.75)]
+    picks = list(dict.fromkeys(same_leaf + prefix + close))[:3]
+    return f" (did you mean {' or '.join(repr(p) for p in picks)}?)" if picks else ""
+
+
+def check_override_keys(cls: type, overrides: list[str]) -> None:
+    """Unknown keys typed on the command line are reported as such, with a did-you-mean."""
+    known = _dotted_keys(cls)
+    free_sections = [k for k in known if _is_mapping_field(cls, k)]  # e.g. reward.terms: any key below
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in known or any(key.startswith(s + ".") for s in free_sections):
+            continue
+        raise ConfigError(f"command-line override {item!r}: {cls.__name__} has no key {key!r}{did_you_mean(key, known)}")
+
+
+def _is_mapping_field(cls: type, dotted: str) -> bool:
+    node: Any = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            return False
+        node = get_type_hints(node)[part]
+    return get_origin(node) in (dict, typing.Dict) or node is dict
+
+
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
     hints = get_type_hints(cls)
@@ -433,7 +501,8 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f" in section '{prefix}'" if prefix else ""
-        raise ConfigError(f"unknown key(s) {unknown}{where}; expected some of {sorted(names)}")
+        hint = did_you_mean(unknown[0], sorted(names))
+        raise ConfigError(f"unknown key(s) {unknown}{where}{hint}; expected some of {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -481,10 +550,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults <- YAML file <- overrides, then ``validate()``. Errors name the file and key."""
     data: dict = {}
+    check_override_keys(cls, overrides or [])
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_config(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
@@ -514,7 +582,17 @@ def resolve_device(name: str) -> "torch.device":  # noqa: F821
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "has no CUDA support" if torch.version.cuda is None else f"is built for CUDA {torch.version.cuda} but sees no GPU"
+            raise ConfigError(f"device={name!r}, but this torch ({torch.__version__}) {build}; use device=cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r}, but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
 __all__ = [
@@ -532,7 +610,10 @@ __all__ = [
     "from_dict",
     "to_dict",
     "apply_overrides",
+    "check_override_keys",
+    "find_config",
     "load_config",
+    "shipped_configs",
     "save_config",
     "resolve_device",
 ]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DEGRADATION_PRESETS, PretrainConfig, load_config
+from .config import DEGRADATION_PRESETS, SHIPPED_CONFIG_DIR, PretrainConfig, load_config
 from .data.images import list_images, save_rgb
 
 # FFHQ-like square crop of the astronaut's face (row0, row1, col0, col1) in the 512x512 photo:
 # eyes near rows 105, columns 195 and 250, so a crop about 4x the eye distance centred on the face.
 ASTRONAUT_FACE_BOX = (20, 240, 112, 332)
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = SHIPPED_CONFIG_DIR  # the shipped presets
 
 
 def embedded_faces(out_dir: Path, count: int = 48, size: int = 128, seed: int = 0) -> list[Path]:
@@ -65,6 +65,20 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
     return grid
 
 
+EMBEDDED_NOTE = ("the embedded held-out faces are crops of the same public-domain photograph as the training faces "
+                 "(same person): this shows the pipeline works, not that it generalises; use --data FOLDER for a real split")
+
+
+def _same_stem(paths) -> list[str]:
+    seen: dict[str, str] = {}
+    clashes = []
+    for p in paths:
+        if p.stem in seen:
+            clashes.append(f"{seen[p.stem]} / {p.name}")
+        seen.setdefault(p.stem, p.name)
+    return clashes
+
+
 def offline_reward_preset() -> str:
     """``offline`` when the SFace identity model is found (weights registry), else ``no_weights``."""
     from . import weights
@@ -85,8 +99,19 @@ def run_quickstart(args: argparse.Namespace) -> int:
     from .pretrain.trainer import Pretrainer
     from .rl.trainer import LRPOTrainer
 
+    from .runs import claim_run_dir
+
     out = Path(args.out)
     t0 = time.time()
+    overwrite = getattr(args, "overwrite", False)
+    for part in ("pretrain", "lrpo"):  # before anything runs: both stages would refuse the folder later
+        try:
+            claim_run_dir(out / part, resume=False, overwrite=False)
+        except ValueError:
+            if not overwrite:
+                raise ValueError(f"{out} holds an earlier quickstart ({out / part} has checkpoints); "
+                                 f"use --overwrite to start over there, or another --out") from None
+            claim_run_dir(out / part, resume=False, overwrite=True)
     if args.data:
         source = Path(args.data)
         print(f"[1/5] using faces from {source}")
@@ -97,6 +122,10 @@ def run_quickstart(args: argparse.Namespace) -> int:
     faces = FaceImageSet(source, resolution=None, skip_bad=True)  # fails early when nothing is usable
     if len(faces) < 8:
         raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 8")
+    clashes = _same_stem(faces.paths)
+    if clashes:  # outputs are named by stem: a.jpg and a.png would collide in the evaluation set
+        raise ValueError(f"{source}: several images share a name, which outputs are named by: {', '.join(clashes[:5])}; "
+                         f"rename or remove one of each")
     val_count = max(4, min(16, len(faces) // 5))
     common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}"]
 
@@ -129,10 +158,12 @@ def run_quickstart(args: argparse.Namespace) -> int:
         [MethodSpec("base", "checkpoint", str(out / "pretrain")), MethodSpec("lrpo", "checkpoint", str(out / "lrpo"))],
         out / "eval",
         EvalOptions(device=pre_cfg.device, reward_preset=preset, logs={"lrpo": str(out / "lrpo" / "log.jsonl")},
-                    progress=not args.no_progress),
+                    progress=not args.no_progress, notes=[] if args.data else [EMBEDDED_NOTE]),
     )
     summary = result.summary
     print(f"done in {math.ceil(time.time() - t0)} s")
+    if not args.data:
+        print(f"  note: {EMBEDDED_NOTE}")
     for method in ("input", "base", "lrpo"):
         row = summary.get(method) or {}
         shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("reward/total", "psnr", "ssim", "id_cos") if isinstance(row.get(k), float))

@@ -97,8 +97,14 @@ def list_images(source: str | os.PathLike) -> list[Path]:
             )
         return files
     if source.is_file():
+        if source.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(f"{source} is an image; expected a folder of images or a text file listing image paths")
+        try:
+            text = source.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{source} is not a text file listing image paths (nor a folder of images)") from None
         files = []
-        for line in source.read_text().splitlines():
+        for line in text.splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue

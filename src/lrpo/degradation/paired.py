@@ -21,8 +21,10 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,11 +116,34 @@ def make_paired_set(
             f"{out_dir} already holds {len(existing)} file(s) in hq/ or lq/ (e.g. {existing[0]}); "
             f"choose another folder or pass overwrite=True (--overwrite) to replace them"
         )
-    for p in existing:
-        p.unlink()
-    (out_dir / "hq").mkdir(parents=True, exist_ok=True)
-    (out_dir / "lq").mkdir(parents=True, exist_ok=True)
+    # written beside out_dir and moved into place at the end: a run stopped by a bad file (or
+    # Ctrl-C) leaves no partial set, so the retry needs no --overwrite
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    final_dir, out_dir = out_dir, Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        (out_dir / "hq").mkdir()
+        (out_dir / "lq").mkdir()
+        summary = _write_pairs(files, out_dir, size, seed, cfg, skip_bad, progress)
+        for p in existing:
+            p.unlink()
+        final_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("hq", "lq"):
+            target = final_dir / sub
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()
+            if target.exists():  # it held only non-output files (kept); merge ours in
+                for f in (out_dir / sub).iterdir():
+                    os.replace(f, target / f.name)
+            else:
+                os.replace(out_dir / sub, target)
+        os.replace(out_dir / PARAMS_FILE, final_dir / PARAMS_FILE)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    summary.out_dir = final_dir
+    return summary
 
+
+def _write_pairs(files, out_dir: Path, size: int, seed: int, cfg, skip_bad: bool, progress: bool) -> PairedSetSummary:
     start = time.perf_counter()
     summary = PairedSetSummary(out_dir=out_dir, written=0)
     with open(out_dir / PARAMS_FILE, "w", encoding="utf-8") as params_file:

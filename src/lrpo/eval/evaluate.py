@@ -216,6 +216,7 @@ class EvalOptions:
     include_input: bool = True
     limit: int | None = None
     logs: dict[str, str] = field(default_factory=dict)  # training logs (name -> log.jsonl) for the report
+    notes: list[str] = field(default_factory=list)  # the caller's notes, shown first in metrics.json and the report
     report: bool = True
     grid_count: int = 8
     worst_count: int = 4
@@ -658,7 +659,7 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     device = _resolve_device(options.device)
     t_start = time.perf_counter()
     scorers, reward_label = _build_scorers(options, paired, device)
-    notes = list(scorers.notes)
+    notes = list(options.notes) + list(scorers.notes)
     captions = _captions(names, lq_paths[:count], gt_paths[:count] if paired else None, scorers, options)
     batch_scorer = _BatchScorer(scorers, paired, captions)
     fid_ref = _reference_features(dataset, count, options, scorers, paired)

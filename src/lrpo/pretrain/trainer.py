@@ -30,6 +30,11 @@ from ..eval.metrics import psnr, ssim
 from ..inference.sampling import autocast_context, restore_images
 from ..policies.pixel_unet import PixelPolicy, build_policy
 from ..runlog import append_record, rewrite_log
+from ..runs import GracefulInterrupt, Interrupted, RunFolderError, claim_run_dir, config_changes, describe_changes
+
+# settings a resume may change (budgets, logging, device, steps to go); anything else needs allow_changes
+RESUMABLE_KEYS = ("steps", "time_budget_min", "device", "out_dir", "log_every", "val_every", "val_steps", "ckpt_every",
+                  "keep_last", "data.skip_bad")
 
 
 def lr_at(step: int, progress: float, base_lr: float, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -69,8 +74,16 @@ def make_validation_set(faces: FaceImageSet, preset: str, seed: int) -> Validati
 class Pretrainer:
     """Owns model, EMA, optimiser, data order and RNG; every piece of it is in the checkpoint."""
 
-    def __init__(self, cfg: PretrainConfig, resume: str | Path | None = None, progress: bool = True):
+    def __init__(
+        self, cfg: PretrainConfig, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False,
+        allow_changes: bool = False,
+    ):
+        claim_run_dir(cfg.out_dir, resume=bool(resume), overwrite=overwrite)
         self.cfg = cfg
+        self.allow_changes = allow_changes
+        self.interrupt = GracefulInterrupt("stopping after the step in flight, with a checkpoint; Ctrl-C again stops at once")
+        self.resumed_from: int | None = None
+        self.pending_records: list[dict] = []
         self.progress = progress
         self.device = resolve_device(cfg.device)
         self.out_dir = Path(cfg.out_dir)
@@ -217,6 +230,15 @@ class Pretrainer:
 
     def load(self, path: str | Path) -> None:
         ckpt = ckpt_io.find_checkpoint(path)
+        changes = config_changes(ckpt_io.load_config_dict(ckpt), to_dict(self.cfg), RESUMABLE_KEYS)
+        if changes and not self.allow_changes:
+            raise RunFolderError(
+                f"--resume from {ckpt} would change the run: {describe_changes(changes)}. Resume with the checkpoint's "
+                f"settings, pass --allow-changes to continue with the new ones (recorded in the log), or start a new run "
+                f"in another out_dir"
+            )
+        if changes:
+            self.pending_records.append({"step": None, "config_changes": {k: list(v) for k, v in changes.items()}})
         ckpt_io.load_weights(self.policy, ckpt)
         from safetensors.torch import load_file
 
@@ -231,6 +253,9 @@ class Pretrainer:
         self.perm = state["perm"]
         self.elapsed = state.get("elapsed", 0.0)
         self.history = state.get("history", [])
+        self.resumed_from = self.step
+        for rec in self.pending_records:
+            rec["step"] = self.step
         rewrite_log(self.out_dir / "log.jsonl", self.history)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -239,9 +264,21 @@ class Pretrainer:
         append_record(self.out_dir / "log.jsonl", record)
 
     def run(self) -> dict[str, float]:
+        """Train to ``cfg.steps`` (or the time budget). On SIGINT/SIGTERM the step in flight finishes,
+        a checkpoint is written and :class:`~lrpo.runs.Interrupted` is raised."""
         cfg = self.cfg
+        if self.resumed_from is not None and self.step >= cfg.steps:
+            return {"step": self.step, "checkpoint": str(ckpt_io.find_checkpoint(self.out_dir)), "complete": True, "nothing_to_do": True}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out_dir / "config.yaml")
+        for rec in self.pending_records:
+            self.log(rec)
+        self.pending_records = []
+        with self.interrupt:
+            return self._loop()
+
+    def _loop(self) -> dict[str, float]:
+        cfg = self.cfg
         budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else math.inf
         bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", disable=not self.progress, dynamic_ncols=True)
         last_val: dict[str, float] = {}
@@ -269,6 +306,15 @@ class Pretrainer:
             if self.step % cfg.ckpt_every == 0:
                 self.save()
                 tick = time.perf_counter()
+            if self.interrupt.requested:
+                bar.close()
+                if window:  # the partial logging window, so the log covers every step
+                    rec = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                    self.log({**rec, "step": self.step, "epoch": self.epoch, "elapsed_s": round(self.elapsed, 1)})
+                ckpt = ckpt_io.find_checkpoint(self.out_dir) if self.step % cfg.ckpt_every == 0 else self.save()
+                self.log({"step": self.step, "interrupted": self.interrupt.signal_name})
+                raise Interrupted(f"stopped by {self.interrupt.signal_name} at step {self.step}; checkpoint {ckpt}; "
+                                  f"continue with --resume", ckpt)
         bar.close()
         if last_val_step != self.step:
             last_val = self.validate()
@@ -280,7 +326,7 @@ class Pretrainer:
             print(f"skipped {len(self.skipped)} unreadable image(s):")
             for e in self.skipped:
                 print(f"  {e}")
-        return {"step": self.step, "checkpoint": str(final), **last_val}
+        return {"step": self.step, "checkpoint": str(final), "complete": self.step >= cfg.steps, **last_val}
 
 
 def _format_val(step: int, v: dict[str, float]) -> str:

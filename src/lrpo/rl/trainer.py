@@ -11,8 +11,12 @@ One epoch (SPEC sections 2-6):
   4. update    PPO-clip on the first floor(fraction * S) steps, plus the GT-guided likelihood term
                on the last K of them, one optimiser step per (minibatch, step) as in the reference
                or accumulated over steps.
-Checkpoints are written after an epoch completes (atomically), so a crash, a NaN or Ctrl-C loses at
-most the epoch in flight and ``--resume`` continues exactly.
+Checkpoints are written after an epoch completes (atomically), so a crash or a NaN loses at most
+the epochs since the last checkpoint and ``--resume`` continues exactly. Ctrl-C (SIGINT) or SIGTERM
+loses nothing: rollouts in flight are abandoned, an update in flight is finished, and the last
+completed epoch is checkpointed before the run stops (:class:`~lrpo.runs.Interrupted`). A run folder
+holds one run (:func:`~lrpo.runs.claim_run_dir`); a resume must not change the run's settings
+(:data:`RESUMABLE_KEYS` may change).
 
 The policy stays in eval mode for rollouts *and* updates: log pi_old is recorded by the rollout's
 network function, and the update must recompute exactly that function (dropout in train mode would
@@ -46,6 +50,7 @@ from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
 from ..policies import policy_state_dict
 from ..runlog import append_record, rewrite_log
+from ..runs import GracefulInterrupt, Interrupted, RunFolderError, claim_run_dir, config_changes, describe_changes
 from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
 from ..rewards import RewardInput, build_composite
 from .advantages import group_advantages, noise_level_weights, step_advantages
@@ -56,6 +61,10 @@ from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_tra
 UPDATE_STATS = ("ppo_loss", "approx_kl", "clip_fraction", "reg", "gt_log_density", "kl_ref", "grad_norm")
 # of the first optimiser step of an epoch, where nothing has changed yet: the ratio must be 1
 FIRST_STEP_STATS = ("first_clip_fraction", "first_max_abs_log_ratio")
+# settings a resume may change: budgets, logging, device and the epochs to go; any other difference
+# from the checkpoint's config changes the run's trajectory and needs allow_changes
+RESUMABLE_KEYS = ("epochs", "time_budget_min", "device", "out_dir", "ckpt_every", "keep_last", "log_images_every",
+                  "reward.device", "data.skip_bad")
 
 
 class RolloutBatch(NamedTuple):
@@ -92,10 +101,25 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
+class _Abandoned(Exception):
+    """Raised inside an epoch's rollouts when a stop was requested: nothing of the epoch is kept."""
+
+
 class LRPOTrainer:
-    def __init__(self, cfg: LRPOConfig, resume: str | Path | None = None, progress: bool = True, dist_ctx: DistContext | None = None):
+    def __init__(
+        self, cfg: LRPOConfig, resume: str | Path | None = None, progress: bool = True, dist_ctx: DistContext | None = None,
+        overwrite: bool = False, allow_changes: bool = False,
+    ):
         self.cfg = cfg
         self.ctx = dist_ctx or init_from_env()
+        if not (overwrite and not self.ctx.is_main):  # only rank 0 clears; every rank may refuse
+            claim_run_dir(cfg.out_dir, resume=bool(resume), overwrite=overwrite)
+        self.allow_changes = allow_changes
+        self.interrupt = GracefulInterrupt("stopping: rollouts in flight are dropped, an update in flight is finished, "
+                                           "then the last completed epoch is checkpointed; Ctrl-C again stops at once")
+        self.saved_epoch: int | None = None  # epoch of the newest step_* checkpoint of this run
+        self.resumed_from: int | None = None
+        self.pending_records: list[dict] = []
         self.progress = progress and self.ctx.is_main
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda" and self.ctx.enabled:
@@ -173,6 +197,9 @@ class LRPOTrainer:
         parts: list[dict] = []
         bar = tqdm(total=len(groups) * G, desc=f"epoch {epoch} rollout", unit="traj", disable=not self.progress, leave=False)
         for start in range(0, len(groups), cfg.rollout_groups_per_batch):
+            if self.stop_requested():
+                bar.close()
+                raise _Abandoned
             chunk: list[Group] = groups[start : start + cfg.rollout_groups_per_batch]
             hq = torch.cat([self.train_set[g.index][None].expand(G, -1, -1, -1) for g in chunk])
             lq = torch.cat([make_group_lq(self.train_set[g.index], g, G, self._degrade_fn) for g in chunk])
@@ -389,6 +416,8 @@ class LRPOTrainer:
         times.rollout = time.perf_counter() - t0
         if self.cfg.log_images_every and epoch % self.cfg.log_images_every == 0 and self.ctx.is_main:
             self.save_sample_grid(batch, epoch)
+        if self.stop_requested():
+            raise _Abandoned
         t0 = time.perf_counter()
         rewards, details = self.score(batch, epoch)
         times.reward = time.perf_counter() - t0
@@ -454,15 +483,26 @@ class LRPOTrainer:
             "guard_baseline": self.guard_baseline,
             "best": self.best,
         }
-        return ckpt_io.save_checkpoint(
+        path = ckpt_io.save_checkpoint(
             self.out_dir, epoch, policy_state_dict(self.policy), config, state, ema=self.ema.state_dict() if self.ema else None,
             kind="lrpo", keep_last=self.cfg.keep_last, name=name,
         )
+        if name is None:
+            self.saved_epoch = epoch
+        return path
 
     def load(self, path: str | Path) -> None:
         ckpt = ckpt_io.find_checkpoint(path)
         if ckpt_io.load_meta(ckpt).get("kind") != "lrpo":
             raise ckpt_io.CheckpointError(f"{ckpt} is not an LRPO checkpoint; pass it as init_checkpoint instead of --resume")
+        saved_cfg = ckpt_io.load_config_dict(ckpt).get("lrpo", {})
+        changes = config_changes(saved_cfg, to_dict(self.cfg), RESUMABLE_KEYS)
+        if changes and not self.allow_changes:
+            raise RunFolderError(
+                f"--resume from {ckpt} would change the run: {describe_changes(changes)}. Resume with the checkpoint's "
+                f"settings, pass --allow-changes to continue with the new ones (recorded in the log), or start a new run "
+                f"in another out_dir"
+            )
         ckpt_io.load_weights(self.policy, ckpt)
         state = ckpt_io.load_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -472,9 +512,12 @@ class LRPOTrainer:
 
             self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         self.epoch = state["epoch"]
+        self.saved_epoch = self.resumed_from = self.epoch
         self.history = state.get("history", [])
         self.guard_baseline = state.get("guard_baseline")
         self.best = state.get("best")
+        if changes:
+            self.pending_records.append({"epoch": self.epoch, "config_changes": {k: list(v) for k, v in changes.items()}})
         if self.ctx.is_main:
             rewrite_log(self.out_dir / "log.jsonl", self.history)
 
@@ -494,9 +537,14 @@ class LRPOTrainer:
         return cfg.action != "warn"
 
     def rollback_to_best(self) -> None:
-        """Load the best guarded epoch's weights and point the run's ``latest`` at it."""
+        """Load the best accepted state's weights (the initial policy if no later epoch was better)
+        and point the run's ``latest`` at it."""
         best_dir = self.out_dir / "best"
         ckpt_io.load_weights(self.policy, best_dir)
+        if self.ema is not None and (best_dir / "ema.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            self.ema.load_state_dict(load_file(str(best_dir / "ema.safetensors")))
         if self.ctx.is_main:
             ckpt_io.set_latest(self.out_dir, "best")
             self.log({"epoch": self.epoch, "rolled_back_to_epoch": self.best[0]})
@@ -510,45 +558,88 @@ class LRPOTrainer:
                     if isinstance(v, (int, float)) and k != "epoch":
                         self._tb.add_scalar(k, v, record["epoch"])
 
+    def stop_requested(self) -> bool:
+        """True on every process once any process got SIGINT/SIGTERM (they all stop together)."""
+        return bool(all_reduce_max(self.ctx, int(self.interrupt.requested)))
+
+    def _interrupted(self) -> Interrupted:
+        """Checkpoint the last completed epoch (unless saved already) and build the exception."""
+        if self.saved_epoch != self.epoch:
+            self.save(self.epoch)
+        ckpt = self.out_dir / f"step_{self.epoch:06d}"
+        if self.ctx.is_main:
+            self.log({"epoch": self.epoch, "interrupted": self.interrupt.signal_name or "signal"})
+        return Interrupted(f"stopped by {self.interrupt.signal_name or 'a signal'} after epoch {self.epoch}; "
+                           f"checkpoint {ckpt}; continue with --resume", ckpt)
+
     def run(self, eval_every: int = 0) -> dict[str, Any]:
+        """Train until ``cfg.epochs`` (or the time budget, or a guard stop). Raises
+        :class:`~lrpo.runs.Interrupted` after checkpointing when stopped by SIGINT/SIGTERM."""
         cfg = self.cfg
+        if self.resumed_from is not None and self.epoch >= cfg.epochs:
+            return {"epoch": self.epoch, "last": self.history[-1] if self.history else {}, "complete": True}
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
         self._tb = _tensorboard(self.out_dir) if self.ctx.is_main else None
+        for rec in self.pending_records:
+            self.log(rec)
+        self.pending_records = []
+        with self.interrupt:
+            try:
+                self._loop(eval_every)
+            except _Abandoned:
+                raise self._interrupted() from None
+            finally:
+                if self._tb is not None:
+                    self._tb.close()
+        return {"epoch": self.epoch, "last": self.history[-1] if self.history else {}, "complete": self.epoch >= cfg.epochs}
+
+    def _loop(self, eval_every: int) -> None:
+        cfg = self.cfg
         if self.epoch == 0 and (eval_every or self.guard is not None):
             first = self.evaluate()
             self.log({"epoch": 0, **first})
             if self.guard is not None:
                 self.guard_baseline = {k[len("guard_"):]: v for k, v in first.items() if k.startswith("guard_")}
+                # the start is the first accepted state: a rollback before any better epoch returns to it
+                self.best = (0, first["eval_reward"])
+                self.save(0, name="best")
+        # the bar counts completed epochs, as the log's "epoch" field does
         bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="lrpo", unit="epoch", disable=not self.progress, dynamic_ncols=True)
         started = time.perf_counter()
-        while self.epoch < cfg.epochs:
-            over = int(cfg.time_budget_min > 0 and time.perf_counter() - started > cfg.time_budget_min * 60)
-            if all_reduce_max(self.ctx, over):  # every process stops at the same epoch
-                if self.history and self.epoch % cfg.ckpt_every:
-                    self.save(self.epoch)  # the budget ended between checkpoints
-                break
-            rec = self.train_epoch(self.epoch)
-            self.epoch += 1
-            rec["epoch"] = self.epoch
-            guard_due = self.guard is not None and self.epoch % cfg.guard.every == 0
-            if (eval_every and self.epoch % eval_every == 0) or guard_due:
-                rec.update(self.evaluate())
-            stop = self.check_guard(rec) if guard_due else False
-            self.log(rec)
-            bar.update(1)
-            bar.set_postfix(reward=f"{rec['reward_mean']:.4f}", kl=f"{rec.get('approx_kl', 0):.2e}")
-            if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or stop:
-                self.save(self.epoch)
-            if stop:
-                if cfg.guard.action == "rollback" and self.best is not None:
-                    self.rollback_to_best()
-                break
-        bar.close()
-        if self._tb is not None:
-            self._tb.close()
-        return {"epoch": self.epoch, "last": self.history[-1] if self.history else {}}
+        try:
+            while self.epoch < cfg.epochs:
+                over = int(cfg.time_budget_min > 0 and time.perf_counter() - started > cfg.time_budget_min * 60)
+                if all_reduce_max(self.ctx, over):  # every process stops at the same epoch
+                    if self.history and self.saved_epoch != self.epoch:
+                        self.save(self.epoch)  # the budget ended between checkpoints
+                    break
+                rng = torch.get_rng_state()
+                try:
+                    rec = self.train_epoch(self.epoch)
+                except _Abandoned:
+                    torch.set_rng_state(rng)  # the state the last completed epoch ended with
+                    raise
+                self.epoch += 1
+                rec["epoch"] = self.epoch
+                guard_due = self.guard is not None and self.epoch % cfg.guard.every == 0
+                if (eval_every and self.epoch % eval_every == 0) or guard_due:
+                    rec.update(self.evaluate())
+                stop = self.check_guard(rec) if guard_due else False
+                self.log(rec)
+                bar.update(1)
+                bar.set_postfix(reward=f"{rec['reward_mean']:.4f}", kl=f"{rec.get('approx_kl', 0):.2e}")
+                if self.epoch % cfg.ckpt_every == 0 or self.epoch == cfg.epochs or stop:
+                    self.save(self.epoch)
+                if stop:
+                    if cfg.guard.action == "rollback" and self.best is not None:
+                        self.rollback_to_best()
+                    break
+                if self.stop_requested():
+                    raise self._interrupted()
+        finally:
+            bar.close()
 
 
 def _guard_values(rec: dict) -> dict[str, float]:

@@ -1,0 +1,161 @@
+"""The life of a run folder: one run per folder, resumes that are the same run, interrupts that keep the work.
+
+* :func:`claim_run_dir` — a fresh run refuses a folder holding another run's checkpoints, unless
+  told to ``overwrite`` (which clears that run first) or to resume it.
+* :func:`config_changes` — on resume, the settings that change a run's trajectory must equal the
+  checkpoint's; budgets, logging, device and the number of epochs/steps to go may change.
+* :class:`GracefulInterrupt` — the first SIGINT/SIGTERM asks the loop to stop at the next safe
+  point (it writes a checkpoint of the last completed epoch/step, then raises :class:`Interrupted`);
+  a second one stops at once (the previous checkpoint, written atomically, stays intact).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+
+__all__ = [
+    "GracefulInterrupt", "Interrupted", "RunFolderError", "claim_run_dir", "config_changes", "describe_changes",
+    "RUN_ARTIFACTS",
+]
+
+# what a run writes into its folder (cleared by --overwrite)
+RUN_ARTIFACTS = ("latest", "best", "log.jsonl", "config.yaml", "samples", "tb")
+
+
+class RunFolderError(ValueError):
+    """The output folder belongs to another run, or a resume would change the run."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM; ``checkpoint`` is the last one written (or None)."""
+
+    def __init__(self, message: str, checkpoint: Path | None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def _latest_name(run_dir: Path) -> str | None:
+    latest = run_dir / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> None:
+    """Make sure a fresh run may write into ``run_dir``.
+
+    A folder with checkpoints (``step_*``, ``best``, ``latest``) holds another run: starting anew
+    there would mix two runs' checkpoints and logs, so it is refused unless ``overwrite`` (the old
+    run's files are removed first) or ``resume`` (continue that run).
+    """
+    from .checkpoint import list_checkpoints  # torch: imported only when a run starts
+
+    run_dir = Path(run_dir)
+    if resume or not run_dir.is_dir():
+        return
+    steps = list_checkpoints(run_dir)
+    latest = _latest_name(run_dir)
+    if not steps and latest is None and not (run_dir / "best").exists():
+        if (run_dir / "log.jsonl").exists() and overwrite:
+            (run_dir / "log.jsonl").unlink()
+        elif (run_dir / "log.jsonl").exists():
+            raise RunFolderError(
+                f"{run_dir} holds a log.jsonl of another run but no checkpoint; use --overwrite to start over there, "
+                f"or choose another out_dir"
+            )
+        return
+    if not overwrite:
+        what = f"latest checkpoint {latest}" if latest else f"{len(steps)} checkpoint(s), e.g. {steps[-1].name}"
+        raise RunFolderError(
+            f"{run_dir} already holds a run ({what}). Continue it with --resume, start over with --overwrite "
+            f"(deletes its checkpoints and log), or choose another out_dir."
+        )
+    for p in steps:
+        shutil.rmtree(p)
+    for name in RUN_ARTIFACTS:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    for p in run_dir.iterdir():  # temporary folders a killed checkpoint writer left (".NAME.tmp-*", ".*.old-*")
+        if p.is_dir() and p.name.startswith(".") and (".tmp-" in p.name or ".old" in p.name or ".del" in p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v):
+            # reward.terms holds user-named terms: compare it whole, so adding a term shows up
+            if key in ("reward.terms",):
+                out[key] = v
+                continue
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_norm(x) for x in v]
+    if isinstance(v, list):
+        return [_norm(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _norm(x) for k, x in v.items()}
+    return v
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], free: Iterable[str]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between the checkpoint's config and the current one, except the
+    ``free`` keys (and anything below a free section). Returns key -> (saved, current)."""
+    free = tuple(free)
+    a, b = _flatten(saved), _flatten(current)
+    changes = {}
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or key.startswith(f + ".") for f in free):
+            continue
+        va, vb = _norm(a.get(key, "<absent>")), _norm(b.get(key, "<absent>"))
+        if va != vb:
+            changes[key] = (va, vb)
+    return changes
+
+
+def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changes.items())
+
+
+class GracefulInterrupt:
+    """Context manager: SIGINT/SIGTERM set :attr:`requested` once; the second signal raises
+    KeyboardInterrupt at once. Handlers are installed only in the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, message: str = "stopping after the step in flight; press Ctrl-C again to stop at once") -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self.message = message
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        print(f"\n{self.signal_name}: {self.message}", flush=True)
+
+    def __enter__(self) -> "GracefulInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old.clear()
