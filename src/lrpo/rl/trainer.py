@@ -114,6 +114,8 @@ class LRPOTrainer:
         self.ctx = dist_ctx or init_from_env()
         if not (overwrite and not self.ctx.is_main):  # only rank 0 clears; every rank may refuse
             claim_run_dir(cfg.out_dir, resume=bool(resume), overwrite=overwrite)
+        if resume:
+            ckpt_io.find_checkpoint(resume)  # a folder without a checkpoint fails before anything loads
         self.allow_changes = allow_changes
         self.interrupt = GracefulInterrupt("stopping: rollouts in flight are dropped, an update in flight is finished, "
                                            "then the last completed epoch is checkpointed; Ctrl-C again stops at once")

@@ -1,0 +1,70 @@
+"""Every CLI failure path is one clear line on stderr and a non-zero exit, never a Python traceback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lrpo.cli import main
+
+from conftest import write_tiny_faces
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("faces")
+    write_tiny_faces(folder, count=10)
+    return folder
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
+
+
+def _train(faces: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--config", "lrpo-cpu", "--no-progress", f"data.hq={faces}", "data.val_count=2", f"out_dir={out}",
+            "init_checkpoint=runs/none", "reward.preset=no_weights", *extra]
+
+
+@pytest.mark.parametrize(
+    "make_argv, words",
+    [
+        (lambda f, t: _train(f, t / "r", "device=cuda"), "has no CUDA support; use device=cpu"),
+        (lambda f, t: ["pretrain", "--no-progress", f"data.hq={f}", f"out_dir={t / 'p'}", "device=cuda"], "has no CUDA support"),
+        (lambda f, t: _train(f, t / "r", "clip=0.1"), "command-line override 'clip=0.1': LRPOConfig has no key 'clip' (did you mean 'clip_range'"),
+        (lambda f, t: _train(f, t / "r", "optim.lr=5e-4"), "(did you mean 'lr'?)"),
+        (lambda f, t: _train(f / "face_00.png", t / "r"), "face_00.png is an image; expected a folder of images"),
+        (lambda f, t: ["train", "--config", "no-such-preset", "init_checkpoint=x"], "config file not found: no-such-preset"),
+        (lambda f, t: _train(f, t / "empty", "--resume"), "contains no checkpoint"),
+        (lambda f, t: ["evaluate", "--lq", str(f / "face_00.png"), "--out", str(t / "e"), "--no-progress"], "is an image"),
+        (lambda f, t: ["pretrain", "--no-progress", f"data.hq={t / 'missing'}", f"out_dir={t / 'p'}"], "missing"),
+    ],
+)
+def test_failures_are_one_line_messages(capsys, faces, tmp_path, make_argv, words):
+    (tmp_path / "empty").mkdir()
+    code, err = _run(capsys, make_argv(faces, tmp_path))
+    assert code != 0
+    assert words in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_quickstart_finds_clashing_names_before_training(capsys, faces, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(faces, data)
+    shutil.copy(data / "face_03.png", data / "face_03.jpg")
+    monkeypatch.setattr("lrpo.pretrain.trainer.Pretrainer.run", lambda self: pytest.fail("trained before the name check"))
+    code, err = _run(capsys, ["quickstart", "--data", str(data), "--out", str(tmp_path / "q"), "--no-progress"])
+    assert code == 2 and "several images share a name" in err and "face_03.jpg / face_03.png" in err
+
+
+def test_quickstart_refuses_an_earlier_run_unless_overwrite(capsys, tmp_path, monkeypatch):
+    (tmp_path / "q" / "lrpo" / "step_000001").mkdir(parents=True)
+    for name in ("model.safetensors", "meta.json"):
+        (tmp_path / "q" / "lrpo" / "step_000001" / name).write_text("{}")
+    code, err = _run(capsys, ["quickstart", "--out", str(tmp_path / "q"), "--no-progress"])
+    assert code == 2 and "holds an earlier quickstart" in err and "--overwrite" in err
