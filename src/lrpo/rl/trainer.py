@@ -197,7 +197,7 @@ class LRPOTrainer:
         G = cfg.group_size
         groups = self.group_sampler.groups(epoch)
         parts: list[dict] = []
-        bar = tqdm(total=len(groups) * G, desc=f"epoch {epoch} rollout", unit="traj", disable=not self.progress, leave=False)
+        bar = tqdm(total=len(groups) * G, desc=f"epoch {epoch + 1}/{cfg.epochs} rollout", unit="traj", disable=not self.progress, leave=False)
         for start in range(0, len(groups), cfg.rollout_groups_per_batch):
             if self.stop_requested():
                 bar.close()
@@ -338,7 +338,7 @@ class LRPOTrainer:
         # a process whose groups were dropped runs empty minibatches that contribute zero gradient
         n_mb = all_reduce_max(self.ctx, math.ceil(len(kept) / cfg.minibatch_size))
         total_steps = cfg.inner_epochs * n_mb * (self.n_train if cfg.update_mode == "per_timestep" else 1)
-        bar = tqdm(total=total_steps, desc=f"epoch {epoch} update", unit="opt", disable=not self.progress, leave=False)
+        bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{cfg.epochs} update", unit="opt", disable=not self.progress, leave=False)
         for _ in range(cfg.inner_epochs):
             order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)] if len(kept) else kept
             for b in range(n_mb):
