@@ -168,3 +168,36 @@ def register_caption_length_reward() -> str:
 
     register_reward("test_caption_length", _caption_length_factory)
     return "test_caption_length"
+
+
+class GatedBrightness:
+    """Brightness, except a constant 0.5 for the faces named in ``constant_for``: their groups have
+    all-equal rewards and are dropped (for tests of uneven kept samples across processes)."""
+
+    name = "gated_brightness"
+    needs_gt = False
+
+    def __init__(self, constant_for=()):
+        self.constant_for = set(constant_for)
+
+    def __call__(self, inp):
+        import torch
+
+        from lrpo.rewards import RewardOutput
+
+        score = inp.images.float().mean(dim=(1, 2, 3)).cpu()
+        gated = torch.tensor([inp.meta_value(i, "name") in self.constant_for for i in range(inp.batch_size)])
+        return RewardOutput(torch.where(gated, torch.full_like(score, 0.5), score))
+
+
+def _gated_brightness_factory(constant_for=(), device: str = "cpu") -> GatedBrightness:
+    return GatedBrightness(constant_for)
+
+
+def _register_test_rewards() -> None:
+    from lrpo.rewards.registry import register_reward
+
+    register_reward("test_gated_brightness", _gated_brightness_factory)
+
+
+_register_test_rewards()  # at import, so processes spawned by the tests know it too

@@ -531,3 +531,64 @@ def test_rollback_on_the_first_guarded_epoch_restores_the_initial_policy(setup_d
     load_weights(ref, tmp_path / "guard")
     for k, v in initial.items():
         assert torch.equal(ref.state_dict()[k], v) and torch.equal(tr.policy.state_dict()[k], v), k
+
+
+def test_uneven_kept_samples_across_processes_weigh_like_one_process(setup_dirs, tmp_path):
+    """Rank 1's groups all have equal rewards (dropped), rank 0 keeps its own: every kept sample must
+    weigh as in one process holding them all. (Averaging per-rank means halved the step here.)"""
+    from lrpo.data.datasets import FaceImageSet
+    from lrpo.data.groups import GroupSampler
+
+    faces, base = setup_dirs
+    names = FaceImageSet(faces, resolution=RES).split(2)[0].names
+    rank1 = {names[g.index] for g in GroupSampler(len(names), 4, 4, 0, rank=1, world_size=2).groups(0)}
+    rank0 = {names[g.index] for g in GroupSampler(len(names), 4, 4, 0, rank=0, world_size=2).groups(0)}
+    assert rank0 - rank1, "the test needs rank 0 to keep a group"
+    common = dict(epochs=1, groups_per_epoch=4, group_size=4, rollout_groups_per_batch=2, reg_weight=1e-2,
+                  reward=dict(preset="", terms={"test_gated_brightness": {"weight": 1.0, "constant_for": sorted(rank1)}}))
+    single = LRPOTrainer(make_cfg(faces, base, tmp_path / "single", minibatch_size=16, **common), progress=False)
+    single.run()
+    assert 1 <= single.history[-1]["dropped_groups"] < 4
+
+    multi_cfg = make_cfg(faces, base, tmp_path / "multi", minibatch_size=8, **common)
+    mp.start_processes(_worker, args=(2, _free_port(), to_dict(multi_cfg), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r0["history"][-1]["dropped_groups"] == single.history[-1]["dropped_groups"]
+    initial = LRPOTrainer(make_cfg(faces, base, tmp_path / "fresh", **common), progress=False).policy.state_dict()
+    moved = max(float((single.policy.state_dict()[k] - initial[k]).abs().max()) for k in initial)
+    assert moved > 1e-5  # the update did something, so equality below is not trivial
+    for k, v in r0["state"].items():
+        assert torch.equal(v, r1["state"][k]), f"ranks diverged at {k}"
+        # equal up to float summation order; a halved step would differ by about moved / 2
+        assert torch.allclose(v, single.policy.state_dict()[k], atol=1e-6), k
+
+
+def _nan_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    """Rank 1's PPO loss turns NaN; both ranks must stop with the same message naming rank 1."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    if rank == 1:
+        real = trainer_mod.ppo_clip_loss
+        trainer_mod.ppo_clip_loss = lambda *a, **k: real(*a, **k)._replace(loss=real(*a, **k).loss * float("nan"))
+    tr = LRPOTrainer(from_dict(LRPOConfig, cfg_dict), progress=False)
+    try:
+        tr.run()
+        message = "finished"
+    except NonFiniteError as e:
+        message = str(e)
+    (Path(out) / f"nan_rank{rank}.txt").write_text(message)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_every_rank(setup_dirs, tmp_path):
+    faces, base = setup_dirs
+    cfg = make_cfg(faces, base, tmp_path / "nan2", epochs=1, minibatch_size=8, rollout_groups_per_batch=2)
+    ctx = mp.start_processes(_nan_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = 120
+    while not ctx.join(timeout=5):
+        deadline -= 5
+        assert deadline > 0, "a rank hung waiting for the other"
+    messages = [(tmp_path / f"nan_rank{r}.txt").read_text() for r in range(2)]
+    assert "ppo_loss not finite in epoch 0" in messages[1] and "on rank 1" in messages[1]
+    assert messages[0].startswith("stopping with rank 1: a non-finite value in epoch 0")
+    assert not (tmp_path / "nan2" / "latest").exists()

@@ -84,15 +84,43 @@ def all_reduce_max_float(ctx: DistContext, value: float) -> float:
     return float(t.item())
 
 
-def average_gradients(ctx: DistContext, params: list[torch.nn.Parameter]) -> None:
-    """Replace each gradient by its mean over ranks (a missing gradient counts as zero)."""
+def sum_gradients(ctx: DistContext, params: list[torch.nn.Parameter], bucket_mb: float = 25.0) -> None:
+    """Replace each gradient by its sum over ranks (a missing gradient counts as zero).
+
+    Each rank scales its loss by its share of the step's samples (local / global count), so the sum
+    is the gradient of the mean over every sample of every rank, however unevenly they are spread.
+    Gradients travel in flat buckets of about ``bucket_mb`` MB: one all-reduce per bucket, not one
+    per tensor.
+    """
     if not ctx.enabled:
         return
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad.div_(ctx.world_size)
+    limit = int(bucket_mb * 2**20)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for p in params:
+        bucket.append(p.grad)
+        size += p.grad.numel() * p.grad.element_size()
+        if size >= limit:
+            _reduce_bucket(bucket)
+            bucket, size = [], 0
+    if bucket:
+        _reduce_bucket(bucket)
+
+
+def _reduce_bucket(grads: list[torch.Tensor]) -> None:
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for g in group:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 def barrier(ctx: DistContext) -> None:

@@ -44,7 +44,7 @@ from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
 from ..degradation import degrade
 from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
 from ..diffusion.schedules import make_alphas_cumprod
-from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_max_float, all_reduce_sum, average_gradients, init_from_env
+from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_max_float, all_reduce_sum, init_from_env, sum_gradients
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
@@ -243,9 +243,8 @@ class LRPOTrainer:
     def score(self, batch: RolloutBatch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         meta = _meta(batch.names, batch.captions or [None] * len(batch.names))
         out = self.reward(RewardInput(images=batch.images, gt=batch.hq, lq=batch.lq, meta=meta))
-        for name, values in {"total": out.scores, **out.details}.items():
-            if not torch.isfinite(values).all():
-                raise NonFiniteError(f"reward term {name!r} is not finite in epoch {epoch}; the last checkpoint is intact")
+        bad = [name for name, values in {"total": out.scores, **out.details}.items() if not torch.isfinite(values).all()]
+        self._agree_finite(not bad, f"reward term {bad[0]!r}" if bad else "", epoch)
         return out.scores.float().cpu(), {k: v.float().cpu() for k, v in out.details.items()}
 
     # ------------------------------------------------------------------------------------------
@@ -318,7 +317,7 @@ class LRPOTrainer:
         return loss, stats
 
     def optimizer_step(self) -> float:
-        average_gradients(self.ctx, self.params)
+        sum_gradients(self.ctx, self.params)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else torch.zeros(())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -334,8 +333,10 @@ class LRPOTrainer:
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, self.ctx.rank, 0x75))
         means = _Means()
         first: dict[str, float] | None = None
-        # every process must run the same number of optimiser steps (gradients are all-reduced):
-        # a process whose groups were dropped runs empty minibatches that contribute zero gradient
+        # every process must run the same number of optimiser steps (gradients are summed over
+        # processes): a process whose groups were dropped runs empty minibatches (zero gradient),
+        # and each process scales its loss by its share of the step's samples over all processes,
+        # so every sample weighs the same however the kept samples are spread
         n_mb = all_reduce_max(self.ctx, math.ceil(len(kept) / cfg.minibatch_size))
         total_steps = cfg.inner_epochs * n_mb * (self.n_train if cfg.update_mode == "per_timestep" else 1)
         bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{cfg.epochs} update", unit="opt", disable=not self.progress, leave=False)
@@ -343,9 +344,10 @@ class LRPOTrainer:
             order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)] if len(kept) else kept
             for b in range(n_mb):
                 idx = order[b * cfg.minibatch_size : (b + 1) * cfg.minibatch_size].to(self.device)
+                share = self._sample_share(len(idx))
                 if cfg.update_mode == "per_timestep":
                     for j in range(self.n_train):
-                        stats = self._backward(batch, idx, [j], adv, gt, scale=1.0, epoch=epoch)
+                        stats = self._backward(batch, idx, [j], adv, gt, scale=share, epoch=epoch)
                         first = first if first is not None or not stats else dict(stats)
                         stats["grad_norm"] = self.optimizer_step()
                         means.add(stats)
@@ -354,7 +356,7 @@ class LRPOTrainer:
                     chunks = [list(range(s, min(s + cfg.timesteps_per_forward, self.n_train))) for s in range(0, self.n_train, cfg.timesteps_per_forward)]
                     merged = _Means()
                     for steps in chunks:
-                        merged.add(self._backward(batch, idx, steps, adv, gt, scale=len(steps) / self.n_train, epoch=epoch))
+                        merged.add(self._backward(batch, idx, steps, adv, gt, scale=share * len(steps) / self.n_train, epoch=epoch))
                     stats = merged.result()
                     first = first if first is not None or not stats else dict(stats)
                     stats["grad_norm"] = self.optimizer_step()
@@ -367,21 +369,35 @@ class LRPOTrainer:
             out["first_max_abs_log_ratio"] = first["max_abs_log_ratio"]
         return out
 
+    def _sample_share(self, local: int) -> float:
+        """This process's fraction of the samples all processes hold in the current minibatch."""
+        if not self.ctx.enabled:
+            return 1.0
+        total = int(all_reduce_sum(self.ctx, torch.tensor(float(local), dtype=torch.float64, device=self.device)).item())
+        return local / total if total else 0.0
+
     def _backward(
         self, batch: RolloutBatch, idx: Tensor, steps: list[int], adv: Tensor, gt: Tensor | None, scale: float, epoch: int
     ) -> dict[str, float]:
         if len(idx) == 0:
+            self._agree_finite(True, "update", epoch)  # take part in the agreement all the same
             return {}
         sample_idx = idx.repeat(len(steps))
         step_idx = torch.tensor(steps, device=self.device).repeat_interleave(len(idx))
         loss, stats = self.step_loss(batch, sample_idx, step_idx, adv, gt)
-        if not torch.isfinite(loss):
-            bad = [k for k, v in stats.items() if not math.isfinite(v)] or ["loss"]
-            raise NonFiniteError(
-                f"update term(s) {', '.join(bad)} not finite in epoch {epoch} at step(s) {steps}; the last checkpoint is intact"
-            )
+        bad = [k for k, v in stats.items() if not math.isfinite(v)] or ["loss"]
+        self._agree_finite(bool(torch.isfinite(loss)), f"update term(s) {', '.join(bad)}", epoch, f" at step(s) {steps}")
         (loss * scale).backward()
         return stats
+
+    def _agree_finite(self, finite: bool, what: str, epoch: int, where: str = "") -> None:
+        """Every process learns whether any process saw a non-finite value, and all stop together."""
+        flag = all_reduce_max(self.ctx, 0 if finite else self.ctx.rank + 1)
+        if flag:
+            rank = f" on rank {flag - 1}" if self.ctx.enabled else ""
+            if finite:  # another process's value: it names the term in its own message
+                raise NonFiniteError(f"stopping with rank {flag - 1}: a non-finite value in epoch {epoch}{where}; the last checkpoint is intact")
+            raise NonFiniteError(f"{what} not finite in epoch {epoch}{where}{rank}; the last checkpoint is intact")
 
     # ------------------------------------------------------------------------------------------
     # evaluation on held-out faces (fixed degradation, fixed seeds)
@@ -628,7 +644,8 @@ class LRPOTrainer:
                 guard_due = self.guard is not None and self.epoch % cfg.guard.every == 0
                 if (eval_every and self.epoch % eval_every == 0) or guard_due:
                     rec.update(self.evaluate())
-                stop = self.check_guard(rec) if guard_due else False
+                # the same decision on every process (held-out figures could differ in the last bits)
+                stop = bool(all_reduce_max(self.ctx, int(self.check_guard(rec)))) if guard_due else False
                 self.log(rec)
                 bar.update(1)
                 bar.set_postfix(reward=f"{rec['reward_mean']:.4f}", kl=f"{rec.get('approx_kl', 0):.2e}")
