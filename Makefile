@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup quickstart test test-fast clean
+.PHONY: setup quickstart test test-fast clean gpu-wheels
 
 # Creates the virtual environment when missing. torch is pinned to 2.13.0: on our machines pip
 # takes the local CPU wheel; elsewhere PyPI serves the build for your platform.
@@ -25,6 +25,12 @@ test: setup
 # the quick loop while developing: everything but the tests marked slow
 test-fast: setup
 	$(BIN)/python -m pytest -q
+
+# wheels the device machine lacks (it reaches no registry), carried there with the working tree:
+# run `bench/gpu_check.py` there as its docstring says, with carry [".whl"]
+gpu-wheels: setup
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
