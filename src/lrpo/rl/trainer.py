@@ -281,7 +281,12 @@ class LRPOTrainer:
     def step_loss(
         self, batch: RolloutBatch, idx: Tensor, steps: Tensor, adv: Tensor, gt: Tensor | None
     ) -> tuple[Tensor, dict[str, float]]:
-        """Loss of trajectories ``idx`` at step indices ``steps`` (both [M], any mix of steps)."""
+        """Loss of trajectories ``idx`` at step indices ``steps`` (both [M], any mix of steps).
+
+        Returns the loss (with grad) and floats: ppo_loss, approx_kl, clip_fraction,
+        max_abs_log_ratio; reg and gt_log_density when a step of ``steps`` is regularised (means over
+        those samples); kl_ref when kl_beta > 0.
+        """
         cfg = self.cfg
         x_t = batch.latents[idx, steps]
         x_prev = batch.latents[idx, steps + 1]
