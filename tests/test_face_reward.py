@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_layouts import clip_layout, random_state_dict, write_merges_file
 from lrpo.rewards.base import RewardInput
 from lrpo.rewards.checkpoint_io import StateDictMismatchError
 from lrpo.rewards.clip_models import clip_preprocess
 from lrpo.rewards.face_reward import FaceReward, FaceRewardModel, MissingCaptionError, caption_cosine
+from lrpo.standins import clip_layout, random_state_dict, write_merges_file
 
 TINY_VIT = dict(embed_dim=16, image_resolution=32, vision_layers=2, vision_width=32, patch_size=8,
                 context_length=77, vocab_size=520, text_width=32, text_layers=2)

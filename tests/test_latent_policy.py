@@ -13,6 +13,7 @@ from lrpo.policies import sd_loaders as L
 from lrpo.policies.base import Policy
 from lrpo.policies.latent import ConcatControlNet, LatentPolicy, LoRALinear, OpenCLIPTextTower, restore_faces
 from lrpo.policies.latent_config import LatentPolicyConfig
+from lrpo.standins import ldm_file_state_dict
 
 TINY = LatentPolicyConfig.preset("tiny", random_init=True)
 
@@ -214,10 +215,9 @@ def test_restore_faces_applies_the_colour_fix(policy):
 
 
 def _write_files(tmp_path, source: LatentPolicy, text: OpenCLIPTextTower) -> dict:
-    sd = {}
-    sd.update(L.to_original_layout(source.unet.state_dict(), L.unet_key_map(source.unet.state_dict(), 1), L.SD_UNET_PREFIX))
-    sd.update(L.to_original_layout(source.vae.state_dict(), L.vae_key_map(source.vae.state_dict(), 4), L.SD_VAE_PREFIX))
-    sd.update({L.SD_TEXT_PREFIX + k: v for k, v in text.state_dict().items()})
+    sd = ldm_file_state_dict(
+        source.unet, source.vae, text, unet_arch=TINY.unet, vae_arch=TINY.vae, text_arch=TINY.text, gen=torch.Generator().manual_seed(0)
+    )
     torch.save({"state_dict": sd}, tmp_path / "sd.ckpt")
     L.save_diffbir_controlnet(source.controlnet_state_dict(), 1, tmp_path / "v1_face.pth")
     torch.save({"state_dict": source.stage1.state_dict()}, tmp_path / "swinir.ckpt")

@@ -1,20 +1,20 @@
 """LPIPS: exact file layouts, strict loading, and the formula checked by hand.
 
-The published files cannot be downloaded here, so random tensors are saved in their exact layouts
-(torchvision's vgg16 state dict; the lpips package's weights/v0.1/vgg.pth) and loaded back.
+The published files cannot be downloaded here, so tiny stand-ins in their exact layouts and
+containers (lrpo.standins: torchvision's vgg16 state dict; the lpips package's weights/v0.1/vgg.pth)
+are written and loaded back; the loader takes the conv widths from the VGG file.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from lrpo.rewards.base import MissingGroundTruthError, RewardInput
-from lrpo.rewards.checkpoint_io import StateDictMismatchError
+from lrpo.rewards.checkpoint_io import StateDictMismatchError, read_state_dict
 from lrpo.rewards.lpips import (
     LPIPS,
     LPIPS_SCALE,
@@ -24,42 +24,24 @@ from lrpo.rewards.lpips import (
     lpips_from_features,
     normalize_channels,
 )
-from lrpo.weights import MissingWeightsError, resolve
+from lrpo.standins import write_standin
+from lrpo.weights import MissingWeightsError, resolve, verify
 
 # torchvision vgg16().features: conv index -> (out, in) channels (3x3 kernels)
 TORCHVISION_CONVS = {
     0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256), 14: (256, 256),
     17: (512, 256), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512),
 }
-LIN_CHANNELS = (64, 128, 256, 512, 512)
-
-
-def random_vgg_state_dict(gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """torchvision's vgg16 state dict layout. The classifier keys are present as in the real file
-    but tiny (their real shapes, e.g. [4096, 25088], would cost 0.5 GB; the loader skips them)."""
-    sd = {}
-    for i, (out, inp) in TORCHVISION_CONVS.items():
-        sd[f"features.{i}.weight"] = torch.randn(out, inp, 3, 3, generator=gen) * math.sqrt(2 / (9 * inp))
-        sd[f"features.{i}.bias"] = torch.randn(out, generator=gen) * 0.01
-    for i in (0, 3, 6):
-        sd[f"classifier.{i}.weight"] = torch.zeros(2, 2)
-        sd[f"classifier.{i}.bias"] = torch.zeros(2)
-    return sd
-
-
-def random_lin_state_dict(gen: torch.Generator) -> dict[str, torch.Tensor]:
-    # The real heads are non-negative (lpips clamps them in training); keep that here.
-    return {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=gen) for k, c in enumerate(LIN_CHANNELS)}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    gen = torch.Generator().manual_seed(0)
+    # tiny stand-ins of both files in their published containers (legacy torch.save; the heads'
+    # storages tagged cuda:0 as in lpips' vgg.pth): the loader takes the widths from the VGG file
     folder = tmp_path_factory.mktemp("lpips")
-    vgg_sd, lin_sd = random_vgg_state_dict(gen), random_lin_state_dict(gen)
-    torch.save(vgg_sd, folder / "vgg16-397923af.pth")
-    torch.save(lin_sd, folder / "vgg.pth")
-    return folder, vgg_sd, lin_sd
+    write_standin("vgg16-imagenet", folder, "tiny")
+    write_standin("lpips-vgg-v0.1", folder, "tiny")
+    return folder, read_state_dict(folder / "vgg16-397923af.pth"), read_state_dict(folder / "vgg.pth")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +86,7 @@ def test_wrong_shape_and_extra_head_are_errors(files, tmp_path):
     folder, _, lin_sd = files
     wrong = dict(lin_sd, **{"lin2.model.1.weight": torch.ones(1, 128, 1, 1)})
     torch.save(wrong, tmp_path / "wrong.pth")
-    with pytest.raises(StateDictMismatchError, match=r"lin2.model.1.weight: file \(1, 128, 1, 1\) vs model \(1, 256, 1, 1\)"):
+    with pytest.raises(StateDictMismatchError, match=r"lin2.model.1.weight: file \(1, 128, 1, 1\) vs model \(1, 32, 1, 1\)"):
         LPIPS.from_files(folder / "vgg16-397923af.pth", tmp_path / "wrong.pth")
     extra = dict(lin_sd, **{"lin5.model.1.weight": torch.ones(1, 512, 1, 1)})  # squeeze-net heads
     torch.save(extra, tmp_path / "extra.pth")
@@ -180,7 +162,9 @@ def test_reward_is_one_minus_lpips_on_minus_one_one(model):
 
 def _real_lin_file() -> Path | None:
     try:
-        return resolve("lpips-vgg-v0.1")
+        path = resolve("lpips-vgg-v0.1")
+        if verify("lpips-vgg-v0.1").status == "ok":  # not a stand-in
+            return path
     except MissingWeightsError:
         pass
     spec = importlib.util.find_spec("lpips")  # the PyPI package ships the file; not imported
@@ -194,7 +178,7 @@ def _real_lin_file() -> Path | None:
 def test_published_linear_heads_load_strictly():
     path = _real_lin_file()
     if path is None:
-        pytest.skip("lpips weights/v0.1/vgg.pth not found (registry folders or an installed lpips package)")
+        pytest.skip("the published lpips weights/v0.1/vgg.pth not found (registry folders, an installed lpips package; stand-ins do not count)")
     from lrpo.rewards.checkpoint_io import load_state_dict_strict, read_state_dict
 
     m = LPIPS()

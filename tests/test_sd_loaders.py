@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from lrpo.policies import sd_loaders as L
 from lrpo.policies.latent import ConcatControlNet, OpenCLIPTextTower, build_unet, build_vae
 from lrpo.policies.latent_config import LatentPolicyConfig, TextArch
+from lrpo.standins import LDM_EXTRA_ENTRIES, ldm_file_state_dict
 
 TINY = LatentPolicyConfig.preset("tiny", random_init=True)
 
@@ -42,23 +43,12 @@ def _parts(seed=0):
     return unet, vae, text, cn
 
 
-def _ldm_file_dict(unet, vae, text, extra_text_layer=True):
-    """A state dict in the SD 2.x LDM layout, as v2-1_512-ema-pruned.ckpt stores it."""
-    sd = {}
-    sd.update(L.to_original_layout(unet.state_dict(), L.unet_key_map(unet.state_dict(), 1), L.SD_UNET_PREFIX))
-    sd.update(L.to_original_layout(vae.state_dict(), L.vae_key_map(vae.state_dict(), 4), L.SD_VAE_PREFIX))
-    sd.update({L.SD_TEXT_PREFIX + k: v for k, v in text.state_dict().items()})
-    if extra_text_layer:  # the file holds all OpenCLIP layers and the projection; SD reads the penultimate
-        n = L.text_layers(text)
-        for k, v in text.state_dict().items():
-            if k.startswith("transformer.resblocks.0."):
-                sd[L.SD_TEXT_PREFIX + k.replace("resblocks.0.", f"resblocks.{n}.")] = v.clone()
-        sd[L.SD_TEXT_PREFIX + "text_projection"] = torch.zeros(32, 32)
-        sd[L.SD_TEXT_PREFIX + "logit_scale"] = torch.tensor(4.6)
-    # non-model entries of LDM files
-    sd["alphas_cumprod"] = torch.linspace(0.999, 0.01, 1000)
-    sd["model_ema.decay"] = torch.tensor(0.9999)
-    return sd
+def _ldm_file_dict(unet, vae, text, seed=0):
+    """A state dict in the SD 2.x LDM layout (as v2-1_512-ema-pruned.ckpt stores it) holding these
+    modules: the whole text tower (3 layers, of which SD reads 2), projection, schedule, EMA counters."""
+    return ldm_file_state_dict(
+        unet, vae, text, unet_arch=TINY.unet, vae_arch=TINY.vae, text_arch=TINY.text, gen=torch.Generator().manual_seed(seed)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +168,7 @@ def test_ldm_checkpoint_loads_strictly_and_reproduces_the_modules(tmp_path):
     report = L.load_sd_ldm(sd, unet=u2, vae=v2, text=t2, layers_per_block=1, source="sd.ckpt")
     assert report.loaded == {"unet": len(unet.state_dict()), "vae": len(vae.state_dict()), "text": len(text.state_dict())}
     assert "cond_stage_model.model.text_projection" in report.unused_by_design
-    assert report.other_entries == ["alphas_cumprod", "model_ema.decay"]
+    assert report.other_entries == sorted(LDM_EXTRA_ENTRIES)  # schedule buffers and EMA counters
     for a, b in ((unet, u2), (vae, v2), (text, t2)):
         for k, x in a.state_dict().items():
             assert torch.equal(x, b.state_dict()[k]), k
@@ -329,3 +319,26 @@ def test_pickled_objects_need_trust(tmp_path):
     with pytest.raises(CheckpointFormatError, match="trust_pickle"):
         L.read_checkpoint(tmp_path / "pl.ckpt")
     assert list(L.read_checkpoint(tmp_path / "pl.ckpt", trust_pickle=True)) == ["w"]  # non-tensor entries dropped
+
+
+def test_lightning_bookkeeping_is_skipped_without_unpickling_it(tmp_path, monkeypatch):
+    # A Lightning .ckpt pickles its callbacks beside the weights; Lightning is not installed here,
+    # so a class is saved under its module name and the module removed before loading.
+    import sys
+    import types
+
+    name = "pytorch_lightning.callbacks.model_checkpoint"
+
+    class ModelCheckpoint:
+        def __init__(self):
+            self.best_model_path = "epoch=3.ckpt"
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = name, "ModelCheckpoint"
+    with monkeypatch.context() as m:
+        for part in ("pytorch_lightning", "pytorch_lightning.callbacks", name):
+            m.setitem(sys.modules, part, types.ModuleType(part))
+        sys.modules[name].ModelCheckpoint = ModelCheckpoint
+        torch.save({"state_dict": {"w": torch.ones(2)}, "callbacks": {"ModelCheckpoint": ModelCheckpoint()}, "epoch": 3}, tmp_path / "pl.ckpt")
+    assert "pytorch_lightning" not in sys.modules
+    sd = L.read_checkpoint(tmp_path / "pl.ckpt")  # weights_only: the callback becomes an inert placeholder
+    assert list(sd) == ["w"] and torch.equal(sd["w"], torch.ones(2))

@@ -251,9 +251,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
         print(weights.resolve(args.name, args.path))
         return 0
     if args.weights_cmd == "verify":
-        path, status = weights.verify(args.name, args.path)
-        print(f"{path}: {'sha256 ok' if status == 'ok' else 'present (no sha256 pinned to check against)'}")
-        return 0
+        found = weights.verify(args.name, args.path)
+        print(found.message())
+        return 1 if found.status == "mismatch" else 0
     print(weights.fetch(args.name))
     return 0
 

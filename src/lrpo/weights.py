@@ -4,7 +4,9 @@ No file is ever fetched silently. ``resolve(name)`` looks for the file, in order
 path, in ``$LRPO_WEIGHTS`` (a folder; several separated by ``os.pathsep``) and in the cache folder
 (``$LRPO_CACHE`` or ``~/.cache/lrpo``). A missing file raises :class:`MissingWeightsError` that
 names the file, its publisher URL and where to put it. ``lrpo weights fetch`` downloads a file into
-the cache on machines that reach the publisher (and verifies its sha256).
+the cache on machines that reach the publisher (and verifies its sha256). ``lrpo weights verify``
+compares a local file's sha256 with the pinned one and reports another file (a stand-in written by
+:mod:`lrpo.standins`, a fine-tune) as such; no loader refuses a file for its checksum.
 """
 
 from __future__ import annotations
@@ -154,17 +156,41 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify(name: str, path: str | os.PathLike | None = None) -> tuple[Path, str | None]:
-    """Check the file's sha256 against the pinned value. Returns (path, status) where status is
-    ``"ok"`` or ``"unpinned"``; a mismatch raises :class:`ChecksumError`."""
+@dataclass(frozen=True)
+class Verification:
+    """What ``lrpo weights verify`` found: the file's sha256 against the published (pinned) one."""
+
+    name: str
+    path: Path
+    sha256: str  # of the local file
+    published: str | None  # the pinned value; None: not pinned
+
+    @property
+    def status(self) -> str:
+        """"ok" (the published file), "mismatch" (another file: a stand-in, a fine-tune, a
+        corrupt download) or "unpinned" (nothing to compare with)."""
+        if self.published is None:
+            return "unpinned"
+        return "ok" if self.sha256 == self.published else "mismatch"
+
+    def message(self) -> str:
+        if self.status == "ok":
+            return f"{self.path}: the published file (sha256 {self.sha256})"
+        if self.status == "unpinned":
+            return f"{self.path}: unpinned (no published sha256 recorded for {self.name}); this file's sha256 is {self.sha256}"
+        return (
+            f"{self.path}: not the published file (sha256 {self.sha256}, published {self.published}); "
+            f"it still loads where its layout fits, but it is not the publisher's model"
+        )
+
+
+def verify(name: str, path: str | os.PathLike | None = None) -> Verification:
+    """Hash the local file of ``name`` and compare it with the pinned sha256. A different file is
+    reported, not refused (stand-ins and fine-tunes load like the real one); only a missing file
+    raises (:class:`MissingWeightsError`)."""
     entry = get_entry(name)
     p = resolve(name, path)
-    if entry.sha256 is None:
-        return p, "unpinned"
-    digest = sha256_of(p)
-    if digest != entry.sha256:
-        raise ChecksumError(f"{name}: {p} has sha256 {digest}, expected {entry.sha256} (wrong or corrupt file)")
-    return p, "ok"
+    return Verification(name, p, sha256_of(p), entry.sha256)
 
 
 def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> Path:

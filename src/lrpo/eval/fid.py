@@ -41,11 +41,13 @@ from ..weights import WeightFile, register, resolve
 
 __all__ = [
     "FID_FEATURE_DIM",
+    "FID_INCEPTION_WIDTHS",
     "INCEPTION_FID_WEIGHTS",
     "InceptionFeatures",
     "feature_statistics",
     "fid_from_features",
     "frechet_distance",
+    "inception_widths_from_state_dict",
     "psd_sqrt",
 ]
 
@@ -60,7 +62,7 @@ INCEPTION_FID_WEIGHTS = register(
         91.2,
     )
 )
-FID_FEATURE_DIM = 2048
+FID_FEATURE_DIM = 2048  # pool features of the published network (InceptionFeatures.feature_dim)
 INCEPTION_SIZE = 299  # input side of Inception v3
 BN_EPS = 1e-3  # BatchNorm epsilon of every conv block in the converted TF graph
 
@@ -135,18 +137,58 @@ def _avg_pool_3x3(x: Tensor) -> Tensor:
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
-class _InceptionA(nn.Module):
-    """Mixed_5b/5c/5d (35 x 35): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1 -> 224 + pool_features."""
+# Out channels of every convolution of the published network (torchvision Inception3 names, the
+# key prefixes of its state dict, without ".conv.weight"). A file of other widths (a stand-in, see
+# lrpo.standins) is built from its own shapes (:func:`inception_widths_from_state_dict`).
+def _a(pool: int) -> dict[str, int]:
+    return {"branch1x1": 64, "branch5x5_1": 48, "branch5x5_2": 64, "branch3x3dbl_1": 64, "branch3x3dbl_2": 96,
+            "branch3x3dbl_3": 96, "branch_pool": pool}
 
-    def __init__(self, cin: int, pool_features: int):
+
+def _c(c7: int) -> dict[str, int]:
+    return {"branch1x1": 192, "branch7x7_1": c7, "branch7x7_2": c7, "branch7x7_3": 192, "branch7x7dbl_1": c7,
+            "branch7x7dbl_2": c7, "branch7x7dbl_3": c7, "branch7x7dbl_4": c7, "branch7x7dbl_5": 192, "branch_pool": 192}
+
+
+_E = {"branch1x1": 320, "branch3x3_1": 384, "branch3x3_2a": 384, "branch3x3_2b": 384, "branch3x3dbl_1": 448,
+      "branch3x3dbl_2": 384, "branch3x3dbl_3a": 384, "branch3x3dbl_3b": 384, "branch_pool": 192}
+_BLOCK_WIDTHS: dict[str, dict[str, int]] = {
+    "Mixed_5b": _a(32), "Mixed_5c": _a(64), "Mixed_5d": _a(64),
+    "Mixed_6a": {"branch3x3": 384, "branch3x3dbl_1": 64, "branch3x3dbl_2": 96, "branch3x3dbl_3": 96},
+    "Mixed_6b": _c(128), "Mixed_6c": _c(160), "Mixed_6d": _c(160), "Mixed_6e": _c(192),
+    "Mixed_7a": {"branch3x3_1": 192, "branch3x3_2": 320, "branch7x7x3_1": 192, "branch7x7x3_2": 192,
+                 "branch7x7x3_3": 192, "branch7x7x3_4": 192},
+    "Mixed_7b": dict(_E), "Mixed_7c": dict(_E),
+}
+FID_INCEPTION_WIDTHS: dict[str, int] = {
+    "Conv2d_1a_3x3": 32, "Conv2d_2a_3x3": 32, "Conv2d_2b_3x3": 64, "Conv2d_3b_1x1": 80, "Conv2d_4a_3x3": 192,
+    **{f"{block}.{conv}": c for block, convs in _BLOCK_WIDTHS.items() for conv, c in convs.items()},
+}
+FID_FC_CLASSES = 1008  # the TF graph's classifier (1001 classes padded); unused by FID
+
+
+def inception_widths_from_state_dict(state_dict: dict[str, Tensor]) -> dict[str, int]:
+    """Conv widths of an Inception state dict (the published widths where a key is absent, so the
+    strict load names what is missing)."""
+    return {
+        name: int(state_dict[k].shape[0]) if (k := f"{name}.conv.weight") in state_dict and state_dict[k].ndim == 4 else c
+        for name, c in FID_INCEPTION_WIDTHS.items()
+    }
+
+
+class _InceptionA(nn.Module):
+    """Mixed_5b/5c/5d (35 x 35): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1 (224 + pool_features)."""
+
+    def __init__(self, cin: int, w: dict[str, int]):
         super().__init__()
-        self.branch1x1 = _ConvBN(cin, 64, 1)
-        self.branch5x5_1 = _ConvBN(cin, 48, 1)
-        self.branch5x5_2 = _ConvBN(48, 64, 5, padding=2)
-        self.branch3x3dbl_1 = _ConvBN(cin, 64, 1)
-        self.branch3x3dbl_2 = _ConvBN(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = _ConvBN(96, 96, 3, padding=1)
-        self.branch_pool = _ConvBN(cin, pool_features, 1)
+        self.branch1x1 = _ConvBN(cin, w["branch1x1"], 1)
+        self.branch5x5_1 = _ConvBN(cin, w["branch5x5_1"], 1)
+        self.branch5x5_2 = _ConvBN(w["branch5x5_1"], w["branch5x5_2"], 5, padding=2)
+        self.branch3x3dbl_1 = _ConvBN(cin, w["branch3x3dbl_1"], 1)
+        self.branch3x3dbl_2 = _ConvBN(w["branch3x3dbl_1"], w["branch3x3dbl_2"], 3, padding=1)
+        self.branch3x3dbl_3 = _ConvBN(w["branch3x3dbl_2"], w["branch3x3dbl_3"], 3, padding=1)
+        self.branch_pool = _ConvBN(cin, w["branch_pool"], 1)
+        self.out_channels = w["branch1x1"] + w["branch5x5_2"] + w["branch3x3dbl_3"] + w["branch_pool"]
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat(
@@ -161,14 +203,15 @@ class _InceptionA(nn.Module):
 
 
 class _InceptionB(nn.Module):
-    """Mixed_6a, 35 -> 17: 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2 -> 384 + 96 + cin."""
+    """Mixed_6a, 35 -> 17: 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2 (384 + 96 + cin)."""
 
-    def __init__(self, cin: int):
+    def __init__(self, cin: int, w: dict[str, int]):
         super().__init__()
-        self.branch3x3 = _ConvBN(cin, 384, 3, stride=2)
-        self.branch3x3dbl_1 = _ConvBN(cin, 64, 1)
-        self.branch3x3dbl_2 = _ConvBN(64, 96, 3, padding=1)
-        self.branch3x3dbl_3 = _ConvBN(96, 96, 3, stride=2)
+        self.branch3x3 = _ConvBN(cin, w["branch3x3"], 3, stride=2)
+        self.branch3x3dbl_1 = _ConvBN(cin, w["branch3x3dbl_1"], 1)
+        self.branch3x3dbl_2 = _ConvBN(w["branch3x3dbl_1"], w["branch3x3dbl_2"], 3, padding=1)
+        self.branch3x3dbl_3 = _ConvBN(w["branch3x3dbl_2"], w["branch3x3dbl_3"], 3, stride=2)
+        self.out_channels = w["branch3x3"] + w["branch3x3dbl_3"] + cin
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat(
@@ -182,21 +225,20 @@ class _InceptionB(nn.Module):
 
 
 class _InceptionC(nn.Module):
-    """Mixed_6b..6e (17 x 17), factorised 7x7 convolutions: four branches of 192 -> 768."""
+    """Mixed_6b..6e (17 x 17), factorised 7x7 convolutions: four branches of 192 (768)."""
 
-    def __init__(self, cin: int, c7: int):
+    def __init__(self, cin: int, w: dict[str, int]):
         super().__init__()
         row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
-        self.branch1x1 = _ConvBN(cin, 192, 1)
-        self.branch7x7_1 = _ConvBN(cin, c7, 1)
-        self.branch7x7_2 = _ConvBN(c7, c7, **row)
-        self.branch7x7_3 = _ConvBN(c7, 192, **col)
-        self.branch7x7dbl_1 = _ConvBN(cin, c7, 1)
-        self.branch7x7dbl_2 = _ConvBN(c7, c7, **col)
-        self.branch7x7dbl_3 = _ConvBN(c7, c7, **row)
-        self.branch7x7dbl_4 = _ConvBN(c7, c7, **col)
-        self.branch7x7dbl_5 = _ConvBN(c7, 192, **row)
-        self.branch_pool = _ConvBN(cin, 192, 1)
+        self.branch1x1 = _ConvBN(cin, w["branch1x1"], 1)
+        self.branch7x7_1 = _ConvBN(cin, w["branch7x7_1"], 1)
+        self.branch7x7_2 = _ConvBN(w["branch7x7_1"], w["branch7x7_2"], **row)
+        self.branch7x7_3 = _ConvBN(w["branch7x7_2"], w["branch7x7_3"], **col)
+        self.branch7x7dbl_1 = _ConvBN(cin, w["branch7x7dbl_1"], 1)
+        for k, kind in zip(range(2, 6), (col, row, col, row)):
+            setattr(self, f"branch7x7dbl_{k}", _ConvBN(w[f"branch7x7dbl_{k - 1}"], w[f"branch7x7dbl_{k}"], **kind))
+        self.branch_pool = _ConvBN(cin, w["branch_pool"], 1)
+        self.out_channels = w["branch1x1"] + w["branch7x7_3"] + w["branch7x7dbl_5"] + w["branch_pool"]
 
     def forward(self, x: Tensor) -> Tensor:
         dbl = x
@@ -214,16 +256,17 @@ class _InceptionC(nn.Module):
 
 
 class _InceptionD(nn.Module):
-    """Mixed_7a, 17 -> 8: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2 -> 320 + 192 + cin."""
+    """Mixed_7a, 17 -> 8: 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2 (320 + 192 + cin)."""
 
-    def __init__(self, cin: int):
+    def __init__(self, cin: int, w: dict[str, int]):
         super().__init__()
-        self.branch3x3_1 = _ConvBN(cin, 192, 1)
-        self.branch3x3_2 = _ConvBN(192, 320, 3, stride=2)
-        self.branch7x7x3_1 = _ConvBN(cin, 192, 1)
-        self.branch7x7x3_2 = _ConvBN(192, 192, (1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = _ConvBN(192, 192, (7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = _ConvBN(192, 192, 3, stride=2)
+        self.branch3x3_1 = _ConvBN(cin, w["branch3x3_1"], 1)
+        self.branch3x3_2 = _ConvBN(w["branch3x3_1"], w["branch3x3_2"], 3, stride=2)
+        self.branch7x7x3_1 = _ConvBN(cin, w["branch7x7x3_1"], 1)
+        self.branch7x7x3_2 = _ConvBN(w["branch7x7x3_1"], w["branch7x7x3_2"], (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = _ConvBN(w["branch7x7x3_2"], w["branch7x7x3_3"], (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = _ConvBN(w["branch7x7x3_3"], w["branch7x7x3_4"], 3, stride=2)
+        self.out_channels = w["branch3x3_2"] + w["branch7x7x3_4"] + cin
 
     def forward(self, x: Tensor) -> Tensor:
         b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
@@ -231,23 +274,25 @@ class _InceptionD(nn.Module):
 
 
 class _InceptionE(nn.Module):
-    """Mixed_7b/7c (8 x 8): 1x1 | 1x1-(1x3, 3x1) | 1x1-3x3-(1x3, 3x1) | pool-1x1 -> 2048.
+    """Mixed_7b/7c (8 x 8): 1x1 | 1x1-(1x3, 3x1) | 1x1-3x3-(1x3, 3x1) | pool-1x1 (2048).
 
     ``max_pool=True`` (Mixed_7c in the FID graph) max-pools the pool branch instead of averaging.
     """
 
-    def __init__(self, cin: int, max_pool: bool):
+    def __init__(self, cin: int, w: dict[str, int], max_pool: bool):
         super().__init__()
         self.max_pool = max_pool
-        self.branch1x1 = _ConvBN(cin, 320, 1)
-        self.branch3x3_1 = _ConvBN(cin, 384, 1)
-        self.branch3x3_2a = _ConvBN(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3_2b = _ConvBN(384, 384, (3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = _ConvBN(cin, 448, 1)
-        self.branch3x3dbl_2 = _ConvBN(448, 384, 3, padding=1)
-        self.branch3x3dbl_3a = _ConvBN(384, 384, (1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = _ConvBN(384, 384, (3, 1), padding=(1, 0))
-        self.branch_pool = _ConvBN(cin, 192, 1)
+        self.branch1x1 = _ConvBN(cin, w["branch1x1"], 1)
+        self.branch3x3_1 = _ConvBN(cin, w["branch3x3_1"], 1)
+        self.branch3x3_2a = _ConvBN(w["branch3x3_1"], w["branch3x3_2a"], (1, 3), padding=(0, 1))
+        self.branch3x3_2b = _ConvBN(w["branch3x3_1"], w["branch3x3_2b"], (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = _ConvBN(cin, w["branch3x3dbl_1"], 1)
+        self.branch3x3dbl_2 = _ConvBN(w["branch3x3dbl_1"], w["branch3x3dbl_2"], 3, padding=1)
+        self.branch3x3dbl_3a = _ConvBN(w["branch3x3dbl_2"], w["branch3x3dbl_3a"], (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = _ConvBN(w["branch3x3dbl_2"], w["branch3x3dbl_3b"], (3, 1), padding=(1, 0))
+        self.branch_pool = _ConvBN(cin, w["branch_pool"], 1)
+        self.out_channels = sum(w[k] for k in ("branch1x1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_3a",
+                                               "branch3x3dbl_3b", "branch_pool"))
 
     def forward(self, x: Tensor) -> Tensor:
         b3 = self.branch3x3_1(x)
@@ -266,34 +311,36 @@ class _InceptionE(nn.Module):
         )
 
 
-class InceptionFeatures(nn.Module):
-    """FID's Inception v3 up to the 2048-d global average pool.
+_BLOCKS = (("Mixed_5b", _InceptionA), ("Mixed_5c", _InceptionA), ("Mixed_5d", _InceptionA), ("Mixed_6a", _InceptionB),
+           ("Mixed_6b", _InceptionC), ("Mixed_6c", _InceptionC), ("Mixed_6d", _InceptionC), ("Mixed_6e", _InceptionC),
+           ("Mixed_7a", _InceptionD), ("Mixed_7b", _InceptionE), ("Mixed_7c", _InceptionE))
 
-    forward(images [B, 3, H, W] RGB in [0, 1], any size) -> [B, 2048] float32.
+
+class InceptionFeatures(nn.Module):
+    """FID's Inception v3 up to the global average pool.
+
+    forward(images [B, 3, H, W] RGB in [0, 1], any size) -> [B, feature_dim] float32 (2048 for the
+    published widths; ``widths`` maps conv names to out channels, default FID_INCEPTION_WIDTHS).
 
     The state dict has torchvision's Inception3 names and a 1008-way ``fc`` (kept so the published
     file loads strictly; unused by FID).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, widths: dict[str, int] | None = None, fc_classes: int = FID_FC_CLASSES) -> None:
         super().__init__()
-        self.Conv2d_1a_3x3 = _ConvBN(3, 32, 3, stride=2)
-        self.Conv2d_2a_3x3 = _ConvBN(32, 32, 3)
-        self.Conv2d_2b_3x3 = _ConvBN(32, 64, 3, padding=1)
-        self.Conv2d_3b_1x1 = _ConvBN(64, 80, 1)
-        self.Conv2d_4a_3x3 = _ConvBN(80, 192, 3)
-        self.Mixed_5b = _InceptionA(192, 32)
-        self.Mixed_5c = _InceptionA(256, 64)
-        self.Mixed_5d = _InceptionA(288, 64)
-        self.Mixed_6a = _InceptionB(288)
-        self.Mixed_6b = _InceptionC(768, 128)
-        self.Mixed_6c = _InceptionC(768, 160)
-        self.Mixed_6d = _InceptionC(768, 160)
-        self.Mixed_6e = _InceptionC(768, 192)
-        self.Mixed_7a = _InceptionD(768)
-        self.Mixed_7b = _InceptionE(1280, max_pool=False)
-        self.Mixed_7c = _InceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(FID_FEATURE_DIM, 1008)
+        w = {**FID_INCEPTION_WIDTHS, **(widths or {})}
+        stem = ("Conv2d_1a_3x3", 3, 2, 0), ("Conv2d_2a_3x3", 3, 1, 0), ("Conv2d_2b_3x3", 3, 1, 1), ("Conv2d_3b_1x1", 1, 1, 0), ("Conv2d_4a_3x3", 3, 1, 0)
+        cin = 3
+        for name, kernel, stride, padding in stem:
+            setattr(self, name, _ConvBN(cin, w[name], kernel, stride=stride, padding=padding))
+            cin = w[name]
+        for name, block in _BLOCKS:
+            bw = {k[len(name) + 1:]: c for k, c in w.items() if k.startswith(name + ".")}
+            module = block(cin, bw, max_pool=name == "Mixed_7c") if block is _InceptionE else block(cin, bw)
+            setattr(self, name, module)
+            cin = module.out_channels
+        self.feature_dim = cin
+        self.fc = nn.Linear(cin, fc_classes)
 
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -304,17 +351,22 @@ class InceptionFeatures(nn.Module):
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, stride=2)
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
-            x = getattr(self, f"Mixed_{name}")(x)
+        for name, _ in _BLOCKS:
+            x = getattr(self, name)(x)
         return x.mean(dim=(2, 3))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "InceptionFeatures":
-        """Load pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` strictly; returned frozen."""
-        model = cls()
+        """Load pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` strictly; returned frozen.
+
+        Conv widths and the fc size come from the file's shapes (the published file's are the
+        network's own), so a smaller file in the same layout loads too."""
+        sd = read_state_dict(path)
+        fc = sd.get("fc.weight")
+        model = cls(inception_widths_from_state_dict(sd), int(fc.shape[0]) if fc is not None and fc.ndim == 2 else FID_FC_CLASSES)
         load_state_dict_strict(
             model,
-            read_state_dict(path),
+            sd,
             source=str(path),
             may_be_missing=lambda key: key.endswith("num_batches_tracked"),
         )

@@ -26,9 +26,11 @@ under bf16 autocast (the trainable ControlNet keeps fp32 master weights); output
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -294,13 +296,16 @@ class LatentPolicy(nn.Module):
             g = torch.Generator().manual_seed(RANDOM_INIT_SEED)
             policy.empty_context.copy_(torch.randn(policy.empty_context.shape, generator=g).to(policy.empty_context.device))
         else:
+            files = PolicyFiles.read(cfg)
+            cfg = sizes_from_files(cfg, files)  # the networks take the files' sizes
             # every persistent tensor is about to be overwritten by a strict load: skip the random
             # initialisation of ~1.3 B parameters (tens of seconds on a CPU)
             with torch.device("meta"):
                 policy = cls(cfg)
             policy.to_empty(device="cpu")
             policy._reset_derived_buffers()
-            policy.load_weights()
+            policy.load_weights(files)
+            del files  # releases the memory-mapped file contents
         policy.prepare_training()
         return policy.to(device)
 
@@ -311,37 +316,33 @@ class LatentPolicy(nn.Module):
             if self.stage1 is not None:
                 self.stage1.mean.copy_(torch.tensor(RGB_MEAN).view(1, 3, 1, 1))
 
-    def load_weights(self) -> None:
-        """Load SD (UNet, VAE, empty-prompt context), the ControlNet and the SwinIR from cfg."""
+    def load_weights(self, files: "PolicyFiles | None" = None) -> None:
+        """Load SD (UNet, VAE, empty-prompt context), the ControlNet and the SwinIR from cfg
+        (``files``: their contents, already read by :meth:`PolicyFiles.read`)."""
         from . import sd_loaders as L
 
         cfg = self.cfg
         if self._prepared:
             raise RuntimeError("load_weights must run before prepare_training (LoRA renames layers)")
+        files = files if files is not None else PolicyFiles.read(cfg)
         sd_path = Path(cfg.sd_checkpoint).expanduser()
         cache = Path(cfg.empty_prompt_embedding).expanduser() if cfg.empty_prompt_embedding else _default_cache_path(sd_path)
         with torch.device("meta"):  # loaded strictly below; no random initialisation needed
             text = OpenCLIPTextTower(cfg.text)
         text.to_empty(device="cpu")
-        if sd_path.is_dir():
+        if files.sd is None:
             report = L.load_diffusers_folder(sd_path, unet=self.unet, vae=self.vae, text=text)
         else:
-            sd = L.read_checkpoint(sd_path, trust_pickle=cfg.trust_pickle)
-            report = L.load_sd_ldm(sd, unet=self.unet, vae=self.vae, text=text, layers_per_block=cfg.unet.layers_per_block, source=str(sd_path))
-            del sd
+            report = L.load_sd_ldm(files.sd, unet=self.unet, vae=self.vae, text=text, layers_per_block=cfg.unet.layers_per_block, source=str(sd_path))
         log.info("loaded %s: %s; ignored %d non-model entries", sd_path, report.loaded, len(report.other_entries))
         self.empty_context.copy_(_empty_context(text, cache, source=sd_path.name))
         del text
-        if cfg.controlnet_checkpoint:
-            path = Path(cfg.controlnet_checkpoint).expanduser()
-            L.load_diffbir_controlnet(
-                L.read_checkpoint(path, trust_pickle=cfg.trust_pickle), self.controlnet,
-                layers_per_block=cfg.unet.layers_per_block, source=str(path),
-            )
+        if files.controlnet is not None:
+            L.load_diffbir_controlnet(files.controlnet, self.controlnet, layers_per_block=cfg.unet.layers_per_block, source=cfg.controlnet_checkpoint)
         else:
             L.init_controlnet_from_unet(self.controlnet, self.unet)
         if self.stage1 is not None:
-            L.load_swinir(Path(cfg.swinir_checkpoint).expanduser(), self.stage1, trust_pickle=cfg.trust_pickle)
+            L.load_swinir_state_dict(files.swinir, self.stage1, source=cfg.swinir_checkpoint)
 
     def prepare_training(self) -> None:
         """Freeze everything but the ControlNet (or LoRA), add LoRA, checkpointing, bf16 storage."""
@@ -492,6 +493,73 @@ class LatentPolicy(nn.Module):
         return merged_state_dict(self.controlnet)
 
 
+@dataclass
+class PolicyFiles:
+    """The tensors of the files a :class:`LatentPolicyConfig` names, read once (memory-mapped
+    where the format allows): the SD single file (None for a diffusers folder, read at load time),
+    the DiffBIR ControlNet (None: initialised from the UNet) and the SwinIR (None: no stage 1)."""
+
+    sd: dict[str, Tensor] | None
+    controlnet: dict[str, Tensor] | None
+    swinir: dict[str, Tensor] | None
+
+    @classmethod
+    def read(cls, cfg: LatentPolicyConfig) -> "PolicyFiles":
+        from .sd_loaders import read_checkpoint
+
+        def read(path: str) -> dict[str, Tensor]:
+            return read_checkpoint(Path(path).expanduser(), trust_pickle=cfg.trust_pickle)
+
+        sd_path = Path(cfg.sd_checkpoint).expanduser()
+        return cls(
+            sd=None if sd_path.is_dir() else read(cfg.sd_checkpoint),
+            controlnet=read(cfg.controlnet_checkpoint) if cfg.controlnet_checkpoint else None,
+            swinir=read(cfg.swinir_checkpoint) if cfg.stage1 == "swinir" else None,
+        )
+
+
+def sizes_from_files(cfg: LatentPolicyConfig, files: PolicyFiles) -> LatentPolicyConfig:
+    """``cfg`` with the network sizes the files hold (UNet, VAE and text tower from the SD file,
+    SwinIR from its file); what shapes cannot tell (head_channels, norm groups, text heads) stays
+    as configured. The ControlNet file must fit the SD file's UNet. Logs the sizes that differ
+    from the config's, so a config describing other files is visible, not silently obeyed."""
+    from . import sd_loaders as L
+
+    unet, vae, text, swinir = cfg.unet, cfg.vae, cfg.text, cfg.swinir
+    if files.sd is not None:
+        unet = L.unet_arch_from_ldm(files.sd, cfg.unet)
+        vae = L.vae_arch_from_ldm(files.sd, cfg.vae)
+        text = L.text_arch_from_ldm(files.sd, cfg.text)
+    if files.controlnet is not None:
+        cn = L.unet_arch_from_ldm(L.controlnet_state_dict_from_file(files.controlnet), unet, prefix="")
+        cn = dataclasses.replace(cn, latent_channels=unet.latent_channels)  # its input also takes the condition
+        if cn != unet:
+            diff = _field_changes("unet", unet, cn)
+            raise L.WeightsMismatchError(
+                f"{cfg.controlnet_checkpoint} is a ControlNet for another UNet than the one in {cfg.sd_checkpoint}: "
+                + "; ".join(f"{name}: SD file {a}, ControlNet file {b}" for name, a, b in diff)
+            )
+    if files.swinir is not None:
+        swinir = L.swinir_arch_from_state_dict(files.swinir, cfg.swinir)
+    out = dataclasses.replace(cfg, unet=unet, vae=vae, text=text, swinir=swinir)
+    changes = [c for part in ("unet", "vae", "text", "swinir") for c in _field_changes(part, getattr(cfg, part), getattr(out, part))]
+    if changes:
+        log.warning(
+            "the model files' sizes differ from the policy config; using the files': %s",
+            "; ".join(f"{name} {a} -> {b}" for name, a, b in changes),
+        )
+    out.validate()
+    return out
+
+
+def _field_changes(prefix: str, a, b) -> list[tuple[str, object, object]]:
+    return [
+        (f"{prefix}.{f.name}", getattr(a, f.name), getattr(b, f.name))
+        for f in dataclasses.fields(a)
+        if getattr(a, f.name) != getattr(b, f.name)
+    ]
+
+
 def _default_cache_path(sd_path: Path) -> Path:
     return (sd_path / "empty-prompt.safetensors") if sd_path.is_dir() else sd_path.with_name(sd_path.name + CONTEXT_CACHE_SUFFIX)
 
@@ -548,6 +616,7 @@ __all__ = [
     "LatentPolicy",
     "LoRALinear",
     "OpenCLIPTextTower",
+    "PolicyFiles",
     "add_lora",
     "build_latent_policy",
     "build_unet",
@@ -555,4 +624,5 @@ __all__ = [
     "enable_gradient_checkpointing",
     "merged_state_dict",
     "restore_faces",
+    "sizes_from_files",
 ]

@@ -4,6 +4,11 @@ Defaults are the reference setup (SPEC section 1; DiffBIR ``configs/inference/cl
 ``swinir.yaml``; LRPO ``configs/train/train_lrpo.yaml``). ``preset("tiny")`` keeps every code path
 but shrinks each network so tests and CPU benchmarks run in seconds. The dataclasses load from
 YAML through :func:`lrpo.config.from_dict` like every other section (unknown keys are errors).
+
+Loading from files (``random_init: false``), the network sizes come from the files' tensors
+(:func:`lrpo.policies.latent.sizes_from_files`): the unet/vae/text/swinir sections then only supply
+what shapes cannot tell (head_channels, norm groups, text heads, skip_last_layers), and the policy's
+``cfg`` holds the files' sizes, so a checkpoint's saved config rebuilds the same networks.
 """
 
 from __future__ import annotations

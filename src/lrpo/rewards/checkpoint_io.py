@@ -9,7 +9,8 @@ difference is an error that lists them all and names the file, instead of torch'
 Formats handled by :func:`read_state_dict`:
 
 * ``torch.save`` of a state dict, or of a dict holding one under ``"state_dict"`` (HPSv2-style
-  checkpoints); a ``"module."`` prefix left by DistributedDataParallel is removed;
+  checkpoints); a ``"module."`` prefix left by DistributedDataParallel is removed; training
+  bookkeeping pickled beside it (Lightning callbacks ...) is skipped without unpickling code;
 * TorchScript archives (OpenAI's CLIP ``RN50.pt``), read with ``torch.jit.load(...).state_dict()``;
 * ``.safetensors`` files.
 """
@@ -17,6 +18,7 @@ Formats handled by :func:`read_state_dict`:
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -29,12 +31,14 @@ from torch import Tensor, nn
 from ..checkpoint import listing, mismatch_parts
 
 __all__ = [
+    "BOOKKEEPING_MODULES",
     "CheckpointFormatError",
     "StateDictMismatchError",
     "autocast_factory",
     "freeze",
     "is_torchscript_archive",
     "load_state_dict_strict",
+    "load_torch_file",
     "read_state_dict",
     "unwrap_state_dict",
 ]
@@ -57,6 +61,56 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
         return any("/code/" in name for name in zf.namelist())
 
 
+# Modules whose objects training frameworks pickle beside the weights: Lightning's callbacks and
+# loop states, OmegaConf hyper-parameters, numpy scalars of logged metrics, typing markers. Read
+# with weights_only=True they would refuse the file; they are unpickled as inert placeholders
+# instead (no code of theirs runs, nothing of theirs is kept: only tensors are used).
+BOOKKEEPING_MODULES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "numpy.", "typing.")
+
+
+class _Inert:
+    """Stands in for any bookkeeping class or function: called, built or given state, it keeps nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def load_torch_file(path: str | os.PathLike, *, trust_pickle: bool = False, mmap: bool = False) -> object:
+    """``torch.load`` on the CPU; ``weights_only=True`` unless ``trust_pickle``.
+
+    A checkpoint refused only for objects of :data:`BOOKKEEPING_MODULES` (e.g. a Lightning
+    ``.ckpt``'s ModelCheckpoint callback) is read again with those replaced by inert placeholders,
+    still without unpickling code. ``mmap`` maps zip files instead of reading them (legacy files
+    cannot be mapped and are read).
+    """
+
+    def load() -> object:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
+            except RuntimeError as err:  # legacy (non-zip) torch.save files cannot be memory-mapped
+                if "mmap" not in str(err):
+                    raise
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+
+    try:
+        return load()
+    except pickle.UnpicklingError:
+        if trust_pickle or not zipfile.is_zipfile(path):
+            raise
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if not unsafe or not all(name.startswith(BOOKKEEPING_MODULES) for name in unsafe):
+            raise
+        with torch.serialization.safe_globals([(_Inert, name) for name in unsafe]):
+            return load()
+
+
 def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Tensor]:
     """The tensors stored in ``path`` as a flat ``{name: tensor}`` dict, on the CPU.
 
@@ -77,7 +131,7 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
                 warnings.simplefilter("ignore", DeprecationWarning)
                 obj = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+            obj = load_torch_file(path, trust_pickle=trust_pickle)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
         hint = "" if trust_pickle else " (if it holds pickled objects from a trusted source, pass trust_pickle=True)"
         raise CheckpointFormatError(f"could not read {path} as a model file: {err}{hint}") from err

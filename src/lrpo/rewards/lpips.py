@@ -16,6 +16,9 @@ Files (both are needed; neither ships with this package):
     keys ``lin{0..4}.model.1.weight`` of shape [1, C_l, 1, 1] (index 1 because the package's
     head is ``Sequential(Dropout, Conv2d)``).
 
+The conv widths are read from the VGG file (the published one gives VGG16's own; smaller
+stand-ins of the same layout, see :mod:`lrpo.standins`, load as well); the heads must match them.
+
 Inputs of :class:`LPIPS` are in [-1, 1] (the ``lpips`` package's convention); convert images
 in [0, 1] with ``2 * x - 1`` (:class:`LPIPSReward` does this for you).
 """
@@ -39,8 +42,10 @@ __all__ = [
     "LPIPS_SCALE",
     "LPIPS_SHIFT",
     "VGG16Features",
+    "VGG16_WIDTHS",
     "lpips_from_features",
     "normalize_channels",
+    "vgg16_widths_from_state_dict",
 ]
 
 VGG16_WEIGHTS = register(
@@ -77,29 +82,53 @@ NORM_EPS = 1e-10  # added to the channel norm, as in the lpips package
 
 # torchvision's vgg16().features: "M" is a 2x2 max-pool; every conv is 3x3, padding 1, + ReLU.
 _VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+# out channels of the 13 convolutions (the published file's); other widths come from a file's shapes
+VGG16_WIDTHS = tuple(int(c) for c in _VGG16_PLAN if c != "M")
+# index in ``features`` of each convolution (the file's key numbers: features.0, features.2, ...)
+VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 # index in ``features`` of the ReLU after which LPIPS taps a feature map (relu1_2 ... relu5_3)
 VGG16_TAPS = (3, 8, 15, 22, 29)
-VGG16_CHANNELS = (64, 128, 256, 512, 512)
+_TAPPED_CONVS = (1, 3, 6, 9, 12)  # which of the 13 convolutions feed those ReLUs
+VGG16_CHANNELS = tuple(VGG16_WIDTHS[i] for i in _TAPPED_CONVS)  # (64, 128, 256, 512, 512)
+
+
+def vgg16_widths_from_state_dict(state_dict: dict[str, Tensor]) -> tuple[int, ...]:
+    """The 13 conv widths of a torchvision-layout VGG16 state dict (published widths where a key is
+    absent, so that the strict load names what is missing)."""
+    return tuple(
+        int(state_dict[k].shape[0]) if (k := f"features.{i}.weight") in state_dict and state_dict[k].ndim == 4 else w
+        for i, w in zip(VGG16_CONV_INDICES, VGG16_WIDTHS)
+    )
 
 
 class VGG16Features(nn.Module):
     """Convolutional part of torchvision's VGG16, up to relu5_3, with its module indices.
 
+    widths: out channels of the 13 convolutions (default: the published VGG16's).
     forward(x: [B, 3, H, W], already scaled) -> list of 5 feature maps [B, C_l, H / 2^l, W / 2^l].
     """
 
-    def __init__(self) -> None:
+    def __init__(self, widths: tuple[int, ...] = VGG16_WIDTHS) -> None:
         super().__init__()
+        if len(widths) != len(VGG16_WIDTHS):
+            raise ValueError(f"VGG16 has {len(VGG16_WIDTHS)} convolutions, got {len(widths)} widths")
+        self.widths = tuple(int(w) for w in widths)
         layers: list[nn.Module] = []
         channels = 3
+        convs = iter(self.widths)
         for item in _VGG16_PLAN:
             if item == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                layers += [nn.Conv2d(channels, int(item), kernel_size=3, padding=1), nn.ReLU()]
-                channels = int(item)
+                width = next(convs)
+                layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU()]
+                channels = width
         self.features = nn.Sequential(*layers)
         assert len(self.features) == VGG16_TAPS[-1] + 1
+
+    @property
+    def tapped_channels(self) -> tuple[int, ...]:
+        return tuple(self.widths[i] for i in _TAPPED_CONVS)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         taps = []
@@ -153,10 +182,10 @@ class LPIPS(nn.Module):
     layout); use :meth:`from_files` to load the two published files strictly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, widths: tuple[int, ...] = VGG16_WIDTHS) -> None:
         super().__init__()
-        self.net = VGG16Features()
-        for i, c in enumerate(VGG16_CHANNELS):
+        self.net = VGG16Features(widths)
+        for i, c in enumerate(self.net.tapped_channels):
             self.add_module(f"lin{i}", _LinearHead(c))
         # Non-persistent: constants of the method, not part of either published file.
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
@@ -177,11 +206,13 @@ class LPIPS(nn.Module):
     def from_files(cls, vgg_path: str | os.PathLike, lin_path: str | os.PathLike) -> "LPIPS":
         """Build from torchvision's ``vgg16-397923af.pth`` and lpips' ``weights/v0.1/vgg.pth``.
 
-        Both are loaded strictly (missing/unexpected keys or shapes raise StateDictMismatchError).
-        The model is returned frozen (eval mode, no gradients).
+        The conv widths come from the VGG file's shapes (the published file gives VGG16's own);
+        both files are then loaded strictly (missing/unexpected keys or shapes raise
+        StateDictMismatchError). The model is returned frozen (eval mode, no gradients).
         """
-        model = cls()
-        model.net.load_torchvision(read_state_dict(vgg_path), source=str(vgg_path))
+        vgg = read_state_dict(vgg_path)
+        model = cls(vgg16_widths_from_state_dict(vgg))
+        model.net.load_torchvision(vgg, source=str(vgg_path))
         load_state_dict_strict(model.heads(), read_state_dict(lin_path), source=str(lin_path))
         return freeze(model)
 
