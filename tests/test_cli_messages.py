@@ -68,3 +68,17 @@ def test_quickstart_refuses_an_earlier_run_unless_overwrite(capsys, tmp_path, mo
         (tmp_path / "q" / "lrpo" / "step_000001" / name).write_text("{}")
     code, err = _run(capsys, ["quickstart", "--out", str(tmp_path / "q"), "--no-progress"])
     assert code == 2 and "holds an earlier quickstart" in err and "--overwrite" in err
+
+
+def test_weights_fetch_without_network_is_a_message(capsys, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("LRPO_CACHE", str(tmp_path / "cache"))
+    code, err = _run(capsys, ["weights", "fetch", "sface"])
+    assert code != 0 and "could not download" in err and "name resolution" in err and "$LRPO_WEIGHTS" in err
+    assert not list((tmp_path / "cache").glob("*"))  # no partial file left

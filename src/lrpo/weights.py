@@ -39,6 +39,10 @@ class ChecksumError(ValueError):
     pass
 
 
+class FetchError(RuntimeError):
+    """A download failed (no network, refused, HTTP error); the message says how to get the file."""
+
+
 # Files with a pinned sha256 were hashed here; the others are listed with their publisher URL and
 # are verified only when a hash is pinned (see `lrpo weights verify`).
 KNOWN_FILES: dict[str, WeightFile] = {
@@ -201,8 +205,15 @@ def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float =
     target = dest_dir / entry.filename
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{entry.filename}.")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out)
+        except (OSError, ValueError) as e:  # URLError, timeouts, refused connections, HTTP errors
+            reason = getattr(e, "reason", None) or e
+            raise FetchError(
+                f"{name}: could not download {entry.url} ({reason}). On a machine without access, download it "
+                f"elsewhere and put {entry.filename} into {dest_dir} or a folder on $LRPO_WEIGHTS"
+            ) from None
         if entry.sha256 and sha256_of(tmp) != entry.sha256:
             raise ChecksumError(f"{name}: downloaded file from {entry.url} does not match the pinned sha256")
         os.replace(tmp, target)
