@@ -70,6 +70,7 @@ def run_phase(name: str, cmd: list[str], env: dict, log_dir: Path, kill_on: str 
             if not chunk:
                 break
             out.write(chunk)
+            out.flush()  # the log can be followed while the phase runs
             tail = (tail + chunk)[-4096:]
             if kill_on and not killed and kill_on.encode() in tail:
                 os.kill(proc.pid, signal.SIGKILL)
