@@ -62,26 +62,16 @@ def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_max(ctx: DistContext, value: int) -> int:
-    """The largest ``value`` over ranks."""
+def all_reduce_max(ctx: DistContext, value: int | float) -> int | float:
+    """The largest ``value`` over ranks, of the type given (int or float)."""
     if not ctx.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.long)
+    is_float = isinstance(value, float)
+    t = torch.tensor([value], dtype=torch.float64 if is_float else torch.long)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-def all_reduce_max_float(ctx: DistContext, value: float) -> float:
-    """The largest float ``value`` over ranks."""
-    if not ctx.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return float(t.item()) if is_float else int(t.item())
 
 
 def sum_gradients(ctx: DistContext, params: list[torch.nn.Parameter], bucket_mb: float = 25.0) -> None:

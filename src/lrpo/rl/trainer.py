@@ -44,7 +44,7 @@ from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
 from ..degradation import degrade
 from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
 from ..diffusion.schedules import make_alphas_cumprod
-from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_max_float, all_reduce_sum, init_from_env, sum_gradients
+from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, init_from_env, sum_gradients
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
@@ -463,7 +463,7 @@ class LRPOTrainer:
             v = torch.tensor(upd.get(k, 0.0), dtype=torch.float64, device=self.device)
             rec[k] = float(all_reduce_sum(self.ctx, v).item()) / self.ctx.world_size
         for k in FIRST_STEP_STATS:  # the worst process: any rank whose ratio is not 1 is a fault
-            rec[k] = all_reduce_max_float(self.ctx, float(upd.get(k, 0.0)))
+            rec[k] = all_reduce_max(self.ctx, float(upd.get(k, 0.0)))
         n_traj = len(rewards) * self.ctx.world_size
         kept = int(all_reduce_sum(self.ctx, keep.sum().to(self.device)).item())
         rec.update(
