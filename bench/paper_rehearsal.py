@@ -8,7 +8,7 @@ Runs, as a user would (each step is the `lrpo` command itself, in a child proces
   2. kill      a copy of the run's epoch-1 checkpoint is resumed and SIGKILLed during epoch 2's update;
   3. resume    --resume again finishes epoch 2; its weights must equal the uninterrupted run's bit for bit;
   4. evaluate  lrpo evaluate on a paired set (lrpo degrade), base policy vs the trained one, paper reward;
-  5. restore   lrpo restore --checkpoint RUN and --policy sd21-diffbir;
+  5. restore   lrpo restore --aligned with --checkpoint RUN and with --policy sd21-diffbir;
   6. memory    (in this process) the memory account of the real setting: frozen weights at their
                precision, ControlNet weights + gradients + AdamW states, reward models, activations of
                the trainer's own loss per update sample at micro-batch 1 and 2, with and without
@@ -311,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         result["evaluate_summary"] = metrics["summary"]
     if "restore" not in args.skip:
         ph["restore_checkpoint"] = run_phase("restore_checkpoint", lrpo(
-            "restore", str(paired / "lq"), str(out / "restored_lrpo"), "--checkpoint", str(straight), "--steps", str(args.steps),
+            "restore", str(paired / "lq"), str(out / "restored_lrpo"), "--aligned", "--checkpoint", str(straight), "--steps", str(args.steps),
             "--device", args.device, "--no-progress"), env, logs)
         published = ["--policy", "sd21-diffbir"] if inputs["policy"] == POLICY_CONFIG else ["--checkpoint", str(inputs["policy"])]
         ph["restore_policy"] = run_phase("restore_policy", lrpo(
-            "restore", str(paired / "lq"), str(out / "restored_base"), *published, "--steps", str(args.steps),
+            "restore", str(paired / "lq"), str(out / "restored_base"), "--aligned", *published, "--steps", str(args.steps),
             "--device", args.device, "--no-progress"), env, logs)
     if "memory" not in args.skip:
         t0 = time.perf_counter()

@@ -39,7 +39,9 @@ def lq_folder(tmp_path: Path) -> Path:
 
 
 def _restore(in_dir: Path, out_dir: Path, ckpt: Path, *extra: str) -> int:
-    return main(["restore", str(in_dir), str(out_dir), "--checkpoint", str(ckpt), "--steps", "2", "--device", "cpu", "--no-progress", *extra])
+    """``lrpo restore --aligned``: folders of aligned crops."""
+    return main(["restore", str(in_dir), str(out_dir), "--checkpoint", str(ckpt), "--aligned", "--steps", "2", "--device", "cpu",
+                 "--no-progress", *extra])
 
 
 def _outputs(folder: Path) -> dict[str, np.ndarray]:
@@ -51,7 +53,7 @@ def _outputs(folder: Path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 def test_restore_folder_keeps_sizes_and_reports_the_corrupt_file(tiny_run, lq_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _restore(lq_folder, out, tiny_run) == 0
+    assert _restore(lq_folder, out, tiny_run) == 1  # the corrupt file was skipped
     printed = capsys.readouterr().out
     restored = _outputs(out)
     assert sorted(restored) == [f"img_{i}.png" for i in range(len(SIZES))]
@@ -59,25 +61,26 @@ def test_restore_folder_keeps_sizes_and_reports_the_corrupt_file(tiny_run, lq_fo
         img = restored[f"img_{i}.png"]
         assert img.shape == (h, w, 3) and img.dtype == np.uint8
     assert f"restored {len(SIZES)} image(s)" in printed
-    assert "1 file(s) could not be read" in printed and "img_2b_corrupt.jpg" in printed
+    assert "note: 2 input(s) are not square (first: img_1.png)" in printed  # 24 x 20 and 12 x 30
+    assert "1 file(s) could not be read and were skipped (exit code 1)" in printed and "img_2b_corrupt.jpg" in printed
 
 
 def test_restore_is_independent_of_batch_size(tiny_run, lq_folder, tmp_path, capsys):
-    assert _restore(lq_folder, tmp_path / "b1", tiny_run, "--batch-size", "1") == 0
-    assert _restore(lq_folder, tmp_path / "b3", tiny_run, "--batch-size", "3") == 0
+    assert _restore(lq_folder, tmp_path / "b1", tiny_run, "--batch-size", "1") == 1  # the corrupt file was skipped
+    assert _restore(lq_folder, tmp_path / "b3", tiny_run, "--batch-size", "3") == 1  # the corrupt file was skipped
     one, three = _outputs(tmp_path / "b1"), _outputs(tmp_path / "b3")
     assert one.keys() == three.keys()
     for name in one:
         assert np.array_equal(one[name], three[name]), name
     # the comparison means something: image i's output depends on its seed (seed + i)
-    assert _restore(lq_folder, tmp_path / "s1", tiny_run, "--batch-size", "3", "--seed", "1") == 0
+    assert _restore(lq_folder, tmp_path / "s1", tiny_run, "--batch-size", "3", "--seed", "1") == 1  # the corrupt file was skipped
     shifted = _outputs(tmp_path / "s1")
     assert not np.array_equal(shifted["img_0.png"], one["img_0.png"])
 
 
 def test_restore_in_bf16_stays_close_to_fp32(tiny_run, lq_folder, tmp_path):
-    assert _restore(lq_folder, tmp_path / "fp32", tiny_run) == 0
-    assert _restore(lq_folder, tmp_path / "bf16", tiny_run, "--precision", "bf16") == 0
+    assert _restore(lq_folder, tmp_path / "fp32", tiny_run) == 1  # the corrupt file was skipped
+    assert _restore(lq_folder, tmp_path / "bf16", tiny_run, "--precision", "bf16") == 1  # the corrupt file was skipped
     fp32, bf16 = _outputs(tmp_path / "fp32"), _outputs(tmp_path / "bf16")
     assert fp32.keys() == bf16.keys()
     for k in fp32:
@@ -88,8 +91,8 @@ def test_restore_in_bf16_stays_close_to_fp32(tiny_run, lq_folder, tmp_path):
 
 def test_restore_uses_ema_weights_unless_told_not_to(tiny_run, lq_folder, tmp_path):
     # the tiny run's EMA (decay 0.5) differs from its raw weights, so the outputs differ
-    assert _restore(lq_folder, tmp_path / "ema", tiny_run) == 0
-    assert _restore(lq_folder, tmp_path / "raw", tiny_run, "--no-ema") == 0
+    assert _restore(lq_folder, tmp_path / "ema", tiny_run) == 1  # the corrupt file was skipped
+    assert _restore(lq_folder, tmp_path / "raw", tiny_run, "--no-ema") == 1  # the corrupt file was skipped
     ema, raw = _outputs(tmp_path / "ema"), _outputs(tmp_path / "raw")
     assert any(not np.array_equal(ema[k], raw[k]) for k in ema)
 
@@ -165,6 +168,102 @@ def test_autocast_context_rejects_unknown_precision():
 
 
 # ---------------------------------------------------------------------------------------------
+# lrpo restore on whole photos
+# ---------------------------------------------------------------------------------------------
+def _restore_photos(in_path: Path, out_dir: Path, ckpt: Path, *extra: str) -> int:
+    return main(["restore", str(in_path), str(out_dir), "--checkpoint", str(ckpt), "--steps", "2", "--device", "cpu", "--no-progress", *extra])
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    from photo_scenes import Placement, make_photo
+
+    folder = tmp_path / "photos"
+    photo, _ = make_photo(360, 480, [Placement((150, 150), 50, 0), Placement((340, 170), 40, -10)])
+    save_rgb(folder / "group.png", photo)
+    save_rgb(folder / "wall.png", np.full((60, 80, 3), 200, np.uint8))  # no face
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    return folder
+
+
+@pytest.mark.shared_data
+def test_restore_photos_writes_the_usual_layout(tiny_run, photo_folder, tmp_path, capsys, monkeypatch):
+    from photo_scenes import require_yunet
+
+    monkeypatch.setenv("LRPO_WEIGHTS", str(require_yunet()))
+    out = tmp_path / "out"
+    with single_thread():
+        assert _restore_photos(photo_folder, out, tiny_run, "-s", "2", "--draw-box") == 1  # the corrupt file was skipped
+    printed = capsys.readouterr().out
+    assert "restored 2 of 2 detected face(s) in 2 photo(s)" in printed
+    assert "1 photo(s) without a face, copied as they are: wall.png" in printed
+    assert "broken.jpg" in printed and "could not be read" in printed
+    assert "seam figure" in printed and "detect" in printed and "paste" in printed
+    assert load_rgb(out / "restored_imgs" / "group.png").shape == (720, 960, 3)
+    assert load_rgb(out / "restored_imgs" / "wall.png").shape == (120, 160, 3)  # upscaled too
+    assert sorted(p.name for p in (out / "restored_faces").iterdir()) == ["group_00.png", "group_01.png"]
+    lines = [json.loads(line) for line in (out / "faces.jsonl").read_text().splitlines()]
+    assert [(d["photo"], d["restored"]) for d in lines] == [("group.png", True), ("group.png", True)]
+
+
+@pytest.mark.shared_data
+def test_restore_one_photo_file(tiny_run, photo_folder, tmp_path, monkeypatch):
+    from photo_scenes import require_yunet
+
+    monkeypatch.setenv("LRPO_WEIGHTS", str(require_yunet()))
+    with single_thread():
+        assert _restore_photos(photo_folder / "group.png", tmp_path / "out", tiny_run, "--max-faces", "1") == 0
+    assert [p.name for p in (tmp_path / "out" / "restored_imgs").iterdir()] == ["group.png"]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "faces.jsonl").read_text().splitlines()]
+    assert [d["restored"] for d in lines] == [True, False] and lines[1]["reason"] == "beyond --max-faces 1"
+
+
+def test_restore_aligned_crops_of_a_single_file(tiny_run, lq_folder, tmp_path):
+    assert _restore(lq_folder / "img_0.png", tmp_path / "out", tiny_run) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["img_0.png"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--aligned", "--upscale", "2", "--draw-box"], "--upscale, --draw-box apply to whole photos"),
+        (["--max-faces", "0"], "--max-faces"),
+        (["--upscale", "0"], "--upscale"),
+        (["--bg-upsampler", "no_such_module_xyz:fn"], "cannot import 'no_such_module_xyz'"),
+        (["--bg-upsampler", "nocolon"], "MODULE:FUNCTION"),
+        (["--det-threshold", "1.5"], "score threshold"),
+    ],
+)
+def test_restore_photos_rejects_bad_options(tiny_run, photo_folder, tmp_path, capsys, monkeypatch, args, words):
+    from photo_scenes import yunet_dir
+
+    if yunet_dir() is not None:
+        monkeypatch.setenv("LRPO_WEIGHTS", str(yunet_dir()))
+    assert _restore_photos(photo_folder, tmp_path / "out", tiny_run, *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrpo restore: error:") and words in err and err.count("\n") == 1, err
+
+
+def test_restore_photos_without_the_detector_file_names_it(tiny_run, photo_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LRPO_WEIGHTS", str(tmp_path / "none"))
+    monkeypatch.setenv("LRPO_CACHE", str(tmp_path / "cache"))
+    assert _restore_photos(photo_folder, tmp_path / "out", tiny_run) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "face_detection_yunet_2023mar.onnx" in err
+
+
+def test_bg_upsampler_from_a_file(tmp_path):
+    from lrpo.inference.photo import load_upsampler
+
+    script = tmp_path / "my_upsampler.py"
+    script.write_text("import numpy as np\ndef double(img, scale):\n    return np.repeat(np.repeat(img, 2, 0), 2, 1)\n")
+    fn = load_upsampler(f"{script}:double")
+    assert fn(np.zeros((3, 4, 3), np.uint8), 2.0).shape == (6, 8, 3)
+    with pytest.raises(ValueError, match="no callable 'triple'"):
+        load_upsampler(f"{script}:triple")
+
+
+# ---------------------------------------------------------------------------------------------
 # help texts
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
@@ -172,7 +271,9 @@ def test_autocast_context_rejects_unknown_precision():
     [
         (["--help"], ["quickstart", "degrade", "pretrain", "restore", "weights"]),
         (["pretrain", "--help"], ["--config", "--resume", "key=value", "optim.lr"]),
-        (["restore", "--help"], ["IN_DIR", "OUT_DIR", "--checkpoint", "--steps", "--eta", "--seed", "--batch-size", "--no-ema"]),
+        (["restore", "--help"], ["IN", "OUT", "--checkpoint", "--aligned", "--steps", "--eta", "--seed", "--batch-size", "--no-ema",
+                                 "--min-face-size", "--only-center-face", "--max-faces", "--upscale", "--bg-upsampler",
+                                 "--color-match", "--draw-box", "cropped_faces", "faces.jsonl"]),
         (["quickstart", "--help"], ["--data", "--out", "--minutes"]),
         (["degrade", "--help"], ["HQ_DIR", "OUT_DIR", "--seed", "--size", "--preset"]),
         (["weights", "--help"], ["list", "path", "verify", "fetch"]),

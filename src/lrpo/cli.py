@@ -18,7 +18,7 @@ Typical flow:
   lrpo degrade HQ_DIR OUT_DIR --seed 0          # make a CelebA-Test-style paired set
   lrpo pretrain --config configs/pixel-64.yaml data.hq=FACES   # supervised base policy
   lrpo train --config configs/lrpo-cpu.yaml init_checkpoint=runs/pretrain data.hq=FACES  # LRPO
-  lrpo restore IN_DIR OUT_DIR --checkpoint runs/lrpo            # restore aligned faces
+  lrpo restore PHOTOS OUT --checkpoint runs/lrpo               # restore every face of photos (--aligned: crops)
   lrpo evaluate --paired SET --method base=ckpt:runs/pretrain --method lrpo=ckpt:runs/lrpo --out EVAL
   lrpo weights list                             # model files lrpo knows and where to get them
 """
@@ -69,26 +69,47 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_restore(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "restore",
-        help="restore a folder of aligned face crops",
-        description="Restore every image of IN_DIR (aligned face crops, any size) into OUT_DIR/<name>.png at the "
-        "input's size. Unreadable files are reported and skipped. Image i (sorted order) uses seed SEED+i.",
+        help="restore the faces of photos (or, with --aligned, aligned face crops)",
+        description="Whole photos (default): detect every face (YuNet, `lrpo weights`), align it to the FFHQ "
+        "template at the policy's resolution, restore it, paste it back through a feathered mask. Writes "
+        "OUT/restored_imgs/<name>.png, cropped_faces/, restored_faces/, cmp/ (crop | restoration) and faces.jsonl "
+        "(one line per detected face). Face j of a photo (largest first) uses seed SEED+j. --aligned: IN holds "
+        "aligned face crops, restored into OUT/<name>.png at the input's size; image i (sorted) uses seed SEED+i. "
+        "IN is an image, a folder or a text file listing images; unreadable files are named and skipped.",
     )
-    p.add_argument("in_dir", metavar="IN_DIR")
-    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("in_dir", metavar="IN", help="an image, a folder of images, or a text file listing image paths")
+    p.add_argument("out_dir", metavar="OUT", help="output folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
     src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'sd21-diffbir' (DiffBIR v1 face on "
                      "SD 2.1; model files from `lrpo weights`, see configs/policy-sd21-diffbir.yaml)")
+    p.add_argument("--aligned", action="store_true", help="IN holds aligned face crops (no detection, no paste-back)")
     p.add_argument("--steps", type=int, default=None,
                    help="DDIM steps (default: the checkpoint's diffusion.sample_steps, 50 for lrpo pretrain runs)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM eta, 0 = deterministic (default: the checkpoint's diffusion.eta; 0.8 in policy-sd21-diffbir)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="faces per forward pass, across photos (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
+    photo = p.add_argument_group("whole photos (not with --aligned)")
+    photo.add_argument("--min-face-size", type=float, default=None, metavar="PX",
+                       help="leave faces alone whose eyes are fewer than PX pixels apart in the input (default 8)")
+    photo.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the photo's centre")
+    photo.add_argument("--max-faces", type=int, default=None, metavar="N", help="restore at most the N largest faces")
+    photo.add_argument("-s", "--upscale", type=float, default=None, metavar="S",
+                       help="output scale of the whole photo (default 1); the background is enlarged by Lanczos")
+    photo.add_argument("--bg-upsampler", metavar="MODULE:FUNC", default=None,
+                       help="background upsampler instead of Lanczos: FUNC(rgb_uint8, scale) -> rgb_uint8, from a module "
+                       "or a file.py")
+    photo.add_argument("--color-match", action="store_true", help="match each restored face's colour to its input")
+    photo.add_argument("--draw-box", action="store_true", help="outline detected faces in restored_imgs (green: restored)")
+    photo.add_argument("--mask", choices=["ellipse", "square"], default=None, help="paste mask shape (default ellipse)")
+    photo.add_argument("--det-threshold", type=float, default=None, metavar="T", help="YuNet score threshold (default 0.5)")
+    photo.add_argument("--detector", metavar="PATH", default=None,
+                       help="YuNet ONNX file or its folder (default: registry 'yunet' via $LRPO_WEIGHTS / the cache)")
 
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:
@@ -215,6 +236,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or (args.steps is not None and args.steps < 1) or (args.eta is not None and args.eta < 0):
         raise ConfigError("--batch-size and --steps must be >= 1 and --eta >= 0")
+    photo_flags = {"--min-face-size": args.min_face_size, "--only-center-face": args.only_center_face or None,
+                   "--max-faces": args.max_faces, "--upscale": args.upscale, "--bg-upsampler": args.bg_upsampler,
+                   "--color-match": args.color_match or None, "--draw-box": args.draw_box or None, "--mask": args.mask,
+                   "--det-threshold": args.det_threshold, "--detector": args.detector}
+    if args.aligned and any(v is not None for v in photo_flags.values()):
+        given = [k for k, v in photo_flags.items() if v is not None]
+        raise ConfigError(f"{', '.join(given)} apply to whole photos, not to --aligned crops")
     source = args.checkpoint
     if args.policy:
         from .quickstart import CONFIG_DIR
@@ -223,15 +251,38 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if not source.is_file():
             known = sorted(p.stem[len("policy-"):] for p in CONFIG_DIR.glob("policy-*.yaml"))
             raise ConfigError(f"--policy {args.policy!r} is not known; known: {', '.join(known)}")
+    if args.aligned:
+        restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
+        summary = restore_folder(restorer, args.in_dir, args.out_dir, args.batch_size, args.seed, progress=not args.no_progress)
+        print(f"restored {len(summary.written)} image(s) into {args.out_dir}")
+        if summary.not_square:
+            print(f"note: {len(summary.not_square)} input(s) are not square (first: {summary.not_square[0]}); aligned crops are. "
+                  "Without --aligned, the faces of whole photos are detected, aligned and pasted back")
+        _print_failed(summary.failed)
+        return 1 if summary.failed else 0  # skipped files are a failure a script must see
+    from .inference.detect import SCORE_THRESHOLD, FaceDetector
+    from .inference.photo import MIN_FACE_SIZE, PhotoOptions, load_upsampler, restore_photos, summary_lines
+
+    options = PhotoOptions(
+        min_face_size=MIN_FACE_SIZE if args.min_face_size is None else args.min_face_size, only_center_face=args.only_center_face,
+        max_faces=args.max_faces, upscale=1.0 if args.upscale is None else args.upscale, color_match=args.color_match,
+        draw_box=args.draw_box, mask=args.mask or "ellipse",
+        background_upsampler=load_upsampler(args.bg_upsampler) if args.bg_upsampler else None,
+    ).validate()
+    detector = FaceDetector(args.detector, SCORE_THRESHOLD if args.det_threshold is None else args.det_threshold)
     restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
-    summary = restore_folder(restorer, args.in_dir, args.out_dir, args.batch_size, args.seed, progress=not args.no_progress)
-    print(f"restored {len(summary.written)} image(s) into {args.out_dir}")
-    if summary.failed:
-        print(f"{len(summary.failed)} file(s) could not be read:")
-        for e in summary.failed:
+    restorer.detector = detector
+    summary = restore_photos(restorer, args.in_dir, args.out_dir, options, args.batch_size, args.seed, progress=not args.no_progress)
+    print("\n".join(summary_lines(summary, args.out_dir)))
+    _print_failed(summary.failed)
+    return 1 if summary.failed else 0
+
+
+def _print_failed(failed) -> None:
+    if failed:
+        print(f"{len(failed)} file(s) could not be read and were skipped (exit code 1):")
+        for e in failed:
             print(f"  {e}")
-        return 1 if not summary.written else 0
-    return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

@@ -1,10 +1,12 @@
-"""Restore folders of aligned face crops with a trained policy (``lrpo restore``)."""
+"""Restore faces with a trained policy (``lrpo restore``): aligned crops here, whole photos in
+:mod:`lrpo.inference.photo` (through :meth:`Restorer.restore_photo`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
 from ..config import DiffusionConfig, from_dict, resolve_device
-from ..data.images import ImageLoadError, list_images, load_rgb, save_rgb, to_tensor, to_uint8
+from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_rgb, save_rgb, to_tensor, to_uint8
 from ..diffusion.ddim import DDIMSampler
 from ..policies import Policy, build_policy_from_dict
 from .sampling import restore_images
@@ -52,6 +54,30 @@ class Restorer:
     sampler: DDIMSampler
     device: torch.device
     precision: str = "fp32"
+    detector: Any = None  # a FaceDetector (inference.detect) for whole photos; built on first use
+
+    @property
+    def resolution(self) -> int:
+        """Side of the faces the policy restores (the crops whole photos are aligned to)."""
+        return int(self.policy.cfg.resolution)
+
+    def face_detector(self):
+        """The YuNet detector for whole photos (registry ``yunet``), made on first use."""
+        if self.detector is None:
+            from .detect import FaceDetector
+
+            self.detector = FaceDetector()
+        return self.detector
+
+    def restore_photo(self, image: np.ndarray, seed: int = 0, options=None):
+        """Restore every face of an ordinary RGB uint8 photo -> :class:`lrpo.inference.photo.PhotoResult`.
+
+        ``options``: a :class:`lrpo.inference.photo.PhotoOptions` (None: the defaults). Face j (largest
+        box first) uses seed ``seed + j``.
+        """
+        from .photo import restore_photo
+
+        return restore_photo(image, self.restore, self.face_detector(), self.resolution, options, seed)
 
     @classmethod
     def from_checkpoint(
@@ -84,6 +110,14 @@ def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None) -> torch.Tenso
     return y.clamp(0, 1)
 
 
+def input_paths(source: str | Path) -> list[Path]:
+    """One image file, or the images of a folder / of a text file listing them (:func:`list_images`)."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
+        return [source]
+    return list_images(source)
+
+
 def output_names(paths: list[Path]) -> list[str]:
     """``<stem>.png`` for each input; inputs sharing a stem get ``<stem>_<ext>.png``, so none overwrites another."""
     stems = Counter(p.stem for p in paths)
@@ -94,15 +128,16 @@ def output_names(paths: list[Path]) -> list[str]:
 class RestoreSummary:
     written: list[Path] = field(default_factory=list)
     failed: list[ImageLoadError] = field(default_factory=list)
+    not_square: list[str] = field(default_factory=list)  # inputs more than 10 % off square: whole photos?
 
 
 def restore_folder(
     restorer: Restorer, in_dir: str | Path, out_dir: str | Path, batch_size: int = 8, seed: int = 0, progress: bool = True
 ) -> RestoreSummary:
-    """Restore every image of ``in_dir`` into ``out_dir/<stem>.png``; unreadable files are reported
-    and skipped. Image i uses seed ``seed + i`` (i in sorted order), so results do not depend on
+    """Restore every aligned crop of ``in_dir`` (or the one image it names) into ``out_dir/<stem>.png``;
+    unreadable files are reported and skipped. Image i uses seed ``seed + i`` (i in sorted order), so results do not depend on
     ``batch_size``. Inputs sharing a stem (``a.jpg``, ``a.png``) are written as ``a_jpg.png``, ``a_png.png``."""
-    paths = list_images(in_dir)
+    paths = input_paths(in_dir)
     out_dir = Path(out_dir)
     if out_dir.resolve() == Path(in_dir).resolve():
         raise ValueError(f"{out_dir}: OUT_DIR is IN_DIR; restoring in place would overwrite the input images")
@@ -115,6 +150,9 @@ def restore_folder(
         for i, p in enumerate(paths[start : start + batch_size], start=start):
             try:
                 batch.append(load_rgb(p))
+                h, w = batch[-1].shape[:2]
+                if max(h, w) > 1.1 * min(h, w):
+                    summary.not_square.append(p.name)
             except ImageLoadError as e:
                 summary.failed.append(e)
                 bar.write(f"skipping {e}")

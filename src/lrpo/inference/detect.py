@@ -1,0 +1,133 @@
+"""Every face of a photo: OpenCV's YuNet (``cv2.FaceDetectorYN``), its box, score and five landmarks.
+
+YuNet returns per face a box (x, y, w, h: top-left corner and size), five landmarks in the order eye
+on the image's left, eye on the right, nose tip, left and right mouth corners (OpenCV pixel
+coordinates, centres at integers) and a score. Photos larger than ``max_side`` are shrunk (area
+filter) for detection only, and the results scaled back to the photo's pixels, so a 6000 x 4000
+photo costs what a 2048 x 1365 one does; faces YuNet can still find there (about 10 px across at
+detection scale) are faces of 30 px and more in such a photo.
+
+Face size, the measure ``--min-face-size`` compares against: the distance between the two eye
+landmarks in photo pixels (it does not change with rotation, unlike the box, and is what the
+alignment scales by: the template's eyes are 126 px apart in a 512 px crop).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import weights
+
+__all__ = ["DetectedFace", "FaceDetector", "select_faces"]
+
+# Score threshold, as the identity reward and the landmark metric use it: YuNet scores real faces
+# of old, blurred, partly hidden or background people from 0.53 up in ../shared/data/whole (OpenCV
+# Zoo's demo uses 0.9, which would miss them), and nothing there that is not a face scores above
+# 0.5. Boxes overlapping above IoU 0.3 are merged; at most 5000 candidates enter NMS.
+SCORE_THRESHOLD = 0.5
+NMS_THRESHOLD = 0.3
+TOP_K = 5000
+MAX_SIDE = 2048  # longest side detection runs at; larger photos are shrunk for detection only
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: tuple[float, float, float, float]  # x, y, w, h in photo pixels
+    landmarks: np.ndarray  # [5, 2] float64 (x, y) in photo pixels
+    score: float
+
+    @property
+    def eye_distance(self) -> float:
+        """Pixels between the two eye landmarks: the face size ``--min-face-size`` refers to."""
+        return float(np.hypot(*(self.landmarks[1] - self.landmarks[0])))
+
+    @property
+    def centre(self) -> np.ndarray:
+        x, y, w, h = self.box
+        return np.array([x + w / 2, y + h / 2])
+
+
+class FaceDetector:
+    """YuNet through OpenCV; ``detect(rgb)`` -> faces, largest box first.
+
+    Args:
+        path: the ONNX file or a folder holding it; None looks up the registry's ``yunet``
+            ($LRPO_WEIGHTS, the cache) and raises MissingWeightsError naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, score_threshold: float = SCORE_THRESHOLD,
+                 nms_threshold: float = NMS_THRESHOLD, max_side: int = MAX_SIDE):
+        import cv2
+
+        if not 0.0 < score_threshold < 1.0:
+            raise ValueError(f"detection score threshold must be in (0, 1), got {score_threshold}")
+        if max_side < 32:
+            raise ValueError(f"detection max side must be >= 32 px, got {max_side}")
+        self.path = weights.resolve("yunet", path)
+        self.max_side = int(max_side)
+        self._net = cv2.FaceDetectorYN.create(str(self.path), "", (320, 320), score_threshold, nms_threshold, TOP_K)
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """RGB uint8 ``H x W x 3`` -> every face found, sorted by box area (largest first)."""
+        import cv2
+
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"FaceDetector expects RGB uint8 HxWx3, got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        s = min(1.0, self.max_side / max(h, w))
+        small = image
+        if s < 1.0:
+            small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        sx, sy = small.shape[1] / w, small.shape[0] / h
+        bgr = np.ascontiguousarray(small[..., ::-1])
+        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, rows = self._net.detect(bgr)
+        faces = []
+        for row in [] if rows is None else rows:
+            row = row.astype(np.float64)
+            # back to photo pixels: the inverse of p -> (p + 0.5) s - 0.5 (see align.scale_matrix)
+            lm = row[4:14].reshape(5, 2)
+            lm = (lm + 0.5) / np.array([sx, sy]) - 0.5
+            x, y = (row[0] + 0.5) / sx - 0.5, (row[1] + 0.5) / sy - 0.5
+            box = (float(x), float(y), float(row[2] / sx), float(row[3] / sy))
+            if not np.isfinite(lm).all() or box[2] <= 0 or box[3] <= 0:
+                continue
+            faces.append(DetectedFace(box, lm, float(row[14])))
+        faces.sort(key=lambda f: -f.box[2] * f.box[3])
+        return faces
+
+    def __repr__(self) -> str:
+        return f"FaceDetector(path={str(self.path)!r}, max_side={self.max_side})"
+
+
+def select_faces(
+    faces: list[DetectedFace], image_shape: tuple[int, ...], min_face_size: float = 0.0,
+    only_center_face: bool = False, max_faces: int | None = None,
+) -> list[str | None]:
+    """Which faces to restore: None for a face to restore, else the reason it is left alone.
+
+    In this order: faces whose eye distance is below ``min_face_size`` (or 1 px) are left alone; of the rest,
+    ``only_center_face`` keeps the one whose box centre is nearest the photo's centre;
+    ``max_faces`` then keeps the first N of ``faces``' order (largest first).
+    """
+    reasons: list[str | None] = [None] * len(faces)
+    for i, f in enumerate(faces):
+        if f.eye_distance < 1.0:  # no similarity can be fitted to it, whatever the threshold
+            reasons[i] = f"degenerate landmarks (eyes {f.eye_distance:.2f} px apart)"
+        elif f.eye_distance < min_face_size:
+            reasons[i] = f"smaller than --min-face-size ({f.eye_distance:.1f} < {min_face_size:g} px between the eyes)"
+    kept = [i for i, r in enumerate(reasons) if r is None]
+    if only_center_face and kept:
+        centre = np.array([image_shape[1] / 2, image_shape[0] / 2])
+        best = min(kept, key=lambda i: float(np.linalg.norm(faces[i].centre - centre)))
+        for i in kept:
+            if i != best:
+                reasons[i] = "not the centre face (--only-center-face)"
+        kept = [best]
+    if max_faces is not None:
+        for i in kept[max_faces:]:
+            reasons[i] = f"beyond --max-faces {max_faces}"
+    return reasons

@@ -1,0 +1,421 @@
+"""Restore whole photos: detect every face, align it, restore it with the policy, paste it back.
+
+One photo goes through four stages (each timed):
+
+1. detect   YuNet boxes, scores and five landmarks (:mod:`.detect`); faces below the size
+            threshold, off-centre (``only_center_face``) or beyond ``max_faces`` are left alone.
+2. align    M = least-squares similarity from the landmarks to the FFHQ template at the policy's
+            resolution; the ``R x R`` crop is warped from the face's region only (:mod:`.align`).
+3. restore  the policy on the crops, batched across photos by :func:`restore_photos`; face j of a
+            photo uses seed ``seed + j`` (faces in detection order), so a photo restores the same
+            alone or in a folder, at any batch size.
+4. paste    the background upscaled (Lanczos, or the user's upsampler), then each restored crop
+            (gray when the photo is; optionally colour-matched to its input crop) warped back with
+            A = S_u M^-1 through its feathered mask, faces in turn (:mod:`.paste`); the seam
+            figure of each face measured there.
+
+Output layout of :func:`restore_photos` (as GFPGAN and CodeFormer write it)::
+
+    OUT/cropped_faces/<stem>_<jj>.png   aligned input crop of face jj
+    OUT/restored_faces/<stem>_<jj>.png  its restoration, as pasted
+    OUT/cmp/<stem>_<jj>.png             the two side by side
+    OUT/restored_imgs/<stem>.png        the restored photo
+    OUT/faces.jsonl                     one line per detected face, restored or not
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.images import ImageLoadError, load_rgb, save_rgb
+from .align import alignment_matrix, compose, invert_affine, scale_matrix, warp_region
+from .detect import DetectedFace, select_faces
+from .paste import MASK_SHAPES, color_match, draw_box, face_mask, is_gray, paste_face, seam_ratio, to_gray
+from .restorer import input_paths, output_names
+
+__all__ = ["FaceRecord", "PhotoOptions", "PhotoResult", "PhotoSummary", "STAGES", "restore_photo", "restore_photos"]
+
+STAGES = ("detect", "align", "restore", "paste")
+MIN_FACE_SIZE = 8.0  # px between the eyes: the crop then spans ~32 px of the photo (template eyes: 126 of 512 px)
+
+# restore_fn(crops, seeds) -> restored crops: R x R x 3 uint8 each (Restorer.restore)
+RestoreFn = Callable[[list[np.ndarray], list[int]], list[np.ndarray]]
+# background_upsampler(photo, scale) -> the photo enlarged by scale (RGB uint8); resized to the exact size after
+BackgroundUpsampler = Callable[[np.ndarray, float], np.ndarray]
+
+
+class Detector(Protocol):
+    def detect(self, image: np.ndarray) -> list[DetectedFace]: ...
+
+
+@dataclass
+class PhotoOptions:
+    min_face_size: float = MIN_FACE_SIZE  # px between the eye landmarks, in the input photo
+    only_center_face: bool = False
+    max_faces: int | None = None  # None: every face
+    upscale: float = 1.0  # output side / input side
+    color_match: bool = False  # match each restored face's colour (mean, std) to its input crop
+    draw_box: bool = False  # outline detected faces on restored_imgs (green restored, orange left alone)
+    mask: str = "ellipse"  # "ellipse" | "square" (see paste.face_mask)
+    background_upsampler: BackgroundUpsampler | None = None  # None: Lanczos
+
+    def validate(self) -> "PhotoOptions":
+        if self.min_face_size < 0:
+            raise ValueError(f"--min-face-size must be >= 0 px, got {self.min_face_size}")
+        if self.max_faces is not None and self.max_faces < 1:
+            raise ValueError(f"--max-faces must be >= 1, got {self.max_faces}")
+        if not 0.05 <= self.upscale <= 16:
+            raise ValueError(f"--upscale must be in [0.05, 16], got {self.upscale}")
+        if self.mask not in MASK_SHAPES:
+            raise ValueError(f"--mask must be one of {MASK_SHAPES}, got {self.mask!r}")
+        return self
+
+
+@dataclass
+class FaceRecord:
+    """One detected face: what faces.jsonl holds (box x, y, w, h and landmarks in input pixels)."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    score: float
+    size: float  # px between the eyes: what --min-face-size compares
+    restored: bool
+    reason: str | None = None  # why it was left alone
+    seed: int | None = None
+    seam: float | None = None  # paste.seam_ratio on the output; None when not restored or not measurable
+    seam_input: float | None = None  # the same figure on the input (upscaled), same region and mask: the reference
+
+    def to_json(self, photo: str) -> dict:
+        return {
+            "photo": photo,
+            "face": self.index,
+            "box": [round(v, 2) for v in self.box],
+            "landmarks": np.round(self.landmarks, 2).tolist(),
+            "score": round(self.score, 4),
+            "size": round(self.size, 2),
+            "restored": self.restored,
+            "reason": self.reason,
+            "seam": None if self.seam is None else round(self.seam, 4),
+            "seam_input": None if self.seam_input is None else round(self.seam_input, 4),
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class PhotoResult:
+    image: np.ndarray  # the restored photo, RGB uint8, input size x upscale
+    faces: list[FaceRecord]  # every detected face, largest box first
+    cropped_faces: dict[int, np.ndarray]  # face index -> aligned input crop (restored faces only)
+    restored_faces: dict[int, np.ndarray]  # face index -> restored crop, as pasted
+    gray: bool
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
+
+    @property
+    def restored_count(self) -> int:
+        return sum(f.restored for f in self.faces)
+
+
+@dataclass
+class PreparedPhoto:
+    """A photo after detection and alignment, waiting for its faces' restorations."""
+
+    image: np.ndarray
+    faces: list[FaceRecord]
+    matrices: dict[int, np.ndarray]  # face index -> M (photo -> crop)
+    crops: dict[int, np.ndarray]
+    gray: bool
+    timings: dict[str, float]
+
+
+def prepare_photo(image: np.ndarray, detector: Detector, size: int, options: PhotoOptions, seed: int = 0) -> PreparedPhoto:
+    """Stages 1 and 2: detect, choose, align. ``image``: RGB uint8 ``H x W x 3``."""
+    t0 = time.perf_counter()
+    found = detector.detect(image)
+    reasons = select_faces(found, image.shape, options.min_face_size, options.only_center_face, options.max_faces)
+    t1 = time.perf_counter()
+    faces, matrices, crops = [], {}, {}
+    for j, (f, why) in enumerate(zip(found, reasons)):
+        faces.append(FaceRecord(j, f.box, f.landmarks, f.score, f.eye_distance, why is None, why, seed + j if why is None else None))
+        if why is None:
+            m = alignment_matrix(f.landmarks, size)
+            matrices[j] = m
+            crops[j] = warp_region(image, m, size, size, border="reflect")
+    t2 = time.perf_counter()
+    return PreparedPhoto(image, faces, matrices, crops, is_gray(image), {"detect": t1 - t0, "align": t2 - t1})
+
+
+def finish_photo(prep: PreparedPhoto, restored: dict[int, np.ndarray], options: PhotoOptions) -> PhotoResult:
+    """Stage 4: upscale the background and paste every restored face back through its mask."""
+    t0 = time.perf_counter()
+    h, w = prep.image.shape[:2]
+    out_w, out_h = max(1, round(w * options.upscale)), max(1, round(h * options.upscale))
+    canvas = upscale_background(prep.image, out_w, out_h, options)
+    s_u = scale_matrix(out_w / w, out_h / h)
+    size = next(iter(prep.crops.values())).shape[0] if prep.crops else 0
+    mask = face_mask(size, options.mask) if restored else None
+    pasted = {}
+    for j, face in restored.items():
+        face = _fit(face, size)
+        if options.color_match:
+            face = color_match(face, prep.crops[j], mask)
+        if prep.gray:
+            face = to_gray(face)  # a gray photo stays gray whatever colours the policy invents
+        pasted[j] = face
+        touched = paste_face(canvas, face, mask, compose(s_u, invert_affine(prep.matrices[j])), keep_region=True)
+        if touched is not None:
+            (x0, y0, x1, y1), alpha, before = touched
+            prep.faces[j].seam = _finite(seam_ratio(canvas[y0:y1, x0:x1], alpha))
+            prep.faces[j].seam_input = _finite(seam_ratio(before, alpha))
+    if options.draw_box:
+        for f in prep.faces:
+            draw_box(canvas, f.box, (out_w / w, out_h / h), f.restored)
+    timings = dict(prep.timings, paste=time.perf_counter() - t0)
+    return PhotoResult(canvas, prep.faces, {j: prep.crops[j] for j in restored}, pasted, prep.gray, timings)
+
+
+def _fit(face: np.ndarray, size: int) -> np.ndarray:
+    """A restoration at another size than its crop (a restore_fn of another resolution) is resized to it."""
+    import cv2
+
+    if face.dtype != np.uint8 or face.ndim != 3 or face.shape[2] != 3:
+        raise ValueError(f"restored faces must be RGB uint8 HxWx3, got {face.dtype} {face.shape}")
+    if face.shape[:2] == (size, size):
+        return face
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA if face.shape[0] > size else cv2.INTER_CUBIC)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def upscale_background(image: np.ndarray, out_w: int, out_h: int, options: PhotoOptions) -> np.ndarray:
+    """The photo at the output size: the user's upsampler (then fitted exactly), or Lanczos."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if options.background_upsampler is not None:
+        up = np.asarray(options.background_upsampler(image, options.upscale))
+        if up.dtype != np.uint8 or up.ndim != 3 or up.shape[2] != 3:
+            raise ValueError(f"the background upsampler must return RGB uint8 HxWx3, got {up.dtype} {up.shape}")
+        if up.shape[:2] != (out_h, out_w):
+            interp = cv2.INTER_AREA if up.shape[0] > out_h else cv2.INTER_LANCZOS4
+            up = cv2.resize(up, (out_w, out_h), interpolation=interp)
+        return np.ascontiguousarray(up)
+    if (out_h, out_w) == (h, w):
+        return image.copy()
+    interp = cv2.INTER_AREA if out_w < w else cv2.INTER_LANCZOS4
+    return cv2.resize(image, (out_w, out_h), interpolation=interp)
+
+
+def restore_photo(image: np.ndarray, restore_fn: RestoreFn, detector: Detector, size: int,
+                  options: PhotoOptions | None = None, seed: int = 0) -> PhotoResult:
+    """Restore every face of one RGB uint8 photo; see the module docstring."""
+    options = (options or PhotoOptions()).validate()
+    prep = prepare_photo(image, detector, size, options, seed)
+    t0 = time.perf_counter()
+    order = sorted(prep.crops)
+    outs = restore_fn([prep.crops[j] for j in order], [prep.faces[j].seed for j in order]) if order else []
+    restored = dict(zip(order, outs))
+    restore_s = time.perf_counter() - t0
+    result = finish_photo(prep, restored, options)
+    result.timings["restore"] = restore_s
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# folders
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PhotoSummary:
+    written: list[Path] = field(default_factory=list)  # restored_imgs/*
+    failed: list[ImageLoadError] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)  # photos copied as they are (upscaled if asked)
+    faces_found: int = 0
+    faces_restored: int = 0
+    seams: list[float] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES + ("io",), 0.0))
+
+
+@dataclass
+class _Pending:
+    source: str  # the input's file name (faces.jsonl's "photo")
+    name: str  # output file name (restored_imgs/<name>)
+    stem: str
+    prep: PreparedPhoto
+    alpha: np.ndarray | None
+    restored: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return len(self.restored) == len(self.prep.crops)
+
+
+def restore_photos(
+    restorer, source: str | Path, out_dir: str | Path, options: PhotoOptions | None = None,
+    batch_size: int = 8, seed: int = 0, progress: bool = True, detector: Detector | None = None,
+) -> PhotoSummary:
+    """Restore every photo of ``source`` (an image, a folder, or a file listing images) into the
+    layout of the module docstring. Faces are batched across photos (``batch_size`` per forward
+    pass); a photo is written and dropped as soon as its faces are back, so memory holds only the
+    photos of the current batch. Unreadable files are named and skipped; photos without a face are
+    copied (upscaled if asked) and listed in the summary."""
+    options = (options or PhotoOptions()).validate()
+    detector = detector or restorer.face_detector()
+    size = restorer.policy.cfg.resolution
+    paths = input_paths(source)
+    out = Path(out_dir)
+    if Path(source).is_dir() and out.resolve() == Path(source).resolve():
+        raise ValueError(f"{out}: OUT_DIR is IN_DIR; restoring in place would mix outputs with the input photos")
+    names = output_names(paths)
+    dirs = {k: out / k for k in ("cropped_faces", "restored_faces", "cmp", "restored_imgs")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    summary = PhotoSummary()
+    photo_bar = tqdm(total=len(paths), desc="photos", unit="photo", disable=not progress, dynamic_ncols=True, position=0)
+    face_bar = tqdm(total=0, desc="faces", unit="face", disable=not progress, dynamic_ncols=True, position=1)
+    pending: list[_Pending] = []
+    queue: list[tuple[_Pending, int]] = []
+
+    def run_batch(n: int) -> None:
+        batch, queue[:] = queue[:n], queue[n:]
+        t0 = time.perf_counter()
+        outs = restorer.restore([p.prep.crops[j] for p, j in batch], [p.prep.faces[j].seed for p, j in batch])
+        summary.timings["restore"] += time.perf_counter() - t0
+        for (p, j), o in zip(batch, outs):
+            p.restored[j] = o
+        face_bar.update(len(batch))
+
+    def flush() -> None:
+        while pending and pending[0].done:
+            _write_photo(pending.pop(0), dirs, options, summary, log)
+            photo_bar.update(1)
+
+    with open(out / "faces.jsonl", "w", encoding="utf-8") as log:
+        for path, name in zip(paths, names):
+            t0 = time.perf_counter()
+            try:
+                image = load_rgb(path)
+                alpha = _read_alpha(path)
+            except ImageLoadError as e:
+                summary.failed.append(e)
+                photo_bar.write(f"skipping {e}")
+                photo_bar.update(1)
+                continue
+            summary.timings["io"] += time.perf_counter() - t0
+            prep = prepare_photo(image, detector, size, options, seed)
+            for k in ("detect", "align"):
+                summary.timings[k] += prep.timings[k]
+            item = _Pending(path.name, name, Path(name).stem, prep, alpha)
+            pending.append(item)
+            queue.extend((item, j) for j in sorted(prep.crops))
+            face_bar.total += len(prep.crops)
+            face_bar.refresh()
+            while len(queue) >= batch_size:
+                run_batch(batch_size)
+            flush()
+        while queue:
+            run_batch(batch_size)
+        flush()
+    photo_bar.close()
+    face_bar.close()
+    return summary
+
+
+def _write_photo(item: _Pending, dirs: dict[str, Path], options: PhotoOptions, summary: PhotoSummary, log) -> None:
+    result = finish_photo(item.prep, item.restored, options)
+    summary.timings["paste"] += result.timings["paste"]
+    t0 = time.perf_counter()
+    target = dirs["restored_imgs"] / item.name
+    _save(target, result.image, item.alpha)
+    summary.written.append(target)
+    for j, crop in result.cropped_faces.items():
+        tag = f"{item.stem}_{j:02d}.png"
+        save_rgb(dirs["cropped_faces"] / tag, crop)
+        save_rgb(dirs["restored_faces"] / tag, result.restored_faces[j])
+        save_rgb(dirs["cmp"] / tag, np.concatenate([crop, result.restored_faces[j]], axis=1))
+    for f in result.faces:
+        log.write(json.dumps(f.to_json(item.source)) + "\n")
+        if f.seam is not None:
+            summary.seams.append(f.seam)
+    log.flush()
+    summary.faces_found += len(result.faces)
+    summary.faces_restored += result.restored_count
+    if not result.faces:
+        summary.no_face.append(item.name)
+    summary.timings["io"] += time.perf_counter() - t0
+
+
+def _read_alpha(path: Path) -> np.ndarray | None:
+    """The photo's alpha channel (EXIF orientation applied), or None when it has none or is opaque."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        if img.mode not in ("RGBA", "LA", "PA") and not (img.mode == "P" and "transparency" in img.info):
+            return None
+        img.load()
+        alpha = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"))[..., 3]
+    return None if alpha.min() == 255 else alpha.copy()
+
+
+def _save(path: Path, image: np.ndarray, alpha: np.ndarray | None) -> None:
+    if alpha is None:
+        save_rgb(path, image)
+        return
+    import cv2
+    from PIL import Image
+
+    if alpha.shape != image.shape[:2]:
+        alpha = cv2.resize(alpha, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    Image.fromarray(np.dstack([image, alpha])).save(path)
+
+
+def summary_lines(summary: PhotoSummary, out_dir: str | Path) -> list[str]:
+    """What ``lrpo restore`` prints after a folder of photos."""
+    out = Path(out_dir)
+    lines = [f"restored {summary.faces_restored} of {summary.faces_found} detected face(s) in {len(summary.written)} photo(s): "
+             f"{out / 'restored_imgs'} (faces: {out / 'faces.jsonl'})"]
+    if summary.no_face:
+        shown = ", ".join(summary.no_face[:5]) + (f" and {len(summary.no_face) - 5} more" if len(summary.no_face) > 5 else "")
+        lines.append(f"{len(summary.no_face)} photo(s) without a face, copied as they are: {shown}")
+    if summary.seams:
+        s = np.asarray(summary.seams)
+        lines.append(f"seam figure (band / surroundings, ~1 = no seam): median {np.median(s):.2f}, max {s.max():.2f}")
+    t = summary.timings
+    total = sum(t.values())
+    if total > 0:
+        lines.append("time: " + ", ".join(f"{k} {t[k]:.1f} s" for k in (*STAGES, "io")) + f" ({total:.1f} s)")
+    return lines
+
+
+def load_upsampler(spec: str) -> BackgroundUpsampler:
+    """``module:function`` or ``path/to/file.py:function`` -> the callable (``--bg-upsampler``)."""
+    import importlib
+    import importlib.util
+
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ValueError(f"--bg-upsampler {spec!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"--bg-upsampler: {path} not found")
+        module_spec = importlib.util.spec_from_file_location(f"lrpo_bg_upsampler_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ValueError(f"--bg-upsampler: cannot import {target!r} ({e})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"--bg-upsampler: {target} has no callable {attr!r}")
+    return fn
