@@ -32,6 +32,7 @@ with a note saying so in ``metrics.json`` and the report.
 from __future__ import annotations
 
 import csv
+import gc
 import inspect
 import json
 import math
@@ -669,8 +670,11 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     fid: dict[str, float | None] = {}
     seconds: dict[str, float] = {}
     bar = tqdm(total=count * len(methods), desc="evaluate", unit="img", disable=not options.progress, dynamic_ncols=True)
+    runner = None
     for spec in methods:
         t0 = time.perf_counter()
+        runner = None  # free the previous method's model before loading the next (two SD policies do not fit)
+        gc.collect()
         runner = _MethodRunner(spec, names, resolution, device, out_dir)
         feats: list[np.ndarray] = []
         paths: list[str] = []
