@@ -554,6 +554,9 @@ def test_uneven_kept_samples_across_processes_weigh_like_one_process(setup_dirs,
     mp.start_processes(_worker, args=(2, _free_port(), to_dict(multi_cfg), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert r0["history"][-1]["dropped_groups"] == single.history[-1]["dropped_groups"]
+    # logged statistics weigh processes by their kept samples (rank 1 recorded none)
+    for key in ("ppo_loss", "clip_fraction", "reg", "gt_log_density"):
+        assert r0["history"][-1][key] == pytest.approx(single.history[-1][key], rel=1e-3, abs=1e-7), key
     initial = LRPOTrainer(make_cfg(faces, base, tmp_path / "fresh", **common), progress=False).policy.state_dict()
     moved = max(float((single.policy.state_dict()[k] - initial[k]).abs().max()) for k in initial)
     assert moved > 1e-5  # the update did something, so equality below is not trivial

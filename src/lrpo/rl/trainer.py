@@ -460,8 +460,12 @@ class LRPOTrainer:
         for k in UPDATE_STATS:
             if k in ("reg", "gt_log_density") and not self.reg_steps or k == "kl_ref" and self.ref_policy is None:
                 continue
-            v = torch.tensor(upd.get(k, 0.0), dtype=torch.float64, device=self.device)
-            rec[k] = float(all_reduce_sum(self.ctx, v).item()) / self.ctx.world_size
+            # weighted by each process's kept samples: a process whose groups were all dropped
+            # recorded nothing and must not pull the mean towards 0
+            w = float(keep.sum()) if k in upd else 0.0
+            pair = torch.tensor([upd.get(k, 0.0) * w, w], dtype=torch.float64, device=self.device)
+            num, den = all_reduce_sum(self.ctx, pair).tolist() if self.ctx.enabled else (upd.get(k, 0.0), 1.0)
+            rec[k] = num / den if den else 0.0
         for k in FIRST_STEP_STATS:  # the worst process: any rank whose ratio is not 1 is a fault
             rec[k] = all_reduce_max(self.ctx, float(upd.get(k, 0.0)))
         n_traj = len(rewards) * self.ctx.world_size
