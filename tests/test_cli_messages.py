@@ -82,3 +82,19 @@ def test_weights_fetch_without_network_is_a_message(capsys, tmp_path, monkeypatc
     code, err = _run(capsys, ["weights", "fetch", "sface"])
     assert code != 0 and "could not download" in err and "name resolution" in err and "$LRPO_WEIGHTS" in err
     assert not list((tmp_path / "cache").glob("*"))  # no partial file left
+
+
+def test_a_torchrun_restart_resumes_from_the_last_checkpoint(capsys, tiny_run, tmp_path, monkeypatch):
+    """After a failure, torchrun --max-restarts starts the same command again with
+    TORCHELASTIC_RESTART_COUNT > 0: it continues the run instead of refusing its folder."""
+    out = tmp_path / "run"
+    argv = ["train", "--no-progress", f"init_checkpoint={tiny_run}", f"data.hq={tiny_run.parent / 'faces'}", "data.resolution=16",
+            "data.val_count=2", "group_size=2", "groups_per_epoch=2", "rollout_groups_per_batch=2", "sample_steps=2",
+            "minibatch_size=4", "reward.preset=", "reward.terms.brightness.weight=1.0", "device=cpu", f"out_dir={out}"]
+    assert main([*argv, "epochs=1"]) == 0
+    capsys.readouterr()
+    code, err = _run(capsys, [*argv, "epochs=2"])
+    assert code == 2 and "already holds a run" in err  # an ordinary re-run still refuses
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert main([*argv, "epochs=2"]) == 0
+    assert "resumed from epoch 1" in capsys.readouterr().out

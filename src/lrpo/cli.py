@@ -193,12 +193,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data.hq:
         raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
     resume = cfg.out_dir if args.resume == "auto" else args.resume
+    if resume is None and _elastic_restart() and _has_checkpoint(cfg.out_dir):
+        resume = cfg.out_dir  # torchrun --max-restarts brought the job back: continue from the last checkpoint
     trainer = LRPOTrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
                           allow_changes=args.allow_changes)
     started = trainer.epoch
     result = trainer.run(eval_every=args.eval_every)
     print("\n".join(train_summary(trainer, started)))
     return 0
+
+
+def _elastic_restart() -> bool:
+    """True in a job that torchrun restarted after a failure (it counts restarts in this variable)."""
+    import os
+
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def _has_checkpoint(out_dir: str) -> bool:
+    from . import checkpoint as ckpt_io
+
+    try:
+        ckpt_io.find_checkpoint(out_dir)
+        return True
+    except ckpt_io.CheckpointError:
+        return False
 
 
 def train_summary(trainer, started: int) -> list[str]:
