@@ -83,3 +83,12 @@ def test_require_captions_lists_the_first_missing_and_the_ways_to_give_one(tmp_p
     assert "01.png, 02.png, 03.png, 04.png, 05.png ... and 2 more" in msg
     assert "NAME.txt" in msg and "data.captions=FILE" in msg and "data.default_caption" in msg
     assert require_captions(paths, Captions(default="a face"), "x") == ["ok"] + ["a face"] * 7
+
+
+def test_dotted_stems_and_spreadsheet_csv(tmp_path):
+    # 'img.01' is a stem, not a name with extension '.01'; Excel's CSV starts with a byte-order mark
+    p = tmp_path / "caps.csv"
+    p.write_bytes("\ufeffname,caption\nimg.01,dotted\nimg.02.png,with extension\n".encode("utf-8"))
+    assert read_caption_table(p) == {"img.01": "dotted", "img.02": "with extension"}
+    a, b = _images(tmp_path / "faces", ["img.01.png", "img.02.png"])
+    assert Captions.from_sources(p).for_images([a, b]) == ["dotted", "with extension"]

@@ -373,3 +373,10 @@ def test_compounded_gt_path_needs_the_final_step_untrained():
     load_config(LRPOConfig, None, base + ["train_fraction=1.0", "reg_weight=0"])
     with pytest.raises(ConfigError, match=r"train_fraction=0.01 with sample_steps=50.*trains no step"):
         load_config(LRPOConfig, None, ["init_checkpoint=runs/base", "train_fraction=0.01"])
+
+
+def test_non_string_yaml_keys_are_a_clear_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("on: 5\n")  # YAML 1.1 reads `on` as True
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key\(s\) \[True\]"):
+        load_config(PretrainConfig, path, [])

@@ -535,6 +535,15 @@ def test_paired_set_bad_images(hq_dir, tmp_path):
 def test_paired_set_refuses_existing_output_unless_overwrite(hq_dir, tmp_path):
     make_paired_set(hq_dir, tmp_path / "a", size=32, progress=False)
     before = _all_bytes(tmp_path / "a")
+    # an overwrite that fails on a bad input leaves the old set as it was (and no hidden work folder)
+    bad = tmp_path / "with_bad"
+    bad.mkdir()
+    for p in hq_dir.iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "zz.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ImageLoadError):
+        make_paired_set(bad, tmp_path / "a", size=32, progress=False, overwrite=True)
+    assert _all_bytes(tmp_path / "a") == before and not list((tmp_path / "a").glob(".partial-*"))
     with pytest.raises(FileExistsError, match="overwrite"):
         make_paired_set(hq_dir, tmp_path / "a", size=32, progress=False)
     (tmp_path / "a" / "lq" / "stale.png").write_bytes(b"x")

@@ -595,3 +595,19 @@ def test_a_nan_on_one_rank_stops_every_rank(setup_dirs, tmp_path):
     assert "ppo_loss not finite in epoch 0" in messages[1] and "on rank 1" in messages[1]
     assert messages[0].startswith("stopping with rank 1: a non-finite value in epoch 0")
     assert not (tmp_path / "nan2" / "latest").exists()
+
+
+def test_resuming_another_folders_checkpoint_claims_out_dir(setup_dirs, tmp_path):
+    """`--resume runs/exp1` with out_dir pointing at a third run must not overwrite that run's log
+    and checkpoints: the fork is refused unless out_dir is free (or --overwrite)."""
+    from lrpo.runs import RunFolderError
+
+    faces, base = setup_dirs
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "exp1", epochs=1), progress=False).run()
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "other", epochs=1), progress=False).run()
+    before = (tmp_path / "other" / "log.jsonl").read_text()
+    with pytest.raises(RunFolderError, match="other already holds a run"):
+        LRPOTrainer(make_cfg(faces, base, tmp_path / "other", epochs=2), resume=tmp_path / "exp1", progress=False)
+    assert (tmp_path / "other" / "log.jsonl").read_text() == before
+    fork = LRPOTrainer(make_cfg(faces, base, tmp_path / "fork", epochs=2), resume=tmp_path / "exp1", progress=False)
+    assert fork.epoch == 1  # a free folder takes the fork

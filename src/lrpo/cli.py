@@ -193,9 +193,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data.hq:
         raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
     resume = cfg.out_dir if args.resume == "auto" else args.resume
-    if resume is None and _elastic_restart() and _has_checkpoint(cfg.out_dir):
-        resume = cfg.out_dir  # torchrun --max-restarts brought the job back: continue from the last checkpoint
-    trainer = LRPOTrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
+    overwrite = args.overwrite
+    if resume is None and _elastic_restart():  # torchrun --max-restarts brought the job back
+        if _has_checkpoint(cfg.out_dir):
+            resume = cfg.out_dir  # continue from the last checkpoint
+        else:
+            overwrite = True  # it failed before its first checkpoint: its own log is all there is
+    trainer = LRPOTrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=overwrite,
                           allow_changes=args.allow_changes)
     started = trainer.epoch
     result = trainer.run(eval_every=args.eval_every)

@@ -498,10 +498,10 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # YAML may give non-string keys (`on:` is True)
     if unknown:
         where = f" in section '{prefix}'" if prefix else ""
-        hint = did_you_mean(unknown[0], sorted(names))
+        hint = did_you_mean(str(unknown[0]), sorted(names))
         raise ConfigError(f"unknown key(s) {unknown}{where}{hint}; expected some of {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import threading
@@ -23,6 +24,8 @@ __all__ = [
     "RUN_ARTIFACTS",
 ]
 
+# the hidden names lrpo.checkpoint gives a checkpoint while writing, replacing or deleting it
+_CHECKPOINT_TEMP = re.compile(r"^\.(step_\d+|best)\.(tmp|old|del)-")
 # what a run writes into its folder (cleared by --overwrite)
 RUN_ARTIFACTS = ("latest", "best", "log.jsonl", "config.yaml", "samples", "tb")
 
@@ -81,8 +84,8 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False)
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()
-    for p in run_dir.iterdir():  # temporary folders a killed checkpoint writer left (".NAME.tmp-*", ".*.old-*")
-        if p.is_dir() and p.name.startswith(".") and (".tmp-" in p.name or ".old" in p.name or ".del" in p.name):
+    for p in run_dir.iterdir():  # temporary folders a killed checkpoint writer left, and nothing else
+        if p.is_dir() and _CHECKPOINT_TEMP.match(p.name):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -111,19 +114,35 @@ def _norm(v: Any) -> Any:
     return v
 
 
-def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], free: Iterable[str]) -> dict[str, tuple[Any, Any]]:
+def config_changes(
+    saved: Mapping[str, Any], current: Mapping[str, Any], free: Iterable[str], *, defaults: Mapping[str, Any] | None = None,
+    paths: Iterable[str] = (),
+) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between the checkpoint's config and the current one, except the
-    ``free`` keys (and anything below a free section). Returns key -> (saved, current)."""
+    ``free`` keys (and anything below a free section). Returns key -> (saved, current).
+
+    A key the checkpoint lacks (written before the key existed) is unchanged while the current value
+    is its default; ``paths`` are compared as resolved file paths (``faces`` == ``/abs/faces/``).
+    """
     free = tuple(free)
     a, b = _flatten(saved), _flatten(current)
+    d = _flatten(defaults) if defaults is not None else {}
     changes = {}
     for key in sorted(set(a) | set(b)):
         if any(key == f or key.startswith(f + ".") for f in free):
             continue
+        if key not in a and key in d and _norm(b.get(key)) == _norm(d[key]):
+            continue
         va, vb = _norm(a.get(key, "<absent>")), _norm(b.get(key, "<absent>"))
+        if key in paths and isinstance(va, str) and isinstance(vb, str) and va and vb:
+            va, vb = _resolved(va), _resolved(vb)
         if va != vb:
-            changes[key] = (va, vb)
-    return changes
+            changes[key] = (a.get(key, "<absent>"), b.get(key, "<absent>"))
+    return {k: (_norm(x), _norm(y)) for k, (x, y) in changes.items()}
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:

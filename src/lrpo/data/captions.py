@@ -35,8 +35,12 @@ def sidecar_path(image_path: str | os.PathLike) -> Path:
 
 
 def _key(name: str) -> str:
-    """Table keys and image names meet at the file stem: '00017.png' and '00017' are one image."""
-    return Path(str(name).strip()).stem
+    """Table keys and image names meet at the file stem: '00017.png' and '00017' are one image
+    (only an image extension is dropped: 'img.01' stays 'img.01')."""
+    from .images import IMAGE_EXTENSIONS
+
+    p = Path(str(name).strip())
+    return p.stem if p.suffix.lower() in IMAGE_EXTENSIONS else p.name
 
 
 def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
@@ -61,7 +65,7 @@ def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
                     raise CaptionError(f"{path}:{lineno}: expected an object with keys 'name' and 'caption', got {line.strip()[:80]!r}")
                 rows.append((lineno, obj["name"], obj["caption"]))
     elif path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheets write a byte-order mark
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             fields = [c.strip() for c in (reader.fieldnames or [])]
             if "name" not in fields or "caption" not in fields:
@@ -104,7 +108,7 @@ class Captions:
 
     def lookup(self, image_path: str | os.PathLike) -> str | None:
         """The caption of one image, or None when it has none."""
-        key = Path(image_path).stem
+        key = _key(Path(image_path).name)
         if key in self.table:
             return self.table[key]
         if self.sidecars:

@@ -116,29 +116,33 @@ def make_paired_set(
             f"{out_dir} already holds {len(existing)} file(s) in hq/ or lq/ (e.g. {existing[0]}); "
             f"choose another folder or pass overwrite=True (--overwrite) to replace them"
         )
-    # written beside out_dir and moved into place at the end: a run stopped by a bad file (or
-    # Ctrl-C) leaves no partial set, so the retry needs no --overwrite
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    final_dir, out_dir = out_dir, Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    # written into a hidden folder inside out_dir (the same file system, so every move is a rename)
+    # and moved into place at the end: a run stopped by a bad file (or Ctrl-C) leaves no partial
+    # set, so the retry needs no --overwrite; an old set is moved aside first and deleted last
+    final_dir = out_dir
+    created = not final_dir.exists()
+    final_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=final_dir, prefix=".partial-"))
+    done = False
     try:
-        (out_dir / "hq").mkdir()
-        (out_dir / "lq").mkdir()
-        summary = _write_pairs(files, out_dir, size, seed, cfg, skip_bad, progress)
-        for p in existing:
-            p.unlink()
-        final_dir.mkdir(parents=True, exist_ok=True)
+        (work / "hq").mkdir()
+        (work / "lq").mkdir()
+        summary = _write_pairs(files, work, size, seed, cfg, skip_bad, progress)
+        aside = work / "replaced"
+        aside.mkdir()
+        for i, p in enumerate(existing + [final_dir / PARAMS_FILE]):
+            if p.exists():
+                os.replace(p, aside / f"{i}_{p.name}")
         for sub in ("hq", "lq"):
-            target = final_dir / sub
-            if target.is_dir() and not any(target.iterdir()):
-                target.rmdir()
-            if target.exists():  # it held only non-output files (kept); merge ours in
-                for f in (out_dir / sub).iterdir():
-                    os.replace(f, target / f.name)
-            else:
-                os.replace(out_dir / sub, target)
-        os.replace(out_dir / PARAMS_FILE, final_dir / PARAMS_FILE)
+            (final_dir / sub).mkdir(exist_ok=True)
+            for f in (work / sub).iterdir():
+                os.replace(f, final_dir / sub / f.name)
+        os.replace(work / PARAMS_FILE, final_dir / PARAMS_FILE)
+        done = True
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        if not done and created:
+            shutil.rmtree(final_dir, ignore_errors=True)
     summary.out_dir = final_dir
     return summary
 

@@ -626,11 +626,12 @@ def _captions(names, lq_paths, gt_paths, scorers: _Scorers, options: EvalOptions
     restoration when a caption-scoring reward term is on and some image has none."""
     from ..data.captions import CaptionError, Captions
 
-    source = Captions.from_sources(options.captions or "", options.default_caption or "")
+    source = Captions.from_sources(options.captions or "")  # the default only after both sidecars
+    default = (options.default_caption or "").strip() or None
     found = {}
     for i, name in enumerate(names):
         caption = source.lookup(gt_paths[i]) if gt_paths is not None else None
-        found[name] = caption or source.lookup(lq_paths[i])
+        found[name] = caption or source.lookup(lq_paths[i]) or default
     terms = [k for k, r in scorers.rewards.items() if getattr(r, "needs_caption", False)]
     missing = [n for n, c in found.items() if c is None]
     if terms and missing:

@@ -230,7 +230,8 @@ class Pretrainer:
 
     def load(self, path: str | Path) -> None:
         ckpt = ckpt_io.find_checkpoint(path)
-        changes = config_changes(ckpt_io.load_config_dict(ckpt), to_dict(self.cfg), RESUMABLE_KEYS)
+        changes = config_changes(ckpt_io.load_config_dict(ckpt), to_dict(self.cfg), RESUMABLE_KEYS,
+                                 defaults=to_dict(PretrainConfig()), paths=("data.hq",))
         if changes and not self.allow_changes:
             raise RunFolderError(
                 f"--resume from {ckpt} would change the run: {describe_changes(changes)}. Resume with the checkpoint's "

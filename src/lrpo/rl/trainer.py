@@ -44,7 +44,7 @@ from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
 from ..degradation import degrade
 from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
 from ..diffusion.schedules import make_alphas_cumprod
-from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, init_from_env, sum_gradients
+from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, barrier, init_from_env, sum_gradients
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
@@ -112,10 +112,15 @@ class LRPOTrainer:
     ):
         self.cfg = cfg
         self.ctx = dist_ctx or init_from_env()
-        if not (overwrite and not self.ctx.is_main):  # only rank 0 clears; every rank may refuse
-            claim_run_dir(cfg.out_dir, resume=bool(resume), overwrite=overwrite)
         if resume:
-            ckpt_io.find_checkpoint(resume)  # a folder without a checkpoint fails before anything loads
+            found = ckpt_io.find_checkpoint(resume)  # a folder without a checkpoint fails before anything loads
+            # resuming another folder's checkpoint into out_dir starts a new run folder there: it must
+            # not hold a third run (whose log and old checkpoints the resume would overwrite)
+            forked = found.parent.resolve() != Path(cfg.out_dir).resolve()
+        else:
+            forked = True
+        if forked and not (overwrite and not self.ctx.is_main):  # only rank 0 clears; every rank may refuse
+            claim_run_dir(cfg.out_dir, resume=False, overwrite=overwrite)
         self.allow_changes = allow_changes
         self.interrupt = GracefulInterrupt("stopping: rollouts in flight are dropped, an update in flight is finished, "
                                            "then the last completed epoch is checkpointed; Ctrl-C again stops at once")
@@ -523,7 +528,8 @@ class LRPOTrainer:
         if ckpt_io.load_meta(ckpt).get("kind") != "lrpo":
             raise ckpt_io.CheckpointError(f"{ckpt} is not an LRPO checkpoint; pass it as init_checkpoint instead of --resume")
         saved_cfg = ckpt_io.load_config_dict(ckpt).get("lrpo", {})
-        changes = config_changes(saved_cfg, to_dict(self.cfg), RESUMABLE_KEYS)
+        changes = config_changes(saved_cfg, to_dict(self.cfg), RESUMABLE_KEYS, defaults=to_dict(LRPOConfig()),
+                                 paths=("init_checkpoint", "data.hq", "data.captions"))
         if changes and not self.allow_changes:
             raise RunFolderError(
                 f"--resume from {ckpt} would change the run: {describe_changes(changes)}. Resume with the checkpoint's "
@@ -591,9 +597,10 @@ class LRPOTrainer:
 
     def _interrupted(self) -> Interrupted:
         """Checkpoint the last completed epoch (unless saved already) and build the exception."""
-        if self.saved_epoch != self.epoch:
-            self.save(self.epoch)
         ckpt = self.out_dir / f"step_{self.epoch:06d}"
+        if self.saved_epoch != self.epoch or (self.ctx.is_main and not ckpt.is_dir()):
+            self.save(self.epoch)  # (resumed from `best` or an older step: this epoch has no step_ yet)
+        barrier(self.ctx)  # no process exits (and makes the launcher stop the others) before rank 0 has saved
         if self.ctx.is_main:
             self.log({"epoch": self.epoch, "interrupted": self.interrupt.signal_name or "signal"})
         return Interrupted(f"stopped by {self.interrupt.signal_name or 'a signal'} after epoch {self.epoch}; "
@@ -624,7 +631,7 @@ class LRPOTrainer:
 
     def _loop(self, eval_every: int) -> None:
         cfg = self.cfg
-        if self.epoch == 0 and (eval_every or self.guard is not None):
+        if self.epoch == 0 and self.resumed_from is None and (eval_every or self.guard is not None):
             first = self.evaluate()
             self.log({"epoch": 0, **first})
             if self.guard is not None:
