@@ -92,6 +92,16 @@ def offline_reward_preset() -> str:
 
 def run_quickstart(args: argparse.Namespace) -> int:
     """Pretrain -> LRPO -> evaluate base vs LRPO -> report.html, on a CPU in a few minutes."""
+    from .runs import Interrupted
+
+    try:
+        return _quickstart(args)
+    except Interrupted as e:  # quickstart has no --resume: its stages are minutes long, start over
+        raise Interrupted(f"interrupted ({e.checkpoint} kept); run `lrpo quickstart --overwrite` to start over",
+                          e.checkpoint) from None
+
+
+def _quickstart(args: argparse.Namespace) -> int:
     from .config import LRPOConfig
     from .data.datasets import FaceImageSet
     from .degradation.paired import make_paired_set
