@@ -346,3 +346,22 @@ def test_captions_reach_caption_reward_terms_and_missing_ones_stop_first(tmp_pat
     assert CaptionLengthReward.seen[0] == ["sidecar zero", "from the table", "a face"]
     # the score is the caption length / 100, so the mean proves which captions were used
     assert result.summary["cf"]["reward/total"] == pytest.approx((12 + 14 + 6) / 300)
+
+
+def test_table_files_follow_the_run(tmp_path: Path, no_weights):
+    paired, gtcopy, upscaled = _paired_set(tmp_path, count=3)
+    pub = tmp_path / "pub.csv"
+    pub.write_text("method,psnr,ssim\nDiffBIR,25.39,0.6536\n")
+    methods = [MethodSpec("gt", "folder", str(gtcopy)), MethodSpec("up", "folder", str(upscaled))]
+    evaluate_paired(paired, methods, tmp_path / "eval", _fast(table=True, published=str(pub)))
+    md = (tmp_path / "eval" / "table.md").read_text().splitlines()
+    assert md[0].startswith("| method | PSNR↑ | SSIM↑ |")
+    assert md[3].startswith("| gt | **120.00** | **1.0000** |")  # GT copies win every column (PSNR capped at 120 dB)
+    assert md[4].startswith("| up | <u>")
+    assert any(line.startswith("| *DiffBIR* † | *25.39* | *0.6536* |") for line in md)
+    assert (tmp_path / "eval" / "table.tex").read_text().startswith(r"\begin{tabular}")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,psnr\n")
+    with pytest.raises(ValueError, match="first column must be 'method'"):
+        evaluate_paired(paired, methods, tmp_path / "eval2", _fast(published=str(bad)))
+    assert not (tmp_path / "eval2").exists()  # refused before any work

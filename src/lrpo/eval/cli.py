@@ -69,6 +69,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                          help="captions for the face reward: CSV 'name,caption' or JSONL (sidecar NAME.txt files are read anyway)")
     metrics.add_argument("--default-caption", metavar="TEXT", help="caption for images that have none (default: none; missing ones are errors)")
     report = parser.add_argument_group("report")
+    report.add_argument("--table", action="store_true",
+                        help="also write table.md and table.tex: the field's columns (PSNR SSIM LPIPS Deg LMD FID), best bold, second underlined")
+    report.add_argument("--published", metavar="CSV",
+                        help="other methods' published figures (method,psnr,ssim,...) shown apart in the table, marked as such")
     report.add_argument("--grid-count", type=int, default=8, help="images in the example grid (default 8)")
     report.add_argument("--worst-count", type=int, default=4, help="worst cases shown per method (default 4)")
     return parser
@@ -102,6 +106,8 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         clip_vocab_path=args.clip_vocab,
         fid_reference=args.fid_ref,
         captions=args.captions,
+        table=args.table,
+        published=args.published,
         default_caption=args.default_caption,
         include_input=not args.no_input_baseline,
         limit=args.limit,

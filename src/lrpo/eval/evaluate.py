@@ -218,6 +218,8 @@ class EvalOptions:
     limit: int | None = None
     logs: dict[str, str] = field(default_factory=dict)  # training logs (name -> log.jsonl) for the report
     notes: list[str] = field(default_factory=list)  # the caller's notes, shown first in metrics.json and the report
+    table: bool = False  # also write table.md and table.tex in the field's column order (lrpo.eval.table)
+    published: str | None = None  # CSV of other methods' published figures, shown apart in the table
     report: bool = True
     grid_count: int = 8
     worst_count: int = 4
@@ -652,7 +654,10 @@ def _side(path: Path) -> int:
 def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: EvalOptions, resolution: int) -> EvalResult:
     from tqdm.auto import tqdm
 
+    from .table import read_published
+
     paired = gt_paths is not None
+    published = read_published(options.published) if options.published else None  # a bad file fails before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = _with_input(methods, options.include_input)
@@ -734,6 +739,13 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     metrics_path = out_dir / METRICS_FILE
     metrics_path.write_text(json.dumps(record, indent=1, allow_nan=False))
     per_image_path = write_per_image_csv(out_dir / PER_IMAGE_FILE, rows, keys)
+    if options.table or published:
+        from .table import latex_table, markdown_table, table_columns
+
+        cols = table_columns(summary_keys, paired)
+        baseline = INPUT_METHOD if options.include_input else None
+        (out_dir / "table.md").write_text(markdown_table(summary, cols, baseline=baseline, published=published))
+        (out_dir / "table.tex").write_text(latex_table(summary, cols, baseline=baseline, published=published))
     report_path = None
     if options.report:
         from .report import write_report
