@@ -365,3 +365,46 @@ def test_table_files_follow_the_run(tmp_path: Path, no_weights):
     with pytest.raises(ValueError, match="first column must be 'method'"):
         evaluate_paired(paired, methods, tmp_path / "eval2", _fast(published=str(bad)))
     assert not (tmp_path / "eval2").exists()  # refused before any work
+
+
+def test_fid_reference_statistics_are_cached_and_reusable(tmp_path: Path, no_weights, monkeypatch):
+    """A reference folder's statistics are computed once (the same as computing them directly),
+    cached, reused on the next run, and a saved .npz gives the same FID."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from lrpo.eval import evaluate as evaluate_mod
+    from lrpo.eval.fid import InceptionFeatures, feature_statistics, load_reference_stats
+    from lrpo.standins import write_standin
+
+    monkeypatch.setenv("LRPO_CACHE", str(tmp_path / "cache"))
+    inception = write_standin("inception-fid", tmp_path / "w", scale="tiny")
+    paired, gtcopy, upscaled = _paired_set(tmp_path, count=4)
+    ref = tmp_path / "ref"
+    write_tiny_faces(ref, count=5, size=32, seed=9)
+    methods = [MethodSpec("up", "folder", str(upscaled))]
+    opts = dict(inception_path=str(inception), fid_reference=str(ref), report=False)
+    first = evaluate_paired(paired, methods, tmp_path / "e1", _fast(**opts))
+    rec = json.loads((tmp_path / "e1" / "metrics.json").read_text())["fid_reference"]
+    assert rec == {"source": str(ref), "count": 5, "resolution": 32, "from_cache": False}
+    cached = list((tmp_path / "cache" / "fid_stats").glob("*.npz"))
+    assert len(cached) == 1
+    # the cached statistics are those of the reference images' Inception features
+    model = InceptionFeatures.from_file(inception)
+    imgs = torch.stack([evaluate_mod.to_tensor(evaluate_mod.load_rgb(p)) for p in sorted(ref.glob("*.png"))])
+    with torch.no_grad():
+        mu, sigma = feature_statistics(model(imgs).double().numpy())
+    stats = load_reference_stats(cached[0])
+    np.testing.assert_allclose(stats.mu, mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.sigma, sigma, rtol=1e-4, atol=1e-6)
+    # the second run reads no reference image
+    monkeypatch.setattr(evaluate_mod, "_features_of", lambda *a: pytest.fail("recomputed the cached reference"))
+    second = evaluate_paired(paired, methods, tmp_path / "e2", _fast(**opts))
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["fid_reference"]["from_cache"] is True
+    assert second.summary["up"]["fid"] == first.summary["up"]["fid"]
+    monkeypatch.undo()
+    monkeypatch.setenv("LRPO_WEIGHTS", str(tmp_path / "no_weights"))
+    third = evaluate_paired(paired, methods, tmp_path / "e3", _fast(**{**opts, "fid_reference": str(cached[0])}))
+    assert third.summary["up"]["fid"] == pytest.approx(first.summary["up"]["fid"], rel=1e-9)

@@ -62,7 +62,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     metrics.add_argument("--lpips-vgg", metavar="PATH", help="torchvision vgg16-397923af.pth (LPIPS backbone)")
     metrics.add_argument("--lpips-lin", metavar="PATH", help="lpips weights/v0.1/vgg.pth (LPIPS linear heads)")
     metrics.add_argument("--inception", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth for FID")
-    metrics.add_argument("--fid-ref", metavar="DIR", help="HQ faces FID compares with (default: the GT of a paired set)")
+    metrics.add_argument("--fid-ref", metavar="DIR|NPZ",
+                         help="FID reference: a folder of HQ faces (e.g. FFHQ; statistics computed once, cached in $LRPO_CACHE/fid_stats) "
+                         "or a .npz with mu and sigma (ours or pytorch-fid's); default: the GT of a paired set")
     metrics.add_argument("--clipiqa", metavar="PATH", help="OpenAI CLIP RN50.pt for CLIP-IQA (no-reference)")
     metrics.add_argument("--clip-vocab", metavar="PATH", help="CLIP BPE vocabulary for CLIP-IQA (default: registry)")
     metrics.add_argument("--captions", metavar="FILE",

@@ -669,7 +669,8 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     notes = list(options.notes) + list(scorers.notes)
     captions = _captions(names, lq_paths[:count], gt_paths[:count] if paired else None, scorers, options)
     batch_scorer = _BatchScorer(scorers, paired, captions)
-    fid_ref = _reference_features(dataset, count, options, scorers, paired)
+    fid_info = _reference_stats(dataset, count, options, scorers, paired)
+    fid_ref = fid_info["stats"] if fid_info else None
 
     rows: list[dict[str, Any]] = []
     image_paths: dict[str, list[str]] = {}
@@ -707,8 +708,9 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
             notes.append(f"{spec.name}: {runner.resized} output(s) were not {resolution}x{resolution} and were resized to it")
         seconds[spec.name] = round(time.perf_counter() - t0, 2)
     bar.close()
-    if fid_ref is not None and min(count, len(fid_ref)) < 2048:
-        notes.append(f"FID from {count} output(s) and {len(fid_ref)} reference image(s): biased upwards at this N; compare only at equal N")
+    if fid_ref is not None and min(count, fid_ref.count or count) < 2048:
+        notes.append(f"FID from {count} output(s) and {fid_ref.count or 'an unknown number of'} reference image(s): biased upwards "
+                     f"at this N; compare only at equal N")
 
     keys = _column_order(rows)
     summary = {spec.name: summarise([r for r in rows if r["method"] == spec.name], keys) for spec in methods}
@@ -724,7 +726,10 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
         "metric_info": {k: asdict(metric_info(k)) for k in summary_keys},
         "summary": summary,
         "reward": {"preset": reward_label, "weights": scorers.reward_weights, "total": scorers.reward_total},
-        "fid_reference": (options.fid_reference or info.get("hq_dir")) if fid_ref is not None else None,
+        "fid_reference": None if fid_ref is None else {
+            "source": fid_info.get("source", fid_ref.source if fid_ref.source != "GT" else info.get("hq_dir")),
+            "count": fid_ref.count, "resolution": fid_ref.resolution, "from_cache": fid_info["cached"],
+        },
         "notes": notes,
         "images": {
             "names": names,
@@ -804,30 +809,64 @@ def _inception(model, images: Tensor) -> np.ndarray:
         return model(images).double().cpu().numpy()
 
 
-def _fid(features: np.ndarray, reference: np.ndarray) -> float | None:
-    from .fid import fid_from_features
+def _fid(features: np.ndarray, reference) -> float | None:
+    """FID of output features [N, D] against reference statistics (needs N >= 2 on both sides)."""
+    from .fid import feature_statistics, frechet_distance
 
-    if len(features) < 2 or len(reference) < 2:
+    if len(features) < 2 or reference.count and reference.count < 2:
         return None
-    value = fid_from_features(features, reference)
+    mu, sigma = feature_statistics(features)
+    value = frechet_distance(mu, sigma, reference.mu, reference.sigma)
     return value if math.isfinite(value) else None
 
 
-def _reference_features(dataset, count: int, options: EvalOptions, scorers: _Scorers, paired: bool) -> np.ndarray | None:
-    """Inception features of the FID reference set: ``fid_reference`` if given, else the GT set."""
+def _reference_stats(dataset, count: int, options: EvalOptions, scorers: _Scorers, paired: bool) -> dict | None:
+    """FID reference statistics: ``fid_reference`` (a folder or list of HQ faces, whose statistics are
+    computed once and cached under ``$LRPO_CACHE/fid_stats/``, or a ``.npz`` of mu/sigma), else the GT set.
+    Returns {"stats": ReferenceStats, "cached": bool, ...} or None (no FID)."""
+    from .fid import ReferenceStats, feature_statistics, load_reference_stats, save_reference_stats
+
     if scorers.inception is None:
         return None
     resolution = dataset.resolution
-    feats = []
-    if options.fid_reference:
-        paths = list_images(options.fid_reference)
-        for start in range(0, len(paths), options.batch_size):
-            batch = [to_tensor(resize_square(load_rgb(p), resolution)) for p in paths[start : start + options.batch_size]]
-            feats.append(_inception(scorers.inception, torch.stack(batch).to(scorers.device)))
-    elif paired:
-        for start in range(0, count, options.batch_size):
-            batch = [dataset[i]["hq"] for i in range(start, min(start + options.batch_size, count))]
-            feats.append(_inception(scorers.inception, torch.stack(batch).to(scorers.device)))
-    else:
+    ref = options.fid_reference
+    if ref and Path(ref).suffix == ".npz":
+        return {"stats": load_reference_stats(ref), "cached": False}
+    if ref:
+        paths = list_images(ref)
+        cache = _fid_cache_path(paths, resolution, options.inception_path)
+        if cache.is_file():
+            return {"stats": load_reference_stats(cache), "cached": True, "source": str(ref)}
+        features = _features_of(scorers, options.batch_size, len(paths),
+                                lambda i: to_tensor(resize_square(load_rgb(paths[i]), resolution)))
+        stats = ReferenceStats(*feature_statistics(features), len(features), resolution, str(ref))
+        save_reference_stats(cache, stats)
+        return {"stats": stats, "cached": False, "cache": str(cache)}
+    if not paired:
         return None
+    features = _features_of(scorers, options.batch_size, count, lambda i: dataset[i]["hq"])
+    return {"stats": ReferenceStats(*feature_statistics(features), len(features), resolution, "GT"), "cached": False}
+
+
+def _features_of(scorers: _Scorers, batch_size: int, n: int, image: Callable[[int], Tensor]) -> np.ndarray:
+    feats = []
+    for start in range(0, n, batch_size):
+        batch = torch.stack([image(i) for i in range(start, min(start + batch_size, n))]).to(scorers.device)
+        feats.append(_inception(scorers.inception, batch))
     return np.concatenate(feats)
+
+
+def _fid_cache_path(paths: Sequence[Path], resolution: int, inception_path: str | None) -> Path:
+    """One cache file per (reference files as they are now, resolution, Inception file)."""
+    import hashlib
+
+    from ..weights import cache_dir
+
+    h = hashlib.sha256(f"{resolution}|{inception_path}|".encode())
+    if inception_path and Path(inception_path).is_file():
+        st = Path(inception_path).stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}|".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return cache_dir() / "fid_stats" / f"{h.hexdigest()[:32]}.npz"

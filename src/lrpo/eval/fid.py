@@ -29,7 +29,10 @@ other at the same N.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,6 +113,43 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"feature_statistics needs [N, D] features with N >= 2, got shape {f.shape}")
     return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    """FID reference statistics: mean and covariance of the reference set's Inception features."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int  # reference images
+    resolution: int | None  # side they were resized to before Inception (None: unknown, from a foreign .npz)
+    source: str  # folder or .npz they came from
+
+
+def save_reference_stats(path: str | os.PathLike, stats: ReferenceStats) -> Path:
+    """Write ``mu``/``sigma`` (pytorch-fid's .npz keys) plus count, resolution and source, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, count=stats.count, resolution=-1 if stats.resolution is None else stats.resolution,
+             source=stats.source)
+    os.replace(tmp, path)
+    return path
+
+
+def load_reference_stats(path: str | os.PathLike) -> ReferenceStats:
+    """Read a .npz with ``mu`` and ``sigma`` (ours, or pytorch-fid's ``--save-stats`` output)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
+            count = int(f["count"]) if "count" in f else 0
+            res = int(f["resolution"]) if "resolution" in f else -1
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: not FID statistics (expected a .npz with arrays 'mu' [D] and 'sigma' [D, D]): {e}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{path}: 'mu' must be [D] and 'sigma' [D, D], got {mu.shape} and {sigma.shape}")
+    return ReferenceStats(mu, sigma, count, None if res < 0 else res, str(path))
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
