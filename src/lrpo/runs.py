@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 
 __all__ = [
-    "GracefulInterrupt", "Interrupted", "RunFolderError", "claim_run_dir", "config_changes", "describe_changes",
+    "GracefulInterrupt", "Interrupted", "RunFolderError", "check_resume", "claim_run_dir", "config_changes", "describe_changes",
     "RUN_ARTIFACTS",
 ]
 
@@ -93,11 +93,8 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v):
-            # reward.terms holds user-named terms: compare it whole, so adding a term shows up
-            if key in ("reward.terms",):
-                out[key] = v
-                continue
+        # reward.terms holds user-named terms: compared whole, so an added or removed term shows up
+        if isinstance(v, Mapping) and v and key != "reward.terms":
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -105,9 +102,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _norm(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_norm(x) for x in v]
-    if isinstance(v, list):
+    if isinstance(v, (tuple, list)):
         return [_norm(x) for x in v]
     if isinstance(v, Mapping):
         return {k: _norm(x) for k, x in v.items()}
@@ -124,7 +119,7 @@ def config_changes(
     A key the checkpoint lacks (written before the key existed) is unchanged while the current value
     is its default; ``paths`` are compared as resolved file paths (``faces`` == ``/abs/faces/``).
     """
-    free = tuple(free)
+    free, paths = tuple(free), tuple(paths)
     a, b = _flatten(saved), _flatten(current)
     d = _flatten(defaults) if defaults is not None else {}
     changes = {}
@@ -137,8 +132,8 @@ def config_changes(
         if key in paths and isinstance(va, str) and isinstance(vb, str) and va and vb:
             va, vb = _resolved(va), _resolved(vb)
         if va != vb:
-            changes[key] = (a.get(key, "<absent>"), b.get(key, "<absent>"))
-    return {k: (_norm(x), _norm(y)) for k, (x, y) in changes.items()}
+            changes[key] = (_norm(a.get(key, "<absent>")), _norm(b.get(key, "<absent>")))
+    return changes
 
 
 def _resolved(path: str) -> str:
@@ -147,6 +142,17 @@ def _resolved(path: str) -> str:
 
 def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changes.items())
+
+
+def check_resume(ckpt: Path, changes: Mapping[str, tuple[Any, Any]], allow_changes: bool) -> dict[str, list[Any]] | None:
+    """Refuse a resume that changes the run (unless allowed); returns the log record of allowed changes."""
+    if changes and not allow_changes:
+        raise RunFolderError(
+            f"--resume from {ckpt} would change the run: {describe_changes(changes)}. Resume with the checkpoint's "
+            f"settings, pass --allow-changes to continue with the new ones (recorded in the log), or start a new run "
+            f"in another out_dir"
+        )
+    return {k: list(v) for k, v in changes.items()} or None
 
 
 class GracefulInterrupt:

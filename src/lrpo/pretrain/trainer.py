@@ -30,7 +30,7 @@ from ..eval.metrics import psnr, ssim
 from ..inference.sampling import autocast_context, restore_images
 from ..policies.pixel_unet import PixelPolicy, build_policy
 from ..runlog import append_record, rewrite_log
-from ..runs import GracefulInterrupt, Interrupted, RunFolderError, claim_run_dir, config_changes, describe_changes
+from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, config_changes
 
 # settings a resume may change (budgets, logging, device, steps to go); anything else needs allow_changes
 RESUMABLE_KEYS = ("steps", "time_budget_min", "device", "out_dir", "log_every", "val_every", "val_steps", "ckpt_every",
@@ -232,14 +232,9 @@ class Pretrainer:
         ckpt = ckpt_io.find_checkpoint(path)
         changes = config_changes(ckpt_io.load_config_dict(ckpt), to_dict(self.cfg), RESUMABLE_KEYS,
                                  defaults=to_dict(PretrainConfig()), paths=("data.hq",))
-        if changes and not self.allow_changes:
-            raise RunFolderError(
-                f"--resume from {ckpt} would change the run: {describe_changes(changes)}. Resume with the checkpoint's "
-                f"settings, pass --allow-changes to continue with the new ones (recorded in the log), or start a new run "
-                f"in another out_dir"
-            )
-        if changes:
-            self.pending_records.append({"step": None, "config_changes": {k: list(v) for k, v in changes.items()}})
+        allowed = check_resume(ckpt, changes, self.allow_changes)
+        if allowed:
+            self.pending_records.append({"step": None, "config_changes": allowed})
         ckpt_io.load_weights(self.policy, ckpt)
         from safetensors.torch import load_file
 

@@ -50,7 +50,7 @@ from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
 from ..policies import policy_state_dict
 from ..runlog import append_record, rewrite_log
-from ..runs import GracefulInterrupt, Interrupted, RunFolderError, claim_run_dir, config_changes, describe_changes
+from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, config_changes
 from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
 from ..rewards import RewardInput, build_composite
 from .advantages import group_advantages, noise_level_weights, step_advantages
@@ -530,12 +530,7 @@ class LRPOTrainer:
         saved_cfg = ckpt_io.load_config_dict(ckpt).get("lrpo", {})
         changes = config_changes(saved_cfg, to_dict(self.cfg), RESUMABLE_KEYS, defaults=to_dict(LRPOConfig()),
                                  paths=("init_checkpoint", "data.hq", "data.captions"))
-        if changes and not self.allow_changes:
-            raise RunFolderError(
-                f"--resume from {ckpt} would change the run: {describe_changes(changes)}. Resume with the checkpoint's "
-                f"settings, pass --allow-changes to continue with the new ones (recorded in the log), or start a new run "
-                f"in another out_dir"
-            )
+        allowed = check_resume(ckpt, changes, self.allow_changes)
         ckpt_io.load_weights(self.policy, ckpt)
         state = ckpt_io.load_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -549,8 +544,8 @@ class LRPOTrainer:
         self.history = state.get("history", [])
         self.guard_baseline = state.get("guard_baseline")
         self.best = state.get("best")
-        if changes:
-            self.pending_records.append({"epoch": self.epoch, "config_changes": {k: list(v) for k, v in changes.items()}})
+        if allowed:
+            self.pending_records.append({"epoch": self.epoch, "config_changes": allowed})
         if self.ctx.is_main:
             rewrite_log(self.out_dir / "log.jsonl", self.history)
 
