@@ -69,16 +69,6 @@ EMBEDDED_NOTE = ("the embedded held-out faces are crops of the same public-domai
                  "(same person): this shows the pipeline works, not that it generalises; use --data FOLDER for a real split")
 
 
-def _same_stem(paths) -> list[str]:
-    seen: dict[str, str] = {}
-    clashes = []
-    for p in paths:
-        if p.stem in seen:
-            clashes.append(f"{seen[p.stem]} / {p.name}")
-        seen.setdefault(p.stem, p.name)
-    return clashes
-
-
 def offline_reward_preset() -> str:
     """``offline`` when the SFace identity model is found (weights registry), else ``no_weights``."""
     from . import weights
@@ -104,7 +94,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from .config import LRPOConfig
     from .data.datasets import FaceImageSet
-    from .degradation.paired import make_paired_set
+    from .degradation.paired import _check_unique_stems, make_paired_set
     from .eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
     from .pretrain.trainer import Pretrainer
     from .rl.trainer import LRPOTrainer
@@ -132,10 +122,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     faces = FaceImageSet(source, resolution=None, skip_bad=True)  # fails early when nothing is usable
     if len(faces) < 8:
         raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 8")
-    clashes = _same_stem(faces.paths)
-    if clashes:  # outputs are named by stem: a.jpg and a.png would collide in the evaluation set
-        raise ValueError(f"{source}: several images share a name, which outputs are named by: {', '.join(clashes[:5])}; "
-                         f"rename or remove one of each")
+    _check_unique_stems(faces.paths)  # outputs are named by stem: a.jpg and a.png would collide at evaluation
     val_count = max(4, min(16, len(faces) // 5))
     common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["CaptionError", "Captions", "read_caption_table", "require_captions", "sidecar_path"]
+from .datasets import _preview  # the first names of a list, "... and N more"
 
-_SHOW = 5  # how many images an error lists
+__all__ = ["CaptionError", "Captions", "read_caption_table", "require_captions", "sidecar_path"]
 
 
 class CaptionError(ValueError):
@@ -135,10 +135,9 @@ def require_captions(paths: Sequence[str | os.PathLike], captions: Captions, nee
     found = captions.for_images(paths)
     missing = [Path(p).name for p, c in zip(paths, found) if c is None]
     if missing:
-        shown = ", ".join(missing[:_SHOW]) + (f" ... and {len(missing) - _SHOW} more" if len(missing) > _SHOW else "")
         looked = f"table {captions.table_path}, " if captions.table_path else ""
         raise CaptionError(
             f"{needed_by} needs a caption for every image, but {len(missing)} of {len(paths)} {what} have none "
-            f"(looked in: {looked}sidecar .txt files): {shown}. To fix it, {captions.how_to_give()}."
+            f"(looked in: {looked}sidecar .txt files): {_preview(missing)}. To fix it, {captions.how_to_give()}."
         )
     return [c for c in found if c is not None]

@@ -637,10 +637,9 @@ def _captions(names, lq_paths, gt_paths, scorers: _Scorers, options: EvalOptions
     terms = [k for k, r in scorers.rewards.items() if getattr(r, "needs_caption", False)]
     missing = [n for n, c in found.items() if c is None]
     if terms and missing:
-        shown = ", ".join(missing[:5]) + (f" ... and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise CaptionError(
             f"reward term {', '.join(map(repr, terms))} needs a caption for every image, but {len(missing)} of {len(names)} "
-            f"have none: {shown}. Give sidecar NAME.txt files beside the {'GT' if gt_paths is not None else 'LQ'} images, "
+            f"have none: {_preview(missing)}. Give sidecar NAME.txt files beside the {'GT' if gt_paths is not None else 'LQ'} images, "
             f"--captions FILE (CSV 'name,caption' or JSONL), --default-caption TEXT, or a --reward-preset without that term."
         )
     return found
