@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -63,7 +62,7 @@ from lrpo.config import DiffusionConfig, LRPOConfig, load_config, to_dict
 from lrpo.data.images import save_rgb
 from lrpo.diffusion.ddim import DDIMSampler
 from lrpo.diffusion.schedules import make_alphas_cumprod
-from lrpo.inference.sampling import autocast_context, sample_generators, sample_trajectories
+from lrpo.inference.sampling import sample_generators, sample_trajectories
 from lrpo.policies.latent import LatentPolicy, enable_gradient_checkpointing
 from lrpo.policies.latent_config import LatentPolicyConfig
 from lrpo.rl.trainer import LRPOTrainer, RolloutBatch
@@ -363,26 +362,9 @@ def prepare_update(trainer: LRPOTrainer, batch: RolloutBatch, epoch: int) -> Upd
     return UpdateData(batch, adv.to(trainer.device), keep, trainer.gt_targets(batch), stats)
 
 
-@torch.no_grad()
-def direct_log_ratio(trainer: LRPOTrainer, data: UpdateData, idx: Tensor, j: int) -> dict:
-    """max |log pi_theta - log pi_old| and clip fraction at step j recomputed with the trainer's
-    sampler (for a trainer whose step_loss does not report max_abs_log_ratio)."""
-    b, steps = data.batch, torch.full((len(idx),), j, dtype=torch.long, device=trainer.device)
-    with autocast_context(trainer.device, trainer.cfg.precision):
-        out = trainer.policy(b.latents[idx, steps], trainer.sampler.timesteps.to(trainer.device)[steps], b.cond[idx])
-    st = trainer.sampler.step(out.float(), b.latents[idx, steps], steps, prediction=trainer.policy.prediction, prev_sample=b.latents[idx, steps + 1])
-    log_ratio = st.log_prob - b.log_probs[idx, steps]
-    return {
-        "max_abs_log_ratio": float(log_ratio.abs().max()),
-        "clip_fraction": float(((log_ratio.exp() - 1).abs() > trainer.cfg.clip_range).float().mean()),
-    }
-
-
-def ratio_of(stats: dict, fallback: Callable[[], dict]) -> dict:
-    """The first-step check from step_loss's stats, or recomputed when the trainer lacks the key."""
-    if "max_abs_log_ratio" in stats:
-        return {"max_abs_log_ratio": stats["max_abs_log_ratio"], "clip_fraction": stats["clip_fraction"], "source": "step_loss"}
-    return {**fallback(), "source": "recomputed"}
+def ratio_of(stats: dict) -> dict:
+    """The first-step check from step_loss's statistics."""
+    return {"max_abs_log_ratio": stats["max_abs_log_ratio"], "clip_fraction": stats["clip_fraction"]}
 
 
 def _indices(data: UpdateData, micro: int, device: torch.device) -> Tensor:
@@ -391,15 +373,6 @@ def _indices(data: UpdateData, micro: int, device: torch.device) -> Tensor:
     if not len(kept):
         kept = torch.arange(len(data.keep))
     return kept[torch.arange(micro) % len(kept)].to(device)
-
-
-def _reports_ratio(trainer: LRPOTrainer) -> bool:
-    """Whether step_loss's stats carry max_abs_log_ratio (decided before the step, since the
-    fallback must run on the weights the batch was rolled out with)."""
-    try:
-        return "max_abs_log_ratio" in inspect.getsource(type(trainer).step_loss)
-    except (OSError, TypeError):
-        return False
 
 
 def update_step(trainer: LRPOTrainer, data: UpdateData, idx: Tensor, j: int) -> dict:
@@ -419,7 +392,7 @@ def ratio_probe(trainer: LRPOTrainer, data: UpdateData, idx: Tensor, steps: list
         with torch.set_grad_enabled(grad):
             loss, stats = trainer.step_loss(data.batch, idx, torch.full((len(idx),), j, device=trainer.device), data.adv, data.gt)
         del loss
-        out[str(j)] = ratio_of(stats, lambda: direct_log_ratio(trainer, data, idx, j))
+        out[str(j)] = ratio_of(stats)
     return out
 
 
@@ -447,9 +420,8 @@ def bench_update(
     reset_peak(device)
     if probe_steps and n_train > 1:
         res["ratio_probe_before_first_step"] = ratio_probe(trainer, data, idx, sorted({n_train // 2, n_train - 1}))
-    fallback = direct_log_ratio(trainer, data, idx, 0) if not _reports_ratio(trainer) else {}
     stats, first_s = timed(lambda: update_step(trainer, data, idx, 0), device)
-    res["first_step"] = {"step": 0, **ratio_of(stats, lambda: fallback)}
+    res["first_step"] = {"step": 0, **ratio_of(stats)}
     res["first_step_seconds"] = first_s
     res["peak_gib_first_step"] = peak_gib(device)
     plan = [round(k * (n_train - 1) / max(iters - 1, 1)) for k in range(iters)]  # includes the GT-term steps

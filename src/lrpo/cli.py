@@ -202,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = LRPOTrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=overwrite,
                           allow_changes=args.allow_changes)
     started = trainer.epoch
-    result = trainer.run(eval_every=args.eval_every)
+    trainer.run(eval_every=args.eval_every)
     print("\n".join(train_summary(trainer, started)))
     return 0
 
