@@ -44,10 +44,10 @@ def _resolve_paths(source: ImageSource) -> list[Path]:
         if not paths:
             raise ValueError("FaceImageSet: the list of image paths is empty")
     paths = sorted(paths)
-    seen: set[Path] = set()
+    seen: set[str] = set()
     dupes = []
     for p in paths:
-        key = p.resolve()
+        key = os.path.realpath(p)  # unlike Path.resolve, never raises: a link loop is reported when it is loaded
         if key in seen:
             dupes.append(str(p))
         seen.add(key)

@@ -7,14 +7,19 @@ code sees one format.
 
 from __future__ import annotations
 
+import errno
 import os
+import struct
+import warnings
+import zlib
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# .gif: the first frame of an animation is the image
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 class ImageLoadError(ValueError):
@@ -56,21 +61,59 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageLoadError(path, "no such file")
+        raise ImageLoadError(path, _why_not_a_file(path))
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "empty file")
     try:
-        with Image.open(path) as img:
-            img.load()  # force decoding now: truncated files fail here, not later
-            img = ImageOps.exif_transpose(img)
-            arr = _to_uint8_rgb(img)
+        with warnings.catch_warnings():
+            # Pillow warns between its limit and twice it; _check_pixels refuses all of that range
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixels(path, *img.size)
+                img.load()  # force decoding now: truncated files fail here, not later
+                img = ImageOps.exif_transpose(img)
+                arr = _to_uint8_rgb(img)
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:  # over twice the limit: refused inside Image.open
+        raise ImageLoadError(path, f"too many pixels ({e})") from None
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied: the file is not readable by this user") from None
+    except MemoryError:
+        raise ImageLoadError(path, "not enough memory to decode it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error) as e:
+        # what Pillow's decoders raise on damaged data (zlib.error from a broken PNG stream, ...)
         raise ImageLoadError(path, f"corrupt or truncated: {e}") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
         raise ImageLoadError(path, f"unexpected decoded shape {arr.shape}")
     return arr
+
+
+def _why_not_a_file(path: Path) -> str:
+    """Why ``path`` is not a readable regular file (a reason for ImageLoadError)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink():
+            return f"broken symbolic link to {os.readlink(path)}"
+        return "no such file"
+    return "not a regular file (a folder?)" if path.is_dir() else "not a regular file"
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuse images over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89.5
+    megapixels unless changed; None disables the check) before any pixel is decoded. A header may
+    claim any size: 20000 x 20000 would ask for 1.2 GB whether or not the data follow."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ImageLoadError(
+            path, f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of {limit / 1e6:.1f} "
+            f"(PIL.Image.MAX_IMAGE_PIXELS); a header claiming this size is a possible decompression bomb"
+        )
 
 
 def save_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -90,7 +133,8 @@ def list_images(source: str | os.PathLike) -> list[Path]:
     """
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # broken links and link loops are listed (not dropped unseen), so loading names them
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
         if not files:
             raise FileNotFoundError(
                 f"{source}: no images found (expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
@@ -99,10 +143,12 @@ def list_images(source: str | os.PathLike) -> list[Path]:
     if source.is_file():
         if source.suffix.lower() in IMAGE_EXTENSIONS:
             raise ValueError(f"{source} is an image; expected a folder of images or a text file listing image paths")
-        try:
-            text = source.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{source} is not a text file listing image paths (nor a folder of images)") from None
+        raw = source.read_bytes()
+        if b"\0" in raw:  # binary (an image under another name, UTF-16 text): no list of paths
+            raise ValueError(f"{source} is not a text file listing image paths (nor a folder of images)")
+        # bytes that are not UTF-8 stay as the file system has them (os.fsdecode's escapes), so a
+        # list naming such files finds them
+        text = raw.decode("utf-8", "surrogateescape")
         files = []
         for line in text.splitlines():
             line = line.strip()
@@ -113,7 +159,8 @@ def list_images(source: str | os.PathLike) -> list[Path]:
         if not files:
             raise FileNotFoundError(f"{source}: the file list names no images")
         return files
-    raise FileNotFoundError(f"{source}: neither a folder of images nor a file listing image paths")
+    why = f" ({_why_not_a_file(source)})" if source.is_symlink() else ""
+    raise FileNotFoundError(f"{source}: neither a folder of images nor a file listing image paths{why}")
 
 
 def load_many(

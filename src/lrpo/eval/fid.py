@@ -149,6 +149,10 @@ def load_reference_stats(path: str | os.PathLike) -> ReferenceStats:
         raise ValueError(f"{path}: not FID statistics (expected a .npz with arrays 'mu' [D] and 'sigma' [D, D]): {e}") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: 'mu' must be [D] and 'sigma' [D, D], got {mu.shape} and {sigma.shape}")
+    for key, value in (("mu", mu), ("sigma", sigma)):
+        if not np.isfinite(value).all():  # else the matrix square root fails far from the file's name
+            bad = int((~np.isfinite(value)).sum())
+            raise ValueError(f"{path}: '{key}' holds {bad} NaN or infinite value(s); expected finite statistics")
     return ReferenceStats(mu, sigma, count, None if res < 0 else res, str(path))
 
 
