@@ -13,32 +13,73 @@ A checkpoint is a folder::
 It is written under a temporary name in the same folder and renamed into place, so a crash
 mid-write leaves either the previous checkpoint or a complete new one, never a torn one. The run
 folder's ``latest`` file (also replaced atomically) names the newest complete checkpoint.
+
+``meta.json`` also records the size and sha256 of the weights and ``state.pt`` (``config.yaml`` is
+left out: people edit it, and a damaged one fails to parse). :func:`find_checkpoint`, which every
+loader here goes through, checks them, the safetensors headers and the YAML before anything loads: a
+damaged checkpoint (truncated, overwritten, bit rot) is refused by name, and the message names the
+intact checkpoint before it and how to resume from it. (Weights replaced on purpose pass again once
+the ``files`` entry is removed from meta.json; checkpoints written before the entry existed are
+checked by structure only.) A full disk while saving removes the partial new checkpoint, leaves the
+previous one untouched and stops with :class:`DiskFullError`, one line saying so.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import safetensors.torch
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file
+from torch import Tensor, nn
 
 from . import __version__
+from .faults import fault_point
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint folder whose files are not what was written (``checkpoint``: that folder)."""
+
+    def __init__(self, message: str, checkpoint: Path):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class DiskFullError(CheckpointError):
+    """The disk filled up while a checkpoint was written; the previous checkpoint is intact."""
+
+
+# a full disk, or a full quota (which the user frees the same way)
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_CHUNK = 1 << 24  # bytes per write call
+_DIGESTED = ("model.safetensors", "ema.safetensors", "state.pt")  # what meta.json records sizes and digests of
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o22)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # mkdtemp makes 0700 folders; a checkpoint should be as readable as the user's other files
 
 
 def _state_tensors(module: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -68,13 +109,48 @@ def _move_aside(path: Path, tag: str) -> Path:
     return aside
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+def _write_file(path: Path, data: bytes, label: str | None = None) -> None:
+    """Write ``data`` to a new file ``path`` and fsync it. Every byte of a checkpoint goes through
+    here, so a full disk is an ``OSError`` (ENOSPC) that save_checkpoint can report."""
+    view = memoryview(data)
+    half = len(view) // 2
+    with open(path, "wb") as f:
+        _write_all(f, view[:half])
+        f.flush()
+        fault_point("checkpoint", f"{label or path.name}: half written")  # a torn temporary file
+        _write_all(f, view[half:])
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def _write_all(f, view: memoryview) -> None:
+    for start in range(0, len(view), _CHUNK):
+        f.write(view[start : start + _CHUNK])
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, written by :func:`_write_file` (safetensors' own writer is native code)."""
+    _write_file(Path(filename), safetensors.torch.save(tensors, metadata))  # (bytes in memory, as for state.pt)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        _write_file(Path(tmp), text.encode(), label=path.name)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -91,35 +167,53 @@ def save_checkpoint(
     """Write ``run_dir/step_{step:06d}`` (or ``run_dir/name``) atomically and update ``latest``.
 
     ``keep_last`` > 0 deletes older ``step_*`` folders beyond that many (named ones are kept).
+    Raises :class:`DiskFullError` when the disk fills up (the partial new checkpoint is removed).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / (name or f"step_{step:06d}")
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}.tmp-"))
+    previous = _newest_other(run_dir, final)
+    tmp: Path | None = None
+    writing = final.name
     try:
-        save_file(_state_tensors(model), str(tmp / "model.safetensors"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}.tmp-"))
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        writing = "model.safetensors"
+        save_file(_state_tensors(model), str(tmp / writing))
         if ema is not None:
-            save_file(_state_tensors(ema), str(tmp / "ema.safetensors"))
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            writing = "ema.safetensors"
+            save_file(_state_tensors(ema), str(tmp / writing))
+        writing = "config.yaml"
+        _write_file(tmp / writing, yaml.safe_dump(config, sort_keys=False).encode())
         buf = io.BytesIO()
         torch.save(state, buf)
-        (tmp / "state.pt").write_bytes(buf.getvalue())
-        meta = {"kind": kind, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lrpo": __version__}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        writing = "state.pt"
+        _write_file(tmp / writing, buf.getvalue())
+        # the sizes and digests of what is on disk now: find_checkpoint compares them before loading
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.name in _DIGESTED}
+        meta = {"kind": kind, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lrpo": __version__, "files": files}
+        writing = "meta.json"
+        _write_file(tmp / writing, json.dumps(meta, indent=1).encode())
         if final.exists():  # re-saving the same step: move the old one aside first
             old = _move_aside(final, "old")
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        tmp = None
         _fsync_dir(run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fault_point("checkpoint", f"{final.name}: renamed into place")
+        writing = "latest"
+        _atomic_write_text(run_dir / "latest", final.name + "\n")
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            raise DiskFullError(_disk_full_message(run_dir, final, writing, previous)) from e
         raise
-    _atomic_write_text(run_dir / "latest", final.name + "\n")
+    _VERIFIED[str(final)] = _signature(final)  # just written and hashed: no need to read it back
+    fault_point("checkpoint", f"{final.name}: latest replaced")
+    _remove_leftovers(run_dir, final)
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             if old != final:
@@ -127,6 +221,49 @@ def save_checkpoint(
                 # half-deleted folder that list_checkpoints would offer as complete
                 shutil.rmtree(_move_aside(old, "del"), ignore_errors=True)
     return final
+
+
+def _remove_leftovers(run_dir: Path, final: Path) -> None:
+    """Remove what killed writers left behind (each up to a checkpoint's size; repeated crashes
+    would fill the disk): unfinished writes and deletions, the replaced copy of ``final`` and stray
+    ``latest`` files. A replaced copy of another checkpoint may be its only copy, so it stays."""
+    leftover = re.compile(rf"^\.(?:[^/]+\.tmp-|step_\d+\.del-|{re.escape(final.name)}\.old-|latest\.)")
+    for p in run_dir.iterdir():
+        if leftover.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _newest_other(run_dir: Path, final: Path) -> Path | None:
+    """The checkpoint a resume would use if ``final`` were not written (for messages)."""
+    latest = run_dir / "latest"
+    if latest.is_file():
+        named = run_dir / latest.read_text().strip()
+        if named != final and (named / "model.safetensors").is_file():
+            return named
+    others = [p for p in list_checkpoints(run_dir) if p != final]
+    return others[-1] if others else None
+
+
+def _disk_full(e: BaseException) -> bool:
+    if not isinstance(e, OSError):
+        return False
+    # OSError(errno.ENOSPC) with no message keeps the number in args, not in errno
+    code = e.errno if e.errno is not None else (e.args[0] if e.args and isinstance(e.args[0], int) else None)
+    return code in _DISK_FULL
+
+
+def _disk_full_message(run_dir: Path, final: Path, writing: str, previous: Path | None) -> str:
+    if writing == "latest":  # the new folder is complete; only the pointer to it is not
+        return (f"{final}: the disk is full (no space left while replacing {run_dir / 'latest'}); the checkpoint is complete, "
+                f"latest still names {previous.name if previous else 'nothing'} and nothing of it was lost. "
+                f"Free space in {run_dir} and continue with --resume")
+    kept = (f"nothing of the previous checkpoint {previous} was lost" if previous is not None
+            else "there was no previous checkpoint to lose")
+    return (f"{final}: the disk is full (no space left while writing {writing}); the partial checkpoint was removed and "
+            f"{kept}. Free space in {run_dir} and continue with --resume")
 
 
 def set_latest(run_dir: str | os.PathLike, name: str) -> None:
@@ -148,22 +285,119 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """Accept a checkpoint folder or a run folder (then its ``latest``, else newest ``step_*``)."""
+def find_checkpoint(path: str | os.PathLike, verify: bool = True) -> Path:
+    """Accept a checkpoint folder or a run folder (then its ``latest``, else newest ``step_*``).
+
+    With ``verify`` the folder's files are checked first (:func:`verify_checkpoint`): a damaged one
+    raises :class:`CorruptCheckpointError` naming it and the intact checkpoint before it.
+    """
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return path
-    if not path.is_dir():
+        found = path
+    elif not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint or run folder")
-    latest = path / "latest"
-    if latest.is_file():
-        candidate = path / latest.read_text().strip()
-        if (candidate / "model.safetensors").is_file():
-            return candidate
-    steps = list_checkpoints(path)
-    if not steps:
-        raise CheckpointError(f"{path}: contains no checkpoint (expected model.safetensors or step_* folders)")
-    return steps[-1]
+    else:
+        latest = path / "latest"
+        candidate = path / latest.read_text().strip() if latest.is_file() else None
+        if candidate is not None and (candidate / "model.safetensors").is_file():
+            found = candidate
+        else:
+            steps = list_checkpoints(path)
+            if not steps:
+                raise CheckpointError(f"{path}: contains no checkpoint (expected model.safetensors or step_* folders)")
+            found = steps[-1]
+    if verify:
+        verify_checkpoint(found)
+    return found
+
+
+# folder -> signature (name, size, mtime) of its files when they were last found intact
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _signature(ckpt: Path) -> tuple:
+    stats = [(f.name, f.stat()) for f in ckpt.iterdir() if f.is_file()]
+    return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+
+
+def checkpoint_problem(ckpt: str | os.PathLike) -> str | None:
+    """What is wrong with checkpoint folder ``ckpt``, in a few words; None when nothing is."""
+    ckpt = Path(ckpt)
+    meta: Any = {}
+    if (ckpt / "meta.json").is_file():
+        try:
+            meta = json.loads((ckpt / "meta.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            return "meta.json is not valid JSON"
+        if not isinstance(meta, dict):
+            return "meta.json is not a JSON object"
+    for f in sorted(ckpt.glob("*.safetensors")):
+        problem = _safetensors_problem(f)
+        if problem:
+            return f"{f.name} {problem}"
+    if (ckpt / "config.yaml").is_file():
+        try:
+            yaml.safe_load((ckpt / "config.yaml").read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return "config.yaml is not valid YAML"
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        return None  # written before sizes and digests were recorded: the structure is all we know
+    for name, want in files.items():
+        f = ckpt / name
+        if not isinstance(want, dict) or not isinstance(want.get("bytes"), int):
+            return f"meta.json's record of {name} is not readable"
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            return f"{name} has {size} bytes, {want['bytes']} were written" + (" (truncated)" if size < want["bytes"] else "")
+        if _sha256(f) != want.get("sha256"):
+            return f"{name} differs from what was written (sha256 mismatch)"
+    return None
+
+
+def _safetensors_problem(f: Path) -> str | None:
+    """Header and size of a safetensors file (a cheap check that needs no recorded digest)."""
+    size = f.stat().st_size
+    try:
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            if n > size - 8:
+                return f"is truncated ({size} bytes, its header alone needs {n + 8})"
+            header = json.loads(fh.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+        return "is not a safetensors file (unreadable header)"
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"is truncated ({size} of {expected} bytes)"
+    if size > expected:
+        return f"has {size - expected} bytes after its last tensor"
+    return None
+
+
+def verify_checkpoint(ckpt: str | os.PathLike) -> None:
+    """Raise :class:`CorruptCheckpointError` if ``ckpt``'s files are not what was written."""
+    ckpt = Path(ckpt)
+    key, sig = str(ckpt), _signature(ckpt)
+    if _VERIFIED.get(key) == sig:
+        return
+    problem = checkpoint_problem(ckpt)
+    if problem:
+        raise CorruptCheckpointError(f"{ckpt} is damaged and was not loaded: {problem}. {_earlier_offer(ckpt)}", ckpt)
+    _VERIFIED[key] = sig
+
+
+def _earlier_offer(bad: Path) -> str:
+    """Where to go on from, when checkpoint ``bad`` is damaged: the newest intact one before it."""
+    run_dir = bad.parent
+    m = STEP_DIR.match(bad.name)
+    before = [p for p in list_checkpoints(run_dir) if p != bad and (m is None or int(p.name[5:]) < int(m.group(1)))]
+    for p in reversed(before):
+        if checkpoint_problem(p) is None:
+            return f"The checkpoint before it, {p}, is intact: continue from it with --resume {p}"
+    return f"{run_dir} holds no intact checkpoint before it: start the run over with --overwrite"
 
 
 def load_config_dict(ckpt: str | os.PathLike) -> dict:
@@ -174,16 +408,23 @@ def load_config_dict(ckpt: str | os.PathLike) -> dict:
         raise CheckpointError(f"{ckpt}: config.yaml is missing; the checkpoint cannot rebuild its model") from None
 
 
-def load_weights(module: nn.Module, ckpt: str | os.PathLike, ema: bool = False) -> None:
+def load_weights(module: nn.Module, ckpt: str | os.PathLike, ema: bool = False,
+                 layout: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None) -> None:
     """Load ``model.safetensors`` (or ``ema.safetensors``) strictly; mismatches are listed.
 
     A module with ``load_trainable_state_dict`` (the latent policy) gets only its trainable part.
+    ``layout`` turns the file's whole tensors into the module's own (shards, under FSDP).
     """
     ckpt = find_checkpoint(ckpt)
     f = ckpt / ("ema.safetensors" if ema else "model.safetensors")
     if not f.is_file():
         raise CheckpointError(f"{f}: missing")
-    sd = load_file(str(f))
+    try:
+        sd = load_file(str(f))
+    except Exception as e:  # a damage the structural check cannot see (no digests recorded)
+        raise CorruptCheckpointError(f"{f} cannot be read ({e}). {_earlier_offer(ckpt)}", ckpt) from e
+    if layout is not None:
+        sd = layout(sd)
     if hasattr(module, "load_trainable_state_dict"):
         module.load_trainable_state_dict(sd, source=str(f))
         return
@@ -226,7 +467,15 @@ def check_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], source: str
 
 def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:
     ckpt = find_checkpoint(ckpt)
-    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}/state.pt is missing: the checkpoint holds weights only and cannot be resumed") from None
+    except Exception as e:  # a damage the structural check cannot see (no digests recorded)
+        raise CorruptCheckpointError(f"{ckpt}/state.pt cannot be read ({type(e).__name__}: {e}). {_earlier_offer(ckpt)}", ckpt) from e
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"{ckpt}/state.pt holds a {type(state).__name__}, not a training state. {_earlier_offer(ckpt)}", ckpt)
+    return state
 
 
 def load_meta(ckpt: str | os.PathLike) -> dict:
