@@ -1,4 +1,4 @@
-"""The ``lrpo`` command line: quickstart, degrade, pretrain, restore, weights."""
+"""The ``lrpo`` command line: quickstart, degrade, pretrain, restore, weights, demo."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ Typical flow:
   lrpo pretrain --config configs/pixel-64.yaml data.hq=FACES   # supervised base policy
   lrpo train --config configs/lrpo-cpu.yaml init_checkpoint=runs/pretrain data.hq=FACES  # LRPO
   lrpo restore PHOTOS OUT --checkpoint runs/lrpo               # restore every face of photos (--aligned: crops)
+  lrpo demo --checkpoint runs/lrpo --runs runs                 # web page on 127.0.0.1:7860: restore, group, run
   lrpo evaluate --paired SET --method base=ckpt:runs/pretrain --method lrpo=ckpt:runs/lrpo --out EVAL
   lrpo weights list                             # model files lrpo knows and where to get them
 """
@@ -35,7 +36,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config: a path, or a shipped preset by name (pixel-64, cpu-quickstart, "
                    "pixel-512); defaults are used for missing keys")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="resume exactly from a checkpoint folder, or (no value) from out_dir's latest")
+                   help="resume exactly from a checkpoint folder, or (no value) from out_dir's latest (a run stopped "
+                   "before its first checkpoint starts again from the beginning)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an out_dir that holds another run (its checkpoints and log are deleted first)")
     p.add_argument("--allow-changes", action="store_true",
@@ -56,7 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config: a path, or a shipped preset by name (lrpo-cpu, lrpo-reference, "
                    "lrpo-quickstart)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="resume exactly from an LRPO checkpoint, or (no value) from out_dir's latest")
+                   help="resume exactly from an LRPO checkpoint, or (no value) from out_dir's latest (a run stopped "
+                   "before its first checkpoint starts again from the beginning)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an out_dir that holds another run (its checkpoints and log are deleted first)")
     p.add_argument("--allow-changes", action="store_true",
@@ -126,6 +129,31 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--path", help="explicit file or folder to check instead of the search folders")
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="a local web page: restore photos, score a group of candidates, read a run's curves",
+        description="Serve the demo page (pip install \"lrpo[demo]\"). Tabs: Restore (a photo or an aligned face), "
+        "Group (G candidates of one face with every reward term, the total and the advantage), Run (curves and sample "
+        "grids of the runs under --runs, read-only). Listens on loopback unless --host says otherwise; one job at a time.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
+    src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'sd21-diffbir' (model files from `lrpo weights`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; "
+                   "0.0.0.0 opens the demo to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one and prints it)")
+    p.add_argument("--runs", metavar="DIR", default=None,
+                   help="training out_dir (or a folder of them) the Run tab may read (default: the --checkpoint run folder)")
+    p.add_argument("--detector", metavar="PATH", default=None,
+                   help="YuNet ONNX file or its folder (default: registry 'yunet' via $LRPO_WEIGHTS / the cache)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
+    p.add_argument("--max-megapixels", type=float, default=36.0, help="largest upload in megapixels (default 36)")
+    p.add_argument("--queue", type=int, default=4, help="jobs that may wait behind the running one (default 4)")
+
+
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart",
@@ -167,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_restore(sub)
     _add_weights(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -176,8 +205,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_pretrain_config(args.config, args.overrides)
     if not cfg.data.hq:
         raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
-    resume = cfg.out_dir if args.resume == "auto" else args.resume
-    result = Pretrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
+    resume, overwrite = _resume_target(args, cfg.out_dir)
+    result = Pretrainer(cfg, resume=resume, progress=not args.no_progress, overwrite=overwrite,
                         allow_changes=args.allow_changes).run()
     if result.get("nothing_to_do"):
         print(f"lrpo pretrain: {cfg.out_dir} is complete ({result['step']} of {cfg.steps} steps); raise steps=N to continue")
@@ -192,8 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(LRPOConfig, args.config, args.overrides)
     if not cfg.data.hq:
         raise ConfigError("data.hq is empty: pass data.hq=FOLDER (aligned HQ faces) or set it in the config")
-    resume = cfg.out_dir if args.resume == "auto" else args.resume
-    overwrite = args.overwrite
+    resume, overwrite = _resume_target(args, cfg.out_dir)
     if resume is None and _elastic_restart():  # torchrun --max-restarts brought the job back
         if _has_checkpoint(cfg.out_dir):
             resume = cfg.out_dir  # continue from the last checkpoint
@@ -204,6 +232,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = trainer.epoch
     trainer.run(eval_every=args.eval_every)
     print("\n".join(train_summary(trainer, started)))
+    skipped = trainer.train_set.skipped  # data.skip_bad: name what was left out, as lrpo pretrain does
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s):\n" + "\n".join(f"  {e}" for e in skipped))
     return 0
 
 
@@ -215,13 +246,24 @@ def _elastic_restart() -> bool:
 
 
 def _has_checkpoint(out_dir: str) -> bool:
+    """True when out_dir holds a checkpoint, intact or not (a damaged one is reported on resume, never cleared)."""
     from . import checkpoint as ckpt_io
 
-    try:
-        ckpt_io.find_checkpoint(out_dir)
-        return True
-    except ckpt_io.CheckpointError:
-        return False
+    run = Path(out_dir)
+    return bool(ckpt_io.list_checkpoints(run)) or (run / "latest").is_file() or (run / "model.safetensors").is_file()
+
+
+def _resume_target(args: argparse.Namespace, out_dir: str) -> tuple[str | None, bool]:
+    """(resume, overwrite): a bare --resume continues out_dir's latest checkpoint; a run killed before
+    its first checkpoint left only its config and log there, so it starts again from the beginning.
+    (An empty or missing out_dir holds no run: find_checkpoint says there is nothing to resume.)"""
+    run = Path(out_dir)
+    if args.resume != "auto":
+        return args.resume, args.overwrite
+    if _has_checkpoint(out_dir) or not any((run / name).is_file() for name in ("config.yaml", "log.jsonl")):
+        return out_dir, args.overwrite
+    print(f"lrpo {args.cmd}: {out_dir} holds no checkpoint yet; starting the run from the beginning", file=sys.stderr)
+    return None, True
 
 
 def train_summary(trainer, started: int) -> list[str]:
@@ -318,7 +360,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
                 where = str(weights.resolve(w.name))
             except weights.MissingWeightsError:
                 where = "missing"
-            pin = "sha256 pinned" if w.sha256 else "sha256 not pinned"
+            pin = "sha256 pinned" if w.sha256 else f"sha256 {w.sha256_prefix}..." if w.sha256_prefix else "sha256 not pinned"
             print(f"{w.name:22s} {w.filename:45s} {w.licence:14s} {pin:18s} {where}\n{'':22s} {w.description}\n{'':22s} {w.url}")
         return 0
     if args.weights_cmd == "path":
@@ -330,6 +372,33 @@ def cmd_weights(args: argparse.Namespace) -> int:
         return 1 if found.status == "mismatch" else 0
     print(weights.fetch(args.name))
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .demo.safety import UploadLimits
+
+    if not 0 <= args.port <= 65535 or args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.queue < 0:
+        raise ConfigError("--port must be in [0, 65535], --max-upload-mb and --max-megapixels > 0, --queue >= 0")
+    source = _policy_source(args.policy) if args.policy else args.checkpoint
+    runs = args.runs
+    if runs is None and args.checkpoint and Path(args.checkpoint).is_dir():
+        ckpt = Path(args.checkpoint)
+        runs = ckpt.parent if (ckpt / "model.safetensors").is_file() else ckpt  # a checkpoint's run folder
+    limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
+    run_demo(source, args.host, args.port, device=args.device, precision=args.precision, detector_path=args.detector,
+             runs_root=runs, limits=limits, max_waiting=args.queue)
+    return 0
+
+
+def _policy_source(name: str) -> Path:
+    from .quickstart import CONFIG_DIR
+
+    source = CONFIG_DIR / f"policy-{name}.yaml"
+    if not source.is_file():
+        known = sorted(p.stem[len("policy-"):] for p in CONFIG_DIR.glob("policy-*.yaml"))
+        raise ConfigError(f"--policy {name!r} is not known; known: {', '.join(known)}")
+    return source
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -347,7 +416,16 @@ def _reclaim_override_from_resume(args: argparse.Namespace) -> None:
         args.resume = "auto"
 
 
+def _escape_unencodable_output() -> None:
+    """File names that are not UTF-8 (undecodable bytes, held as surrogates) are printed with
+    backslash escapes instead of failing the whole command in the middle of its summary."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _escape_unencodable_output()
     parser = build_parser()
     # key=value overrides may also follow the options (`lrpo train --config X --no-progress lr=1e-5`)
     args, extra = parser.parse_known_args(argv)
@@ -363,8 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         "restore": cmd_restore,
         "weights": cmd_weights,
         "quickstart": cmd_quickstart,
+        "demo": cmd_demo,
     }
     try:
+        from .faults import install
+
+        install(args.cmd)  # inert unless LRPO_FAULT_AT / LRPO_FAULT_LOG are set (bench/fault_sweep.py)
         if args.cmd == "degrade":
             from .degradation.paired import run_degrade
 

@@ -1,0 +1,47 @@
+"""``lrpo demo``: a local web page to restore photos, look at a group's rewards and read a run.
+
+Three tabs (see README, "Web demo"): Restore (a photo or an aligned face, with the restore
+command's options), Group (G candidates of one face with every reward term, the total and the
+group-relative advantage) and Run (a training run's curves and sample grids, read-only).
+
+Needs ``pip install "lrpo[demo]"`` (Starlette and uvicorn). Layout:
+
+    safety.py    upload limits and decoding, path containment, Host check, one job at a time
+    service.py   the work: DemoService (policy, detector, reward terms), restore, group
+    runview.py   the Run tab's reading of a run folder
+    app.py       routes, the page, serving
+    static/      the page: index.html, demo.js, demo.css (no external resources)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..optional import MissingDependencyError
+
+__all__ = ["require_demo_packages", "run_demo"]
+
+PACKAGES = ("starlette", "uvicorn")
+
+
+def require_demo_packages() -> None:
+    """Raise :class:`MissingDependencyError` naming the extra unless Starlette and uvicorn import."""
+    missing = []
+    for name in PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingDependencyError(f"lrpo demo needs {' and '.join(missing)}, which are not installed: "
+                                     'pip install "lrpo[demo]"')
+
+
+def run_demo(source, host: str = "127.0.0.1", port: int = 7860, **service_kwargs) -> None:
+    """Load ``source`` (checkpoint, run folder or policy YAML) and serve the demo until Ctrl-C."""
+    require_demo_packages()
+    from .app import serve
+    from .service import DemoService
+
+    print(f"lrpo demo: loading {source} ...", flush=True)
+    serve(DemoService(source, **service_kwargs), host, port)

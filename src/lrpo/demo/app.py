@@ -1,0 +1,250 @@
+"""The web layer: a Starlette app serving one static page and a small JSON API, run by uvicorn.
+
+Routes (every answer of ``/api`` is JSON, errors as ``{"error": message}``, never a traceback)::
+
+    GET  /                    the page (static/index.html, demo.js, demo.css)
+    GET  /api/info            checkpoint, defaults, reward terms and presets, detector, limits, runs
+    GET  /api/example/NAME    the embedded public-domain examples: photo.png, face.png
+    POST /api/restore?...     body: the image file -> restored image, faces, timings
+    POST /api/group?...       body: one face -> G scored candidates with advantages
+    GET  /api/run?name=RUN    curves, guard events, sample grid names of a run under --runs
+    GET  /api/run/grid?name=RUN&file=epoch_NNNN.png   one sample grid (PNG)
+
+POSTs must carry the header ``X-LRPO-Demo: 1``: a page on another site cannot add it without a
+CORS preflight, which this server never grants, so it cannot make a browser run jobs here. On
+loopback, requests whose Host is not a loopback name are refused (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import sys
+import traceback
+from importlib import resources
+from typing import Awaitable, Callable
+
+from .safety import LOOPBACK_NAMES, DemoError, decode_upload, host_allowed, is_loopback
+from .service import DemoService, GroupRequest, RestoreRequest
+
+__all__ = ["create_app", "example_image", "serve"]
+
+CSP = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+STATIC = {"index.html": "text/html; charset=utf-8", "demo.js": "text/javascript; charset=utf-8",
+          "demo.css": "text/css; charset=utf-8"}
+EXAMPLES = ("photo.png", "face.png", "face-hq.png")
+EXAMPLE_PHOTO_SIDE = 256  # the whole-photo example: its face then spans about the 64 px policies' crop
+EXAMPLE_FACE_SIDE = 128
+# one fixed degradation of the examples (blur sigma 1.2 px, 2x down, noise 4/255, JPEG 45), so that
+# Restore has something to restore; the Group tab degrades the clean face itself
+EXAMPLE_DEGRADATION = dict(kernel="iso", sigma_x=1.2, sigma_y=1.2, angle=0.0, scale=2.0, noise_sigma=4.0, jpeg_quality=45)
+
+
+def example_image(name: str):
+    """The embedded public-domain examples, from scikit-image's astronaut photo (NASA):
+    ``photo.png`` the photo, degraded; ``face.png`` its aligned face crop, degraded; ``face-hq.png``
+    the clean face crop."""
+    import cv2
+    import torch
+    from skimage import data as skdata
+
+    from ..config import DEGRADATION_PRESETS
+    from ..data.images import to_tensor, to_uint8
+    from ..degradation.pipeline import DegradationParams, degrade
+    from ..quickstart import ASTRONAUT_FACE_BOX
+
+    if name not in EXAMPLES:
+        raise DemoError(f"no example {name!r}; examples: {', '.join(EXAMPLES)}", 404)
+    photo = skdata.astronaut()  # RGB uint8 512 x 512, public domain
+    r0, r1, c0, c1 = ASTRONAUT_FACE_BOX
+    if name == "photo.png":
+        image = cv2.resize(photo, (EXAMPLE_PHOTO_SIDE,) * 2, interpolation=cv2.INTER_AREA)
+    else:
+        image = cv2.resize(photo[r0:r1, c0:c1], (EXAMPLE_FACE_SIDE,) * 2, interpolation=cv2.INTER_AREA)
+    if name == "face-hq.png":
+        return image
+    lq, _ = degrade(to_tensor(image)[None], DEGRADATION_PRESETS["mild"], torch.Generator().manual_seed(0),
+                    params=[DegradationParams(**EXAMPLE_DEGRADATION)])
+    return to_uint8(lq[0])
+
+
+def _png_bytes(image) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def create_app(service: DemoService, allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES):
+    """The ASGI app for ``service``; ``allowed_hosts`` ("*": any) are the Host names it answers to."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    examples: dict[str, bytes] = {}
+
+    def guarded(fn: Callable[[Request], Awaitable[Response]]):
+        async def endpoint(request: Request) -> Response:
+            try:
+                if request.method == "POST" and request.headers.get("x-lrpo-demo") != "1":
+                    raise DemoError("requests must come from the demo's own page", 403)
+                response = await fn(request)
+            except DemoError as e:
+                response = JSONResponse({"error": e.message}, status_code=e.status)
+            except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:  # lrpo's user-facing errors
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                response = JSONResponse({"error": str(msg).splitlines()[0] if msg else type(e).__name__}, status_code=400)
+            except Exception as e:  # a fault of ours: one line in the page, the traceback in the server log
+                traceback.print_exc(file=sys.stderr)
+                response = JSONResponse({"error": f"internal error ({type(e).__name__}); the server's log has the details"},
+                                        status_code=500)
+            response.headers.setdefault("Cache-Control", "no-store")
+            return response
+
+        return endpoint
+
+    async def read_body(request: Request) -> bytes:
+        if service.gate.full:  # say so before taking a large upload into memory
+            raise DemoError("the demo is busy (its queue of jobs is full); try again in a moment", 503)
+        limit = service.limits.max_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise DemoError(f"the file is {int(declared) / 2**20:.1f} MB; the demo accepts files up to {limit / 2**20:.0f} MB", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # stop reading: a lying or missing Content-Length gains nothing
+                raise DemoError(f"the file is larger than {limit / 2**20:.0f} MB, the demo's limit", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def page(name: str):
+        body = resources.files("lrpo.demo").joinpath("static", name).read_bytes()
+
+        async def serve_static(request: Request) -> Response:
+            return Response(body, media_type=STATIC[name])
+
+        return serve_static
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(service.info())
+
+    async def example(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in EXAMPLES:
+            raise DemoError(f"no example {name!r}; examples: {', '.join(EXAMPLES)}", 404)
+        if name not in examples:
+            examples[name] = _png_bytes(example_image(name))
+        return Response(examples[name], media_type="image/png")
+
+    async def restore(request: Request) -> Response:
+        req = RestoreRequest.from_params(request.query_params)
+        data = await read_body(request)
+
+        def job():
+            return service.restore(decode_upload(data, service.limits, "the uploaded image"), req)
+
+        return JSONResponse(await run_in_threadpool(service.gate.run, job))
+
+    async def group(request: Request) -> Response:
+        req = GroupRequest.from_params(request.query_params)
+        data = await read_body(request)
+
+        def job():
+            return service.group(decode_upload(data, service.limits, "the uploaded face"), req)
+
+        return JSONResponse(await run_in_threadpool(service.gate.run, job))
+
+    def runs_or_refuse():
+        if service.runs is None:
+            raise DemoError("no run folder was given: start the demo with --runs DIR (a training out_dir or a folder of them)", 404)
+        return service.runs
+
+    async def run(request: Request) -> Response:
+        runs = runs_or_refuse()
+        name = request.query_params.get("name", ".")
+        return JSONResponse(await run_in_threadpool(runs.summary, name))
+
+    async def run_grid(request: Request) -> Response:
+        runs = runs_or_refuse()
+        data = await run_in_threadpool(runs.grid, request.query_params.get("name", "."), request.query_params.get("file", ""))
+        return Response(data, media_type="image/png")
+
+    routes = [
+        Route("/", guarded(page("index.html"))),
+        Route("/static/demo.js", guarded(page("demo.js"))),
+        Route("/static/demo.css", guarded(page("demo.css"))),
+        Route("/api/info", guarded(info)),
+        Route("/api/example/{name}", guarded(example)),
+        Route("/api/restore", guarded(restore), methods=["POST"]),
+        Route("/api/group", guarded(group), methods=["POST"]),
+        Route("/api/run", guarded(run)),
+        Route("/api/run/grid", guarded(run_grid)),
+    ]
+    app = Starlette(routes=routes)
+    return _SecurityMiddleware(app, tuple(allowed_hosts))
+
+
+class _SecurityMiddleware:
+    """Refuse requests for other Host names; add the headers that keep the page to itself."""
+
+    HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+               (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+
+    def __init__(self, app, allowed_hosts: tuple[str, ...]):
+        self.app = app
+        self.allowed_hosts = allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not host_allowed(host, self.allowed_hosts):
+            body = b'{"error": "this demo answers only to its own address"}'
+            await send({"type": "http.response.start", "status": 421,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = dict(message, headers=list(message.get("headers", [])) + self.HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port); port 0 takes a free one (read it from getsockname)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(service: DemoService, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Serve until Ctrl-C. Prints the address (with the real port when ``port`` is 0) first."""
+    import uvicorn
+
+    loopback = is_loopback(host)
+    app = create_app(service, LOOPBACK_NAMES if loopback else ("*",))
+    sock = bind(host, port)
+    actual = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"lrpo demo: serving {service.source} on http://{shown}:{actual}/ (Ctrl-C stops)", flush=True)
+    if not loopback:
+        print(f"lrpo demo: warning: --host {host} is not loopback; anyone who can reach this machine can use the demo",
+              flush=True)
+    config = uvicorn.Config(app, log_level="warning", limit_concurrency=64, timeout_keep_alive=5, server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
