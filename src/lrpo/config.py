@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -279,11 +280,17 @@ class LRPOConfig:
     update_mode: Literal["per_timestep", "accumulate"] = "per_timestep"  # reference: one step per (minibatch, t)
     minibatch_size: int = 6  # per process, trajectories per update forward
     timesteps_per_forward: int = 1  # accumulate mode: timesteps stacked into one forward
+    # which trained steps an epoch updates (lrpo.rl.timesteps): all | random:K (K per trajectory,
+    # drawn per epoch) | window:K[:stride] (K consecutive steps sliding over epochs)
+    train_timesteps: str = "all"
     inner_epochs: int = 1
     lr: float = 1e-6
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # EMA of the policy during RL (0 = off)
+    # several processes (torchrun / accelerate launch): ddp = DistributedDataParallel (every process
+    # holds the trainable weights and AdamW state); fsdp = FSDP2, which shards them (lrpo.engine)
+    engine: Literal["ddp", "fsdp"] = "ddp"
     # bookkeeping
     ckpt_every: int = 1  # epochs
     keep_last: int = 2
@@ -300,6 +307,15 @@ class LRPOConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ConfigError(f"group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
+        world = launcher_world_size()
+        if self.groups_per_epoch % world:
+            # every rank runs the same number of whole groups (lrpo.data.groups); found here, before
+            # any process joins the group and waits for the others
+            lower, upper = self.groups_per_epoch // world * world, (self.groups_per_epoch // world + 1) * world
+            raise ConfigError(
+                f"groups_per_epoch={self.groups_per_epoch} (global) is not divisible by WORLD_SIZE={world} processes; "
+                f"use a multiple of {world} such as {f'{lower} or ' if lower else ''}{upper}"
+            )
         if self.eta <= 0:
             raise ConfigError(f"eta must be > 0 for rollouts with log-probabilities, got {self.eta}")
         if not 0 < self.train_fraction <= 1:
@@ -323,6 +339,12 @@ class LRPOConfig:
             n_train = num_train_steps(self.sample_steps, self.train_fraction)
         except ValueError as e:
             raise ConfigError(f"train_fraction={self.train_fraction} with sample_steps={self.sample_steps}: {e}") from None
+        from .rl.timesteps import parse_timestep_selection  # noqa: PLC0415
+
+        try:
+            parse_timestep_selection(self.train_timesteps, n_train)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.gt_path == "compounded" and self.reg_weight > 0 and n_train == self.sample_steps:
             # the reference's chain runs through the sampler's timesteps; the final step's target
             # (alphas_cumprod[0]) is not one of them, so that step has no compounded GT latent
@@ -341,6 +363,20 @@ class LRPOConfig:
 # ----------------------------------------------------------------------------------------------
 # generic machinery
 # ----------------------------------------------------------------------------------------------
+def launcher_world_size() -> int:
+    """The number of processes a launcher (torchrun, accelerate) started: ``WORLD_SIZE``, 1 when unset."""
+    raw = os.environ.get("WORLD_SIZE", "").strip()
+    if not raw:
+        return 1
+    try:
+        world = int(raw)
+    except ValueError:
+        world = 0
+    if world < 1:
+        raise ConfigError(f"environment variable WORLD_SIZE={raw!r} must be a positive integer (the number of processes)")
+    return world
+
+
 def _check_range(name: str, pair: tuple, low: float | None = None, high: float | None = None) -> None:
     if len(pair) != 2 or not all(math.isfinite(float(v)) for v in pair):
         raise ConfigError(f"{name} must be a pair [low, high] of finite numbers, got {pair}")
@@ -607,6 +643,7 @@ __all__ = [
     "RewardConfig",
     "GuardConfig",
     "LRPOConfig",
+    "launcher_world_size",
     "from_dict",
     "to_dict",
     "apply_overrides",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,9 @@ def init_from_env(backend: str | None = None) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    if "RANK" not in os.environ:
+        raise RuntimeError(f"WORLD_SIZE={world} is set but RANK is not: start the processes with torchrun or "
+                           f"accelerate launch (they set both), or unset WORLD_SIZE for one process")
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if not dist.is_initialized():
@@ -42,8 +46,26 @@ def init_from_env(backend: str | None = None) -> DistContext:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, store=_attempt_store(rank, world))
     return DistContext(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def _attempt_store(rank: int, world: int) -> "dist.Store | None":
+    """Under torchrun, the store of this attempt only (None elsewhere: init_process_group's own).
+
+    With the c10d rendezvous the workers of every attempt share the agent's store; the keys through
+    which the ranks of an attempt find each other (gloo's and NCCL's addresses) would then still hold
+    the killed attempt's values, and a restarted rank could dial a port that no longer listens. A
+    prefix per restart keeps each attempt's keys apart.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent_store, timeout=timedelta(minutes=30),
+                          multi_tenant=not agent_store)
+    return dist.PrefixStore(f"lrpo/attempt_{restart}", store)
 
 
 def all_gather_cat(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:

@@ -272,8 +272,19 @@ class LatentPolicy(nn.Module):
         self.stage1 = SwinIR(cfg.swinir) if cfg.stage1 == "swinir" else None
         # the empty prompt's context; derived from the text weights, so not saved with the policy
         self.register_buffer("empty_context", torch.zeros(1, cfg.text.context_length, cfg.text.width), persistent=False)
-        self._trainable: list[nn.Parameter] = list(self.controlnet.parameters())
+        self._trainable = list(self.controlnet.parameters())
         self._prepared = False
+
+    # the trainable parameters are kept by name: FSDP replaces parameter objects when it shards
+    @property
+    def _trainable(self) -> list[nn.Parameter]:
+        params = dict(self.named_parameters())
+        return [params[n] for n in self._trainable_names]
+
+    @_trainable.setter
+    def _trainable(self, params: list[nn.Parameter]) -> None:
+        name_of = {id(p): n for n, p in self.named_parameters()}
+        object.__setattr__(self, "_trainable_names", [name_of[id(p)] for p in params])
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -459,6 +470,10 @@ class LatentPolicy(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The ControlNet's parameters, or only the LoRA adapters when lora_rank > 0."""
         return list(self._trainable)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What ``engine=fsdp`` shards, inner first: each ControlNet block, then the ControlNet."""
+        return [*self.controlnet.down_blocks, self.controlnet.mid_block, self.controlnet]
 
     # -- saving what training changes --------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, Tensor]:

@@ -230,6 +230,10 @@ class PixelPolicy(nn.Module):
         # RL updates the diffusion network; the stage-1 restorer stays frozen (as in DiffBIR)
         return list(self.unet.parameters())
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What ``engine=fsdp`` shards: the diffusion network (the stage-1 restorer stays whole)."""
+        return [self.unet]
+
 
 def build_policy(cfg: PolicyConfig) -> PixelPolicy:
     if cfg.kind != "pixel_unet":

@@ -44,8 +44,9 @@ from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
 from ..degradation import degrade
 from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
 from ..diffusion.schedules import make_alphas_cumprod
-from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, barrier, init_from_env, sum_gradients
+from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, barrier, init_from_env
 from ..ema import EMA
+from ..engine import full_state_dict, load_optimizer_state_by_name, local_state_dict, make_engine, optimizer_state_by_name
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
 from ..policies import policy_state_dict
@@ -56,6 +57,7 @@ from ..rewards import RewardInput, build_composite
 from .advantages import group_advantages, noise_level_weights, step_advantages
 from .guards import GuardMetrics, guard_violations
 from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_train_steps, ppo_clip_loss
+from .timesteps import parse_timestep_selection, selected_steps
 
 
 UPDATE_STATS = ("ppo_loss", "approx_kl", "clip_fraction", "reg", "gt_log_density", "kl_ref", "grad_norm")
@@ -63,8 +65,9 @@ UPDATE_STATS = ("ppo_loss", "approx_kl", "clip_fraction", "reg", "gt_log_density
 FIRST_STEP_STATS = ("first_clip_fraction", "first_max_abs_log_ratio")
 # settings a resume may change: budgets, logging, device and the epochs to go; any other difference
 # from the checkpoint's config changes the run's trajectory and needs allow_changes
+# (and the engine: checkpoints hold whole tensors, optimiser state by name, whatever wrote them)
 RESUMABLE_KEYS = ("epochs", "time_budget_min", "device", "out_dir", "ckpt_every", "keep_last", "log_images_every",
-                  "reward.device", "data.skip_bad")
+                  "reward.device", "data.skip_bad", "engine")
 
 
 class RolloutBatch(NamedTuple):
@@ -148,10 +151,13 @@ class LRPOTrainer:
 
         self.policy, self.diffusion_cfg, self.init_ckpt = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema)
         self.policy.eval()  # for rollouts and updates alike (module docstring)
-        self.params = [p for p in self.policy.trainable_parameters() if p.requires_grad]
-        trainable = {id(p) for p in self.params}
+        trainable = {id(p) for p in self.policy.trainable_parameters() if p.requires_grad}
         for p in self.policy.parameters():  # frozen parts (stage 1) never receive gradients
             p.requires_grad_(id(p) in trainable)
+        # several processes: DDP or FSDP (which replaces the parameters by shards): the optimiser
+        # and the EMA are built on what the engine leaves
+        self.engine = make_engine(cfg.engine, self.ctx, self.policy)
+        self.params = self.engine.params()
         self.ref_policy = None
         if cfg.kl_beta > 0:
             self.ref_policy, _, _ = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema)
@@ -163,6 +169,9 @@ class LRPOTrainer:
         self.sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eta)
         self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
         self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
+        self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, self.n_train)
+        # steps one update trains per trajectory (all n_train, or the K that train_timesteps picks)
+        self.n_slots = self.timestep_selection.k or self.n_train
         k = min(cfg.reg_last_k, self.n_train)
         # the last K trained steps carry the GT-guided likelihood term (SPEC: t = 101 ... 21)
         self.reg_steps = list(range(self.n_train - k, self.n_train)) if cfg.reg_weight > 0 else []
@@ -298,7 +307,7 @@ class LRPOTrainer:
         t = self.sampler.timesteps.to(self.device)[steps]
         cond = batch.cond[idx]
         with autocast_context(self.device, cfg.precision):
-            out = self.policy(x_t, t, cond)
+            out = self.engine.module(x_t, t, cond)  # (through DDP's wrapper: its gradient hooks)
         st = self.sampler.step(out.float(), x_t, steps, prediction=self.policy.prediction, prev_sample=x_prev)
         ppo = ppo_clip_loss(st.log_prob, batch.log_probs[idx, steps], adv[idx, steps].to(st.log_prob.dtype), cfg.clip_range)
         loss = ppo.loss
@@ -327,13 +336,13 @@ class LRPOTrainer:
         return loss, stats
 
     def optimizer_step(self) -> float:
-        sum_gradients(self.ctx, self.params)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else torch.zeros(())
+        """Clip and step; the gradients are already summed over processes (by the engine's backward)."""
+        norm = self.engine.clip_grad_norm(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.policy)
-        return float(norm)
+        return norm
 
     def update(self, batch: RolloutBatch, adv: Tensor, keep: Tensor, epoch: int) -> dict[str, float]:
         cfg = self.cfg
@@ -348,7 +357,10 @@ class LRPOTrainer:
         # and each process scales its loss by its share of the step's samples over all processes,
         # so every sample weighs the same however the kept samples are spread
         n_mb = all_reduce_max(self.ctx, math.ceil(len(kept) / cfg.minibatch_size))
-        total_steps = cfg.inner_epochs * n_mb * (self.n_train if cfg.update_mode == "per_timestep" else 1)
+        total_steps = cfg.inner_epochs * n_mb * (self.n_slots if cfg.update_mode == "per_timestep" else 1)
+        # [N, K] steps per trajectory (train_timesteps), or None: every trajectory trains every step
+        chosen = selected_steps(self.timestep_selection, self.n_train, epoch, batch.seeds)
+        chosen = chosen.to(self.device) if chosen is not None else None
         bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{cfg.epochs} update", unit="opt", disable=not self.progress, leave=False)
         for _ in range(cfg.inner_epochs):
             order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)] if len(kept) else kept
@@ -356,17 +368,21 @@ class LRPOTrainer:
                 idx = order[b * cfg.minibatch_size : (b + 1) * cfg.minibatch_size].to(self.device)
                 share = self._sample_share(len(idx))
                 if cfg.update_mode == "per_timestep":
-                    for j in range(self.n_train):
-                        stats = self._backward(batch, idx, [j], adv, gt, scale=share, epoch=epoch)
+                    for j in range(self.n_slots):
+                        stats = self._backward(batch, idx, self._steps_of(idx, [j], chosen), adv, gt, scale=share, epoch=epoch)
                         first = first if first is not None or not stats else dict(stats)
                         stats["grad_norm"] = self.optimizer_step()
                         means.add(stats)
                         bar.update(1)
                 else:
-                    chunks = [list(range(s, min(s + cfg.timesteps_per_forward, self.n_train))) for s in range(0, self.n_train, cfg.timesteps_per_forward)]
+                    chunks = [list(range(s, min(s + cfg.timesteps_per_forward, self.n_slots))) for s in range(0, self.n_slots, cfg.timesteps_per_forward)]
                     merged = _Means()
-                    for steps in chunks:
-                        merged.add(self._backward(batch, idx, steps, adv, gt, scale=share * len(steps) / self.n_train, epoch=epoch))
+                    for c, steps in enumerate(chunks):
+                        # only the last backward of the step communicates (DDP no_sync)
+                        sync = contextlib.nullcontext() if c == len(chunks) - 1 else self.engine.accumulating()
+                        with sync:
+                            merged.add(self._backward(batch, idx, self._steps_of(idx, steps, chosen), adv, gt,
+                                                      scale=share * len(steps) / self.n_slots, epoch=epoch))
                     stats = merged.result()
                     first = first if first is not None or not stats else dict(stats)
                     stats["grad_norm"] = self.optimizer_step()
@@ -379,6 +395,12 @@ class LRPOTrainer:
             out["first_max_abs_log_ratio"] = first["max_abs_log_ratio"]
         return out
 
+    def _steps_of(self, idx: Tensor, slots: list[int], chosen: Tensor | None) -> Tensor:
+        """[len(slots), len(idx)] step indices: slot s of each trajectory (the step itself for ``all``)."""
+        if chosen is None:
+            return torch.tensor(slots, device=self.device)[:, None].expand(-1, len(idx))
+        return chosen[idx][:, slots].t()
+
     def _sample_share(self, local: int) -> float:
         """This process's fraction of the samples all processes hold in the current minibatch."""
         if not self.ctx.enabled:
@@ -387,16 +409,22 @@ class LRPOTrainer:
         return local / total if total else 0.0
 
     def _backward(
-        self, batch: RolloutBatch, idx: Tensor, steps: list[int], adv: Tensor, gt: Tensor | None, scale: float, epoch: int
+        self, batch: RolloutBatch, idx: Tensor, steps: Tensor, adv: Tensor, gt: Tensor | None, scale: float, epoch: int
     ) -> dict[str, float]:
+        """One backward of trajectories ``idx`` at ``steps`` [S, len(idx)] (row s: each one's step)."""
         if len(idx) == 0:
             self._agree_finite(True, "update", epoch)  # take part in the agreement all the same
+            if self.engine.every_process_computes:  # and in DDP's / FSDP's collectives: a zero gradient
+                first = torch.zeros(len(steps), dtype=torch.long, device=self.device)
+                loss, _ = self.step_loss(batch, first, torch.zeros_like(first), adv, gt)
+                (torch.nan_to_num(loss) * 0.0).backward()
             return {}
         sample_idx = idx.repeat(len(steps))
-        step_idx = torch.tensor(steps, device=self.device).repeat_interleave(len(idx))
+        step_idx = steps.reshape(-1)
         loss, stats = self.step_loss(batch, sample_idx, step_idx, adv, gt)
         bad = [k for k, v in stats.items() if not math.isfinite(v)] or ["loss"]
-        self._agree_finite(bool(torch.isfinite(loss)), f"update term(s) {', '.join(bad)}", epoch, f" at step(s) {steps}")
+        where = sorted(set(step_idx.tolist()))
+        self._agree_finite(bool(torch.isfinite(loss)), f"update term(s) {', '.join(bad)}", epoch, f" at step(s) {where}")
         (loss * scale).backward()
         return stats
 
@@ -480,7 +508,7 @@ class LRPOTrainer:
             time_rollout_s=round(times.rollout, 2),
             time_reward_s=round(times.reward, 2),
             time_update_s=round(times.update, 2),
-            update_sample_steps_per_s=round(kept * self.n_train * self.cfg.inner_epochs / max(times.update, 1e-9), 2),
+            update_sample_steps_per_s=round(kept * self.n_slots * self.cfg.inner_epochs / max(times.update, 1e-9), 2),
             rollout_traj_per_s=round(n_traj / max(times.rollout, 1e-9), 3),
         )
         return rec
@@ -499,7 +527,15 @@ class LRPOTrainer:
         return path
 
     def save(self, epoch: int, name: str | None = None) -> Path | None:
+        # whole tensors (under FSDP every process takes part in gathering its shards); rank 0 writes
+        if not (self.ctx.is_main or self.engine.kind == "fsdp"):
+            self.saved_epoch = epoch if name is None else self.saved_epoch  # the same on every process
+            return None
+        weights = full_state_dict(policy_state_dict(self.policy))
+        optimizer = optimizer_state_by_name(self.optimizer, self.engine.names())
+        ema = full_state_dict(self.ema.state_dict()) if self.ema is not None else None
         if not self.ctx.is_main:
+            self.saved_epoch = epoch if name is None else self.saved_epoch
             return None
         config = {
             "policy": to_dict(self.policy.cfg),
@@ -508,7 +544,7 @@ class LRPOTrainer:
         }
         state = {
             "epoch": epoch,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "world_size": self.ctx.world_size,
@@ -516,7 +552,7 @@ class LRPOTrainer:
             "best": self.best,
         }
         path = ckpt_io.save_checkpoint(
-            self.out_dir, epoch, policy_state_dict(self.policy), config, state, ema=self.ema.state_dict() if self.ema else None,
+            self.out_dir, epoch, weights, config, state, ema=ema,
             kind="lrpo", keep_last=self.cfg.keep_last, name=name,
         )
         if name is None:
@@ -530,15 +566,17 @@ class LRPOTrainer:
         saved_cfg = ckpt_io.load_config_dict(ckpt).get("lrpo", {})
         changes = config_changes(saved_cfg, to_dict(self.cfg), RESUMABLE_KEYS, defaults=to_dict(LRPOConfig()),
                                  paths=("init_checkpoint", "data.hq", "data.captions"))
-        allowed = check_resume(ckpt, changes, self.allow_changes)
-        ckpt_io.load_weights(self.policy, ckpt)
         state = ckpt_io.load_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "minibatch_size" in changes:  # per process: the same global minibatch on another number of processes is no change
+            (old_mb, new_mb), old_world = changes["minibatch_size"], state.get("world_size", 1)
+            if old_mb * old_world == new_mb * self.ctx.world_size:
+                del changes["minibatch_size"]
+        allowed = check_resume(ckpt, changes, self.allow_changes)
+        if self.ema is not None and not (ckpt / "ema.safetensors").is_file():
+            raise ckpt_io.CheckpointError(f"{ckpt / 'ema.safetensors'}: missing, but ema_decay={self.cfg.ema_decay} needs it")
+        self._load_weights(ckpt)
+        load_optimizer_state_by_name(self.optimizer, state["optimizer"], self.engine.names(), source=str(ckpt))
         torch.set_rng_state(state["torch_rng"])
-        if self.ema is not None:
-            from safetensors.torch import load_file
-
-            self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         self.epoch = state["epoch"]
         self.saved_epoch = self.resumed_from = self.epoch
         self.history = state.get("history", [])
@@ -548,6 +586,14 @@ class LRPOTrainer:
             self.pending_records.append({"epoch": self.epoch, "config_changes": allowed})
         if self.ctx.is_main:
             rewrite_log(self.out_dir / "log.jsonl", self.history)
+
+    def _load_weights(self, ckpt: Path) -> None:
+        """The policy's (and the EMA's) weights from ``ckpt``, cut into this process's shards under FSDP."""
+        ckpt_io.load_weights(self.policy, ckpt, layout=lambda sd: local_state_dict(sd, self.policy.state_dict()))
+        if self.ema is not None and (ckpt / "ema.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            self.ema.load_state_dict(local_state_dict(load_file(str(ckpt / "ema.safetensors")), self.ema.state_dict()))
 
     def check_guard(self, rec: dict) -> bool:
         """Compare the guard metrics in ``rec`` with the start; True when training must stop."""
@@ -567,12 +613,7 @@ class LRPOTrainer:
     def rollback_to_best(self) -> None:
         """Load the best accepted state's weights (the initial policy if no later epoch was better)
         and point the run's ``latest`` at it."""
-        best_dir = self.out_dir / "best"
-        ckpt_io.load_weights(self.policy, best_dir)
-        if self.ema is not None and (best_dir / "ema.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            self.ema.load_state_dict(load_file(str(best_dir / "ema.safetensors")))
+        self._load_weights(self.out_dir / "best")
         if self.ctx.is_main:
             ckpt_io.set_latest(self.out_dir, "best")
             self.log({"epoch": self.epoch, "rolled_back_to_epoch": self.best[0]})
@@ -593,7 +634,8 @@ class LRPOTrainer:
     def _interrupted(self) -> Interrupted:
         """Checkpoint the last completed epoch (unless saved already) and build the exception."""
         ckpt = self.out_dir / f"step_{self.epoch:06d}"
-        if self.saved_epoch != self.epoch or (self.ctx.is_main and not ckpt.is_dir()):
+        missing = self.saved_epoch != self.epoch or (self.ctx.is_main and not ckpt.is_dir())
+        if all_reduce_max(self.ctx, int(missing)):  # every process: FSDP gathers the weights for rank 0
             self.save(self.epoch)  # (resumed from `best` or an older step: this epoch has no step_ yet)
         barrier(self.ctx)  # no process exits (and makes the launcher stop the others) before rank 0 has saved
         if self.ctx.is_main:

@@ -1,0 +1,67 @@
+"""Which of a trajectory's trained steps an epoch's update trains (``train_timesteps``).
+
+  all              every trained step j = 0 .. S_train-1 (the reference; SPEC section 6)
+  random:K         K distinct steps per trajectory per epoch, drawn from a generator seeded by
+                   (trajectory seed, epoch): the same on any number of processes, batch size or
+                   resume, and different across epochs (each step is trained K/S_train of the time)
+  window:K[:s]     the same K consecutive steps for every trajectory, starting at (epoch * s) mod
+                   S_train and wrapping around; s defaults to K, so S_train/K epochs cover every step
+
+Steps are indices into the sampler's timesteps (0 = the noisiest). Only the steps chosen here enter
+the PPO term; the GT-guided likelihood term applies to the chosen steps that are among the last
+``reg_last_k`` trained steps (so with random:K it is present on about K/S_train of its steps, as
+the PPO term is, and the balance of the two terms is kept in expectation). The noise-level weight of
+a step is its own whatever else is chosen.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..data.groups import derive_seed
+
+_RANDOM_SALT = 0x7473  # "ts": keeps these draws apart from other uses of a trajectory's seed
+
+
+class TimestepSelection(NamedTuple):
+    kind: str  # "all" | "random" | "window"
+    k: int = 0
+    stride: int = 0
+
+
+def parse_timestep_selection(spec: str, n_train: int, key: str = "train_timesteps") -> TimestepSelection:
+    """``all`` | ``random:K`` | ``window:K[:stride]`` with 1 <= K <= n_train (errors name ``key``)."""
+    expected = f"{key}: expected 'all', 'random:K' or 'window:K[:stride]' with 1 <= K <= {n_train} (the trained steps)"
+    parts = str(spec).strip().split(":")
+    if parts == ["all"]:
+        return TimestepSelection("all")
+    if parts[0] not in ("random", "window") or len(parts) not in ((2,) if parts[0] == "random" else (2, 3)):
+        raise ValueError(f"{expected}, got {spec!r}")
+    try:
+        numbers = [int(p) for p in parts[1:]]
+    except ValueError:
+        raise ValueError(f"{expected}, got {spec!r}") from None
+    k = numbers[0]
+    stride = numbers[1] if len(numbers) > 1 else k
+    if not 1 <= k <= n_train or stride < 1:
+        raise ValueError(f"{expected} and stride >= 1, got {spec!r}")
+    return TimestepSelection(parts[0], k, stride)
+
+
+def selected_steps(sel: TimestepSelection, n_train: int, epoch: int, trajectory_seeds: list[int]) -> Tensor | None:
+    """[N, K] long: the steps each trajectory trains this epoch, ascending; None for ``all``."""
+    n = len(trajectory_seeds)
+    if sel.kind == "all":
+        return None
+    if sel.kind == "window":
+        start = (epoch * sel.stride) % n_train
+        row = torch.tensor([(start + i) % n_train for i in range(sel.k)]).sort().values
+        return row.expand(n, -1).clone()
+    rows = []
+    for seed in trajectory_seeds:
+        gen = torch.Generator().manual_seed(derive_seed(seed, epoch, _RANDOM_SALT))
+        rows.append(torch.randperm(n_train, generator=gen)[: sel.k].sort().values)
+    return torch.stack(rows) if rows else torch.zeros(0, sel.k, dtype=torch.long)

@@ -1,0 +1,106 @@
+"""train_timesteps (lrpo.rl.timesteps): which trained steps an epoch's update trains.
+
+What must hold:
+  * the spec parses or fails naming the key and the allowed range;
+  * random:K is reproducible from (trajectory seed, epoch) alone (not from batch order or the other
+    trajectories), differs across epochs and covers every step over epochs;
+  * window:K:s slides by s and wraps: n_train = 5, K = 2, s = 2 -> {0,1}, {2,3}, {4,0}, {1,2} ...;
+  * in the trainer, a selection of every step (random:S, window:S) is bit-identical to `all`; a
+    real subset keeps the first-step ratio at 1 and resumes exactly (1 + 1 epochs == 2).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrpo.config import ConfigError
+from lrpo.rl.timesteps import TimestepSelection, parse_timestep_selection, selected_steps
+from lrpo.rl.trainer import LRPOTrainer
+
+from test_lrpo_trainer import _state_equal, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
+
+
+def test_parse_accepts_the_three_forms_and_names_the_key_otherwise():
+    assert parse_timestep_selection("all", 49) == TimestepSelection("all")
+    assert parse_timestep_selection("random:2", 49) == TimestepSelection("random", 2, 2)
+    assert parse_timestep_selection("window:4", 49) == TimestepSelection("window", 4, 4)  # stride defaults to K
+    assert parse_timestep_selection("window:4:1", 49) == TimestepSelection("window", 4, 1)
+    for bad in ("some", "random", "random:0", "random:50", "random:2:1", "window:x", "window:2:0", "window:1:2:3"):
+        with pytest.raises(ValueError, match=r"train_timesteps: expected 'all', 'random:K' or 'window:K\[:stride\]' with 1 <= K <= 49"):
+            parse_timestep_selection(bad, 49)
+
+
+def test_config_validation_checks_k_against_the_trained_steps(setup_dirs, tmp_path):
+    faces, base = setup_dirs
+    # sample_steps 4, train_fraction 0.75 -> floor(3.0) = 3 trained steps: K = 4 is too many
+    with pytest.raises(ConfigError, match=r"1 <= K <= 3.*'random:4'"):
+        make_cfg(faces, base, tmp_path / "x", train_fraction=0.75, train_timesteps="random:4")
+
+
+def test_random_k_depends_on_the_trajectory_and_epoch_only():
+    sel = parse_timestep_selection("random:2", 6)
+    a = selected_steps(sel, 6, epoch=3, trajectory_seeds=[11, 22, 33])
+    b = selected_steps(sel, 6, epoch=3, trajectory_seeds=[33, 11])  # another batch, another order
+    assert a.shape == (3, 2) and a.dtype == torch.long
+    assert torch.equal(b[0], a[2]) and torch.equal(b[1], a[0])
+    assert torch.equal(a, selected_steps(sel, 6, 3, [11, 22, 33]))  # reproducible
+    for row in a:
+        assert len(set(row.tolist())) == 2 and row.tolist() == sorted(row.tolist()) and 0 <= int(row.min()) and int(row.max()) < 6
+    per_epoch = [selected_steps(sel, 6, e, [11])[0].tolist() for e in range(40)]
+    assert len({tuple(r) for r in per_epoch}) > 1  # not the same draw every epoch
+    # complete over epochs: a step is missed by 40 independent draws of 2 of 6 with probability
+    # (4/6)^40 ~ 9e-8, and the draws are fixed by the seeds, so this cannot flake
+    assert set(sum(per_epoch, [])) == set(range(6))
+
+
+def test_window_slides_by_its_stride_and_wraps():
+    sel = parse_timestep_selection("window:2:2", 5)
+    rows = [selected_steps(sel, 5, e, [7, 8])[0].tolist() for e in range(4)]
+    # start = (epoch * 2) mod 5: 0 -> {0,1}; 2 -> {2,3}; 4 -> {4,0}; 6 mod 5 = 1 -> {1,2} (ascending)
+    assert rows == [[0, 1], [2, 3], [0, 4], [1, 2]]
+    assert torch.equal(*selected_steps(sel, 5, 1, [7, 8]))  # the same steps for every trajectory
+    assert selected_steps(parse_timestep_selection("all", 5), 5, 0, [1]) is None
+
+
+SHIPPED = dict(update_mode="per_timestep", train_fraction=0.75, reg_weight=1e-2, reg_last_k=2, minibatch_size=6)
+
+
+@pytest.mark.parametrize("every_step", ["random:3", "window:3"])
+def test_a_selection_of_every_step_is_bit_identical_to_all(setup_dirs, tmp_path, every_step):
+    faces, base = setup_dirs
+    ref = LRPOTrainer(make_cfg(faces, base, tmp_path / "all", epochs=1, **SHIPPED), progress=False)
+    ref.run()
+    sel = LRPOTrainer(make_cfg(faces, base, tmp_path / "sel", epochs=1, train_timesteps=every_step, **SHIPPED), progress=False)
+    sel.run()
+    _state_equal(ref, sel)
+    for k in ("ppo_loss", "reg", "gt_log_density", "clip_fraction"):
+        assert sel.history[-1][k] == ref.history[-1][k], k
+
+
+def test_a_subset_trains_its_steps_with_ratio_one_first_and_resumes_exactly(setup_dirs, tmp_path, monkeypatch):
+    faces, base = setup_dirs
+    over = dict(train_timesteps="random:1", **SHIPPED)
+    seen: list[list[int]] = []
+    real = LRPOTrainer.step_loss
+
+    def spy(self, batch, idx, steps, adv, gt):
+        seen.append(steps.tolist())
+        return real(self, batch, idx, steps, adv, gt)
+
+    monkeypatch.setattr(LRPOTrainer, "step_loss", spy)
+    straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "straight", epochs=2, **over), progress=False)
+    straight.run()
+    monkeypatch.setattr(LRPOTrainer, "step_loss", real)
+    # 16 trajectories, minibatch 6 -> 3 minibatches x 1 slot = 3 optimiser steps per epoch
+    assert len(seen) == 2 * 3 and {len(s) for s in seen} == {6, 4}
+    assert len(set(sum(seen, []))) > 1  # the trajectories do not all train the same step
+    for rec in straight.history:
+        if "first_max_abs_log_ratio" in rec:
+            assert rec["first_max_abs_log_ratio"] < 1e-6 and rec["first_clip_fraction"] == 0.0
+    assert "reg" in straight.history[-1]  # some chosen steps fall among the last reg_last_k
+
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "split", epochs=1, **over), progress=False).run()
+    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "split", epochs=2, **over), resume=tmp_path / "split", progress=False)
+    resumed.run()
+    _state_equal(straight, resumed)
