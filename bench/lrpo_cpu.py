@@ -6,7 +6,7 @@ GT-guided likelihood regulariser, evaluated on the 20 held-out faces.
 
 Trains runs from the same base with configs/lrpo-cpu.yaml (offline reward preset), by default (b)
 reg_weight as configured and (c) reg_weight=0 (--variants adds others, e.g. a strong regulariser),
-one after the other or side by side (--parallel, one thread each). Then restores the held-out faces (the first 20 in sorted order; never trained
+one after the other or side by side (--parallel J, one thread each), each with --seeds N seeds. Then restores the held-out faces (the first 20 in sorted order; never trained
 on), degraded once with seed 0 (mild preset, as trained), with DDIM eta=0, 50 steps, and reports for
 (a) base, (b), (c): the composite reward and each term, PSNR, SSIM and the SFace identity cosine to
 GT. Also prints the per-epoch time split (rollout / reward / update) and the update's sample-steps/s.
@@ -28,10 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(base: str, faces: str, out: Path, minutes: float, reg: float | None, config: str, threads: int) -> subprocess.Popen:
-    over = [f"init_checkpoint={base}", f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "epochs=1000"]
-    if reg is not None:
-        over.append(f"reg_weight={reg}")
+def train(base: str, faces: str, out: Path, minutes: float, extra: list[str], config: str, threads: int) -> subprocess.Popen:
+    over = [f"init_checkpoint={base}", f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "epochs=1000", *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "lrpo.cli", "train", "--config", config, "--eval-every", "5", "--no-progress", *over]
     log = open(out.parent / f"{out.name}.log", "w")
@@ -48,10 +46,37 @@ def evaluate(ckpt: Path, hq: torch.Tensor, lq: torch.Tensor, reward) -> dict[str
     r = Restorer.from_checkpoint(ckpt, steps=50, eta=0.0, device="cpu")
     out = restore_images(r.policy, r.sampler, lq, seeds=list(range(len(lq))))
     res = reward(RewardInput(images=out, gt=hq, lq=lq))
-    row = {"reward": float(res.scores.mean())}
-    row.update({k: float(v.mean()) for k, v in res.details.items() if "/" not in k and k != "total"})
-    row.update(psnr=float(psnr(out, hq).mean()), ssim=float(ssim(out, hq).mean()))
-    return {k: round(v, 4) for k, v in row.items()}
+    row = {"reward": res.scores}
+    row.update({k: v for k, v in res.details.items() if "/" not in k and k != "total"})
+    row.update(psnr=psnr(out, hq), ssim=ssim(out, hq))
+    return {k: v.double().cpu().numpy() for k, v in row.items()}  # one value per face
+
+
+def variant_overrides(spec: str) -> list[str]:
+    """'config' or '' -> none; a number -> reg_weight=NUMBER; else KEY=VALUE pairs joined by '+'."""
+    spec = spec.strip()
+    if spec in ("", "config"):
+        return []
+    try:
+        return [f"reg_weight={float(spec)}"]
+    except ValueError:
+        return [item for item in spec.split("+") if item]
+
+
+def seed_table(per_face: dict[str, list[dict]], base: dict) -> dict:
+    """Per variant and metric: mean and std over seeds of the held-out mean, and a paired bootstrap
+    95 % interval over faces of (variant, averaged over its seeds) minus base."""
+    from lrpo.eval.stats import mean_std, paired_bootstrap_ci
+
+    table = {"base": {k: {"mean": round(float(v.mean()), 4)} for k, v in base.items()}}
+    for name, seeds in per_face.items():
+        row = {}
+        for k in base:
+            m, sd = mean_std([float(s[k].mean()) for s in seeds])
+            diff, low, high = paired_bootstrap_ci(sum(s[k] for s in seeds) / len(seeds), base[k])
+            row[k] = {"mean": round(m, 4), "std": round(sd, 4), "minus_base": round(diff, 4), "ci95": [round(low, 4), round(high, 4)]}
+        table[name] = row
+    return table
 
 
 def epoch_timing(log_path: Path) -> dict[str, float]:
@@ -79,32 +104,36 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=25.0, help="training budget per run (at most 30)")
     ap.add_argument("--out", default="runs/bench_lrpo")
     ap.add_argument("--config", default=str(ROOT / "configs" / "lrpo-cpu.yaml"))
-    ap.add_argument("--parallel", action="store_true", help="train (b) and (c) side by side, one thread each")
+    ap.add_argument("--parallel", type=int, nargs="?", const=3, default=1, metavar="J",
+                    help="train J runs side by side, one thread each (bare: 3)")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--seeds", type=int, default=1, help="train each variant with seeds 0 .. N-1 (the table gives mean, std "
+                    "and a paired bootstrap 95 %% interval over faces of variant minus base)")
     ap.add_argument("--variants", default="lrpo_reg=config,lrpo_noreg=0",
-                    help="NAME=REG_WEIGHT pairs ('config' keeps the config's reg_weight), e.g. lrpo_reg1=1.0")
+                    help="NAME=SPEC pairs: SPEC is 'config' (the config as it is), a number (reg_weight) or KEY=VALUE "
+                    "overrides joined by '+', e.g. sel2=train_timesteps=random:2+update_mode=accumulate")
     args = ap.parse_args()
     os.environ.setdefault("LRPO_WEIGHTS", args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
     for item in args.variants.split(","):
-        name, _, reg = item.partition("=")
-        runs[name.strip()] = None if reg.strip() in ("", "config") else float(reg)  # None: the config's
+        name, _, spec = item.partition("=")
+        runs[name.strip()] = variant_overrides(spec)
+    jobs = [(name, seed) for name in runs for seed in range(args.seeds)]
+    run_dir = (lambda name, seed: out / name) if args.seeds == 1 else (lambda name, seed: out / name / f"seed_{seed}")
     if not args.skip_train:
-        threads = 1 if args.parallel else torch.get_num_threads()
-        procs = []
-        for name, reg in runs.items():
-            p = train(args.base, args.faces, out / name, args.minutes, reg, args.config, threads)
-            if args.parallel:
-                procs.append((name, p))
-            elif p.wait():
-                print(f"{name} failed; see {out / (name + '.log')}", file=sys.stderr)
-                return 1
-        for name, p in procs:
-            if p.wait():
-                print(f"{name} failed; see {out / (name + '.log')}", file=sys.stderr)
-                return 1
+        threads = 1 if args.parallel > 1 else torch.get_num_threads()
+        for start in range(0, len(jobs), args.parallel):
+            procs = []
+            for name, seed in jobs[start : start + args.parallel]:
+                run_dir(name, seed).parent.mkdir(parents=True, exist_ok=True)
+                extra = runs[name] + ([f"seed={seed}"] if args.seeds > 1 else [])
+                procs.append((name, train(args.base, args.faces, run_dir(name, seed), args.minutes, extra, args.config, threads)))
+            for name, p in procs:
+                if p.wait():
+                    print(f"{name} failed; see its .log beside the run", file=sys.stderr)
+                    return 1
 
     from lrpo.config import DEGRADATION_PRESETS, LRPOConfig, load_config
     from lrpo.data.datasets import FaceImageSet
@@ -117,9 +146,9 @@ def main() -> int:
     hq = torch.stack([val[i] for i in range(len(val))])
     lq, _ = degrade(hq, DEGRADATION_PRESETS["mild"], torch.Generator().manual_seed(0))
     reward = build_composite(cfg.reward.preset, device="cpu")
-    table = {"base": evaluate(Path(args.base), hq, lq, reward)}
-    for name in runs:
-        table[name] = evaluate(out / name, hq, lq, reward)
+    base_faces = evaluate(Path(args.base), hq, lq, reward)
+    per_face = {name: [evaluate(run_dir(name, seed), hq, lq, reward) for seed in range(args.seeds)] for name in runs}
+    table = seed_table(per_face, base_faces)
     summary = {
         "bench": "lrpo_cpu",
         "date": time.strftime("%Y-%m-%d"),
@@ -127,9 +156,11 @@ def main() -> int:
         "config": os.path.relpath(args.config, ROOT),
         "minutes_per_run": args.minutes,
         "parallel": args.parallel,
+        "seeds": args.seeds,
+        "variants": {name: extra for name, extra in runs.items()},
         "heldout_faces": len(hq),
         "results": table,
-        "timing": {name: epoch_timing(out / name / "log.jsonl") for name in runs},
+        "timing": {name: epoch_timing(run_dir(name, 0) / "log.jsonl") for name in runs},
     }
     print(json.dumps(summary, indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
