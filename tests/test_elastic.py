@@ -105,3 +105,29 @@ def test_a_killed_rank_restarts_and_ends_where_the_uninterrupted_job_ends(setup_
     rb = [r["reward_mean"] for r in sb["history"] if "reward_mean" in r]
     assert ra == rb and len(ra) == 3
     shutil.rmtree(tmp_path / "straight", ignore_errors=True)
+
+
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+@pytest.mark.skipif(not ACCELERATE.is_file(), reason="accelerate is not installed (pip install accelerate)")
+def test_accelerate_launch_with_a_config_file_runs_one_job_of_two_processes(setup_dirs, tmp_path):
+    """`accelerate launch --config_file F -m lrpo.cli train ...`: accelerate starts the processes with
+    torch's launcher (distributed_type MULTI_GPU works on CPUs too; MULTI_CPU would need MPI), and
+    they form one job: the checkpoint records world size 2 and rank 0 alone writes the log."""
+    faces, base = setup_dirs
+    cfg = make_cfg(faces, base, tmp_path / "acc", epochs=1, minibatch_size=8, update_mode="per_timestep", train_fraction=0.75)
+    save_config(cfg, tmp_path / "acc.yaml")
+    (tmp_path / "accelerate.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\nnum_processes: 2\n"
+        f"machine_rank: 0\nmixed_precision: 'no'\nmain_process_ip: 127.0.0.1\nmain_process_port: {_free_port()}\n"
+        "rdzv_backend: static\nsame_network: true\ndynamo_config: {}\n"
+    )
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(tmp_path / "accelerate.yaml"), "-m", "lrpo.cli", "train",
+           "--config", str(tmp_path / "acc.yaml"), "--no-progress"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(find_checkpoint(tmp_path / "acc") / "state.pt", weights_only=False)
+    assert state["world_size"] == 2
+    records = [line for line in (tmp_path / "acc" / "log.jsonl").read_text().splitlines() if '"reward_mean"' in line]
+    assert len(records) == 1
