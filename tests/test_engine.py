@@ -106,3 +106,31 @@ def test_two_processes_under_each_engine_match_one_and_resume_on_one(setup_dirs,
     for k in ("exp_avg", "exp_avg_sq"):
         for p_single, p_resumed in zip(single.params, resumed.params):
             assert torch.allclose(single.optimizer.state[p_single][k], resumed.optimizer.state[p_resumed][k], atol=1e-6, rtol=1e-3)
+
+
+def test_fsdp_shards_the_latent_policys_controlnet_and_matches_one_process(setup_dirs, tmp_path):
+    """The SD 2.1 + ControlNet policy (tiny random networks): FSDP shards each ControlNet block and
+    the ControlNet; 2 processes end where 1 ends, and the checkpoint holds the whole ControlNet."""
+    import yaml
+
+    from lrpo.config import DiffusionConfig
+    from lrpo.policies.latent_config import LatentPolicyConfig
+
+    faces, _ = setup_dirs
+    arch = LatentPolicyConfig.preset("tiny")
+    section = {**to_dict(arch), "random_init": True}
+    policy_file = tmp_path / "policy-tiny.yaml"
+    policy_file.write_text(yaml.safe_dump({"policy": section, "diffusion": to_dict(DiffusionConfig(sample_steps=4))}))
+    over = dict(epochs=1, group_size=2, groups_per_epoch=4, rollout_groups_per_batch=2, lr=1e-4, reg_weight=1e-2, reg_last_k=2,
+                update_mode="per_timestep", train_fraction=0.75, data=dict(hq=str(faces), resolution=arch.resolution, val_count=2))
+    single = LRPOTrainer(make_cfg(faces, policy_file, tmp_path / "single", minibatch_size=8, **over), progress=False)
+    start = {k: v.clone() for k, v in single.policy.trainable_state_dict().items()}
+    single.run()
+    cfg = make_cfg(faces, policy_file, tmp_path / "multi", minibatch_size=4, engine="fsdp", **over)
+    mp.start_processes(_engine_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    saved = load_file(str(find_checkpoint(tmp_path / "multi") / "model.safetensors"))
+    want = single.policy.trainable_state_dict()
+    assert saved.keys() == want.keys() and all(k.startswith("controlnet.") for k in saved)
+    assert max(float((want[k] - start[k]).abs().max()) for k in want) > 1e-5  # the ControlNet moved
+    for k, v in want.items():
+        assert torch.allclose(saved[k], v, atol=2e-5), k
