@@ -90,6 +90,11 @@ def test_two_processes_under_each_engine_match_one_and_resume_on_one(setup_dirs,
         assert torch.equal(saved[k], v), f"the checkpoint is not the whole tensor {k}"
     assert r0["history"][-1]["reward_mean"] == pytest.approx(single.history[0]["reward_mean"], rel=1e-6)
 
+    # 1 process with the per-process minibatch of 2 would halve the global minibatch: refused
+    from lrpo.runs import RunFolderError
+
+    with pytest.raises(RunFolderError, match=r"global minibatch \(minibatch_size x 1 processes\): checkpoint '8 x 2 = 16', now 8"):
+        LRPOTrainer(make_cfg(faces, base, tmp_path / "multi", minibatch_size=8, **{**COMMON, "epochs": 2}), resume=tmp_path / "multi", progress=False)
     # epoch 2 on one process from the 2-process checkpoint == epoch 2 of the straight run
     resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "multi", minibatch_size=16, **{**COMMON, "epochs": 2}),
                           resume=tmp_path / "multi", progress=False)
@@ -134,3 +139,34 @@ def test_fsdp_shards_the_latent_policys_controlnet_and_matches_one_process(setup
     assert max(float((want[k] - start[k]).abs().max()) for k in want) > 1e-5  # the ControlNet moved
     for k, v in want.items():
         assert torch.allclose(saved[k], v, atol=2e-5), k
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_a_process_whose_groups_are_all_dropped_keeps_step_with_the_others(setup_dirs, tmp_path, engine):
+    """Rank 1's groups all score the same (dropped): it has no sample in any minibatch but must
+    still make every collective of DDP / FSDP, in the same order (forward, agreement, backward), and
+    the weights must equal one process holding everything (per_timestep, the shipped mode)."""
+    from lrpo.data.datasets import FaceImageSet
+    from lrpo.data.groups import GroupSampler
+
+    faces, base = setup_dirs
+    names = FaceImageSet(faces, resolution=16).split(2)[0].names
+    rank1 = {names[g.index] for g in GroupSampler(len(names), 4, 4, 0, rank=1, world_size=2).groups(0)}
+    over = {**COMMON, "ema_decay": 0.0,
+            "reward": dict(preset="", terms={"test_gated_brightness": {"weight": 1.0, "constant_for": sorted(rank1)}})}
+    single = LRPOTrainer(make_cfg(faces, base, tmp_path / "single", minibatch_size=8, **over), progress=False)
+    single.run()
+    assert 1 <= single.history[-1]["dropped_groups"] < 4
+    # rank 0 holds every kept sample (at most its 8): one minibatch of them in both runs, so each
+    # optimiser step sees the same samples (minibatch_size is per process)
+    cfg = make_cfg(faces, base, tmp_path / "multi", minibatch_size=8, engine=engine, **over)
+    ctx = mp.start_processes(_engine_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = 180
+    while not ctx.join(timeout=5):
+        deadline -= 5
+        assert deadline > 0, "the processes hung: their collectives did not match"
+    r0, r1 = (torch.load(tmp_path / f"engine_rank{r}.pt") for r in range(2))
+    assert r0["history"][-1]["dropped_groups"] == single.history[-1]["dropped_groups"]
+    for k, v in single.policy.state_dict().items():
+        assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks diverged at {k}"
+        assert torch.allclose(r0["state"][k], v, atol=2e-6), k

@@ -135,6 +135,18 @@ def _reduce_bucket(grads: list[torch.Tensor]) -> None:
             offset += g.numel()
 
 
+def broadcast_floats(ctx: DistContext, values: dict[str, float]) -> dict[str, float]:
+    """Rank 0's ``values`` on every process (the same keys on every process; floats only)."""
+    if not ctx.enabled or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.broadcast(t, src=0)
+    return {**values, **dict(zip(keys, t.tolist()))}
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

@@ -92,10 +92,13 @@ def optimizer_state_by_name(optimizer: torch.optim.Optimizer, names: dict[int, s
 
 def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, sd: dict[str, Any], names: dict[int, str], source: str = "state") -> None:
     """Inverse of :func:`optimizer_state_by_name` (an older positional state loads as it is)."""
-    if sd.get("format") != "by_name":
-        optimizer.load_state_dict(sd)
-        return
     order = [p for group in optimizer.param_groups for p in group["params"]]
+    if sd.get("format") != "by_name":  # positional (older checkpoints): positions are the live order
+        if len([i for g in sd["param_groups"] for i in g["params"]]) != len(order):
+            raise ValueError(f"{source}: the optimiser state holds another number of parameters than the trainable weights")
+        pos_name = [names[id(p)] for p in order]
+        sd = {"format": "by_name", "state": {pos_name[i]: st for i, st in sd["state"].items()},
+              "param_groups": [{**g, "params": [pos_name[i] for i in g["params"]]} for g in sd["param_groups"]]}
     pos_of = {names[id(p)]: i for i, p in enumerate(order)}
     saved = [n for g in sd["param_groups"] for n in g["params"]]
     missing, unexpected = sorted(set(pos_of) - set(saved)), sorted(set(saved) - set(pos_of))
@@ -195,6 +198,12 @@ class FSDPEngine(Engine):
             if hasattr(unit, "set_force_sum_reduction_for_comms"):  # a plain SUM: gloo has no pre-multiplied sum
                 unit.set_force_sum_reduction_for_comms(True)
             self.units.append(unit)
+        DTensor = _dtensor_type()
+        whole = [n for n, p in policy.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        if whole:  # its gradient would never be summed over processes
+            raise ValueError(f"engine=fsdp shards {type(policy).__name__}'s fsdp_units, but {len(whole)} trainable parameters "
+                             f"lie outside them ({whole[0]}, ...; e.g. LoRA adapters in the UNet with lora_unet=true): "
+                             "use engine=ddp")
 
     @contextlib.contextmanager
     def accumulating(self) -> Iterator[None]:

@@ -44,7 +44,7 @@ from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
 from ..degradation import degrade
 from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
 from ..diffusion.schedules import make_alphas_cumprod
-from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, barrier, init_from_env
+from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, barrier, broadcast_floats, init_from_env
 from ..ema import EMA
 from ..engine import full_state_dict, load_optimizer_state_by_name, local_state_dict, make_engine, optimizer_state_by_name
 from ..eval.metrics import psnr, ssim
@@ -413,11 +413,16 @@ class LRPOTrainer:
     ) -> dict[str, float]:
         """One backward of trajectories ``idx`` at ``steps`` [S, len(idx)] (row s: each one's step)."""
         if len(idx) == 0:
-            self._agree_finite(True, "update", epoch)  # take part in the agreement all the same
-            if self.engine.every_process_computes:  # and in DDP's / FSDP's collectives: a zero gradient
-                first = torch.zeros(len(steps), dtype=torch.long, device=self.device)
-                loss, _ = self.step_loss(batch, first, torch.zeros_like(first), adv, gt)
-                (torch.nan_to_num(loss) * 0.0).backward()
+            # no samples here: take part in the finite-check agreement, and under DDP / FSDP in their
+            # collectives too, with a zero-scaled forward and backward of one trajectory, in the order
+            # the other processes make them (forward, agreement, backward)
+            if not self.engine.every_process_computes:
+                self._agree_finite(True, "update", epoch)
+                return {}
+            first = torch.zeros(len(steps), dtype=torch.long, device=self.device)
+            loss, _ = self.step_loss(batch, first, torch.zeros_like(first), adv, gt)
+            self._agree_finite(bool(torch.isfinite(loss)), "the zero-weighted update of a process without samples", epoch)
+            (loss * 0.0).backward()
             return {}
         sample_idx = idx.repeat(len(steps))
         step_idx = steps.reshape(-1)
@@ -460,7 +465,9 @@ class LRPOTrainer:
         res.update({f"eval_{k}": float(v.mean()) for k, v in out.details.items() if "/" not in k and k != "total"})
         if self.guard is not None:
             res.update({f"guard_{k}": v for k, v in self.guard(images, hq).items()})
-        return res
+        # rank 0's figures on every process: guard and "best" decisions (a collective save under
+        # FSDP) must not differ in the last bits between processes
+        return broadcast_floats(self.ctx, res)
 
     # ------------------------------------------------------------------------------------------
     # one epoch, checkpoints, the loop
@@ -567,10 +574,14 @@ class LRPOTrainer:
         changes = config_changes(saved_cfg, to_dict(self.cfg), RESUMABLE_KEYS, defaults=to_dict(LRPOConfig()),
                                  paths=("init_checkpoint", "data.hq", "data.captions"))
         state = ckpt_io.load_state(ckpt)
-        if "minibatch_size" in changes:  # per process: the same global minibatch on another number of processes is no change
-            (old_mb, new_mb), old_world = changes["minibatch_size"], state.get("world_size", 1)
-            if old_mb * old_world == new_mb * self.ctx.world_size:
-                del changes["minibatch_size"]
+        old_world = state.get("world_size", 1)
+        if old_world != self.ctx.world_size:
+            # minibatch_size is per process: what must not change is the global minibatch
+            old_mb = changes["minibatch_size"][0] if "minibatch_size" in changes else self.cfg.minibatch_size
+            changes.pop("minibatch_size", None)
+            if old_mb * old_world != self.cfg.minibatch_size * self.ctx.world_size:
+                changes[f"global minibatch (minibatch_size x {self.ctx.world_size} processes)"] = (
+                    f"{old_mb} x {old_world} = {old_mb * old_world}", self.cfg.minibatch_size * self.ctx.world_size)
         allowed = check_resume(ckpt, changes, self.allow_changes)
         if self.ema is not None and not (ckpt / "ema.safetensors").is_file():
             raise ckpt_io.CheckpointError(f"{ckpt / 'ema.safetensors'}: missing, but ema_decay={self.cfg.ema_decay} needs it")
