@@ -7,6 +7,12 @@ its index), samples --group candidates with the stochastic sampler (eta 1, --ste
 them with the composite reward (--preset) and prints, per term: the mean within-group std, the same
 times the term's weight (its share of the total's within-group spread) and the std of the group
 means (the between-group spread, which group-relative advantages remove).
+
+Then the noise against that signal: every candidate is scored again after an imperceptible change
+(a 1-pixel shift, a JPEG q98 round-trip), and per term and change the bench prints the RMS of the
+score change, the within-group std over it (signal-to-noise) and the mean Spearman agreement of the
+group's ranking before and after (lrpo.eval.stats.signal_to_noise). A term whose ranking does not
+survive an invisible change gives advantages that are mostly noise.
 """
 
 from __future__ import annotations
@@ -18,9 +24,30 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def shift_one_pixel(images: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] moved right by one pixel (the first column repeated)."""
+    return torch.cat([images[..., :1], images[..., :-1]], dim=-1)
+
+
+def jpeg_q98(images: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] through an 8-bit JPEG round-trip at quality 98."""
+    from lrpo.degradation import jpeg_roundtrip
+
+    rgb = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(np.stack([jpeg_roundtrip(x, 98) for x in rgb])).permute(0, 3, 1, 2).float() / 255
+
+
+PERTURBATIONS = {"shift1px": shift_one_pixel, "jpeg98": jpeg_q98}
+
+
+def _terms(res) -> dict[str, torch.Tensor]:
+    return {"total": res.scores, **{k: v for k, v in res.details.items() if "/" not in k and k != "total"}}
 
 
 def main() -> int:
@@ -40,6 +67,7 @@ def main() -> int:
     from lrpo.diffusion.schedules import make_alphas_cumprod
     from lrpo.inference.restorer import load_policy
     from lrpo.inference.sampling import restore_images
+    from lrpo.eval.stats import signal_to_noise
     from lrpo.rewards import PRESETS, RewardInput, build_composite
 
     policy, diffusion, _ = load_policy(args.policy)
@@ -50,15 +78,22 @@ def main() -> int:
     weights = {k: v["weight"] for k, v in PRESETS[args.preset].items()}
     within: dict[str, list[float]] = {}
     means: dict[str, list[float]] = {}
+    scores: dict[str, list] = {}
+    changed: dict[str, dict[str, list]] = {name: {} for name in PERTURBATIONS}
     for i in range(len(held_out)):
         hq = held_out[i][None]
         lq, _ = degrade(hq, DEGRADATION_PRESETS["mild"], torch.Generator().manual_seed(i))
         g = args.group
         out = restore_images(policy, sampler, lq.expand(g, -1, -1, -1), seeds=list(range(g)))
-        res = reward(RewardInput(images=out, gt=hq.expand(g, -1, -1, -1)))
-        for name, v in {"total": res.scores, **{k: v for k, v in res.details.items() if "/" not in k and k != "total"}}.items():
+        gt = hq.expand(g, -1, -1, -1)
+        res = reward(RewardInput(images=out, gt=gt))
+        for name, v in _terms(res).items():
             within.setdefault(name, []).append(float(v.std(correction=0)))
             means.setdefault(name, []).append(float(v.mean()))
+            scores.setdefault(name, []).append(v.double().numpy())
+        for change, fn in PERTURBATIONS.items():
+            for name, v in _terms(reward(RewardInput(images=fn(out), gt=gt))).items():
+                changed[change].setdefault(name, []).append(v.double().numpy())
     rows = {
         name: {
             "within_std": round(statistics.mean(within[name]), 4),
@@ -67,9 +102,15 @@ def main() -> int:
         }
         for name in within
     }
-    print(f"{'term':12s} {'within std':>11s} {'x weight':>9s} {'between std':>12s}")
+    for change in PERTURBATIONS:
+        for name in rows:
+            snr = signal_to_noise(np.stack(scores[name]), np.stack(changed[change][name]))
+            rows[name][change] = {k: round(v, 4) for k, v in snr.items()}
+    print(f"{'term':12s} {'within std':>11s} {'x weight':>9s} {'between std':>12s}"
+          + "".join(f" {c + ' rms':>12s} {c + ' snr':>10s} {c + ' rank':>10s}" for c in PERTURBATIONS))
     for name, r in rows.items():
-        print(f"{name:12s} {r['within_std']:11.4f} {r['within_std_x_weight']:9.4f} {r['between_std']:12.4f}")
+        print(f"{name:12s} {r['within_std']:11.4f} {r['within_std_x_weight']:9.4f} {r['between_std']:12.4f}"
+              + "".join(f" {r[c]['noise_rms']:12.4f} {r[c]['snr']:10.2f} {r[c]['rank_agreement']:10.3f}" for c in PERTURBATIONS))
     print(json.dumps({"bench": "reward_group_spread", "date": time.strftime("%Y-%m-%d"), "policy": args.policy,
                       "faces": len(held_out), "group": args.group, "steps": args.steps, "preset": args.preset, "terms": rows}))
     return 0

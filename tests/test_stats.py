@@ -36,3 +36,33 @@ def test_the_interval_matches_the_normal_approximation_of_a_mean():
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="same length"):
         paired_bootstrap_ci(np.zeros(3), np.zeros(4))
+
+
+def test_rank_agreement_is_spearmans_rho():
+    from lrpo.eval.stats import rank_agreement
+
+    assert rank_agreement([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_agreement([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # one swap of neighbours in 4: rho = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
+    assert rank_agreement([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert rank_agreement([5, 5, 5], [1, 2, 3]) == 0.0  # nothing to order
+
+
+def test_signal_to_noise_of_a_term_that_ignores_the_change_and_one_that_does_not():
+    from lrpo.eval.stats import signal_to_noise
+
+    scores = np.array([[0.0, 1.0], [2.0, 4.0]])  # within-group std 0.5 and 1.0: mean 0.75
+    same = signal_to_noise(scores, scores)
+    assert same["within_std"] == pytest.approx(0.75) and same["noise_rms"] == 0.0 and same["rank_agreement"] == 1.0
+    # a change of +-0.75 on every score: RMS 0.75, ratio 1; the first group's order flips (0.75 > 0.25)
+    noisy = signal_to_noise(scores, scores + np.array([[0.75, -0.75], [0.75, -0.75]]))
+    assert noisy["noise_rms"] == pytest.approx(0.75) and noisy["snr"] == pytest.approx(1.0)
+    assert noisy["rank_agreement"] == pytest.approx(0.0)  # one group agrees (+1), one is reversed (-1)
+
+
+def test_a_change_shared_by_the_whole_group_is_not_noise():
+    from lrpo.eval.stats import signal_to_noise
+
+    scores = np.array([[0.0, 1.0, 3.0]])
+    shared = signal_to_noise(scores, scores - 0.5)  # every candidate loses 0.5: the advantages do not move
+    assert shared["noise_rms"] == pytest.approx(0.0) and shared["rank_agreement"] == pytest.approx(1.0)

@@ -29,3 +29,43 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, level
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(d.mean()), float(low), float(high)
+
+
+def rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two score vectors of one group (ties get their mean rank).
+
+    1 when ``b`` orders the candidates as ``a`` does, -1 reversed; 0 for a group where either is
+    constant (no order to agree with).
+    """
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / den) if den > 0 else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    for value in np.unique(x):  # ties: the mean of the ranks they share
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def signal_to_noise(scores: np.ndarray, perturbed: np.ndarray) -> dict[str, float]:
+    """How far a reward term's within-group differences exceed its reaction to invisible changes.
+
+    ``scores`` and ``perturbed`` [groups, G]: each candidate's score, and its score after an
+    imperceptible change (a 1-pixel shift, a JPEG q98 round-trip). Returns the mean within-group std
+    of the scores (the signal advantages are made of), the RMS of the change less its group mean
+    (noise: advantages are relative to the group, so a change shared by the whole group, such as a
+    shift against the GT, does not count), their ratio, and the mean rank agreement within groups
+    (how often the ranking the trainer would use survives).
+    """
+    scores, perturbed = np.asarray(scores, dtype=np.float64), np.asarray(perturbed, dtype=np.float64)
+    signal = float(scores.std(axis=1).mean())
+    change = perturbed - scores
+    noise = float(np.sqrt(((change - change.mean(axis=1, keepdims=True)) ** 2).mean()))
+    return {"within_std": signal, "noise_rms": noise, "snr": signal / noise if noise > 0 else float("inf"),
+            "rank_agreement": float(np.mean([rank_agreement(s, p) for s, p in zip(scores, perturbed)]))}
