@@ -580,6 +580,7 @@ def _nan_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
     except NonFiniteError as e:
         message = str(e)
     (Path(out) / f"nan_rank{rank}.txt").write_text(message)
+    torch.distributed.barrier()  # neither rank tears the group down while the other still uses it
     torch.distributed.destroy_process_group()
 
 
