@@ -170,3 +170,37 @@ def test_a_process_whose_groups_are_all_dropped_keeps_step_with_the_others(setup
     for k, v in single.policy.state_dict().items():
         assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks diverged at {k}"
         assert torch.allclose(r0["state"][k], v, atol=2e-6), k
+
+
+def _refusal_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        LRPOTrainer(from_dict(LRPOConfig, cfg_dict), progress=False)
+        message = "built"
+    except ValueError as e:
+        message = str(e)
+    (Path(out) / f"refusal_rank{rank}.txt").write_text(message)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_fsdp_refuses_trainable_parameters_outside_its_units(setup_dirs, tmp_path):
+    """LoRA adapters in the UNet (lora_unet) lie outside the ControlNet's shard units: their
+    gradients would never be summed over processes, so engine=fsdp refuses the policy by name."""
+    import yaml
+
+    from lrpo.config import DiffusionConfig
+    from lrpo.policies.latent_config import LatentPolicyConfig
+
+    faces, _ = setup_dirs
+    arch = LatentPolicyConfig.preset("tiny")
+    section = {**to_dict(arch), "random_init": True, "lora_rank": 2, "lora_unet": True}
+    policy_file = tmp_path / "policy-lora.yaml"
+    policy_file.write_text(yaml.safe_dump({"policy": section, "diffusion": to_dict(DiffusionConfig(sample_steps=4))}))
+    cfg = make_cfg(faces, policy_file, tmp_path / "lora", epochs=1, group_size=2, groups_per_epoch=2, engine="fsdp",
+                   data=dict(hq=str(faces), resolution=arch.resolution, val_count=2))
+    mp.start_processes(_refusal_worker, args=(2, _free_port(), to_dict(cfg), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    for r in range(2):
+        message = (tmp_path / f"refusal_rank{r}.txt").read_text()
+        assert "trainable parameters lie outside them (unet." in message and "use engine=ddp" in message, message
