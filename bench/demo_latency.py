@@ -1,0 +1,85 @@
+"""Time per restored photo through `lrpo demo`'s endpoint, as the page sends it.
+
+    LRPO_WEIGHTS=../shared/weights python bench/demo_latency.py --checkpoint runs/quickstart/lrpo
+
+Starts `lrpo demo --port 0`, posts the embedded public-domain photo (skimage astronaut, 512 x 512,
+one face) to /api/restore with the checkpoint's own steps and with --steps, once to warm up and then
+--repeats times, and prints JSON: start-up seconds, and per setting the median server time, the
+median round trip and the server's split (detection, restoration) of the last request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+
+def post(port: int, path: str, body: bytes) -> tuple[dict, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    conn.request("POST", path, body=body, headers={"X-LRPO-Demo": "1"})  # the header the page sends
+    reply = json.loads(conn.getresponse().read())
+    conn.close()
+    return reply, time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="run folder or checkpoint the demo serves")
+    ap.add_argument("--steps", type=int, default=50, help="a second setting besides the checkpoint's own steps")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    buf = io.BytesIO()
+    Image.fromarray(skdata.astronaut()).save(buf, format="PNG")
+    photo = buf.getvalue()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lrpo.cli", "demo", "--checkpoint", args.checkpoint, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        port = None
+        for line in proc.stdout:
+            found = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        if port is None:
+            print("lrpo demo did not start", file=sys.stderr)
+            return 1
+        startup = time.perf_counter() - started
+        results = {}
+        for steps in (None, args.steps):
+            path = "/api/restore" + (f"?steps={steps}" if steps else "")
+            post(port, path, photo)  # warm-up
+            runs = [post(port, path, photo) for _ in range(args.repeats)]
+            if "error" in runs[0][0]:
+                print(f"{path}: {runs[0][0]['error']}", file=sys.stderr)
+                return 1
+            results[str(runs[0][0]["steps"])] = {
+                "server_s": round(statistics.median(r["seconds"] for r, _ in runs), 3),
+                "round_trip_s": round(statistics.median(t for _, t in runs), 3),
+                "split_s": runs[-1][0].get("timings"),
+            }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(json.dumps({"bench": "demo_latency", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
+                      f"{os.cpu_count()} cores", "checkpoint": args.checkpoint, "startup_s": round(startup, 1),
+                      "repeats": args.repeats, "steps": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
