@@ -1,9 +1,9 @@
-"""Minimal multi-process support: works under ``torchrun`` and ``accelerate launch`` alike.
+"""Process groups and the collectives the trainer uses; works under ``torchrun`` and ``accelerate launch``.
 
-Both launchers set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. We use plain
-``torch.distributed``: gradients are averaged with one all-reduce per parameter tensor after each
-backward (what DDP does, without its wrapper, so the policy object stays the same everywhere),
-rewards are all-gathered for the global advantage std, and scalar statistics are all-reduced.
+Both launchers set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Rewards are
+all-gathered for the global advantage std, scalar statistics and decisions (NaN stops, guard stops,
+signals) are all-reduced so every process acts alike; gradients are the engine's business
+(``lrpo.engine``: DDP or FSDP).
 """
 
 from __future__ import annotations
@@ -94,45 +94,6 @@ def all_reduce_max(ctx: DistContext, value: int | float) -> int | float:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item()) if is_float else int(t.item())
-
-
-def sum_gradients(ctx: DistContext, params: list[torch.nn.Parameter], bucket_mb: float = 25.0) -> None:
-    """Replace each gradient by its sum over ranks (a missing gradient counts as zero).
-
-    Each rank scales its loss by its share of the step's samples (local / global count), so the sum
-    is the gradient of the mean over every sample of every rank, however unevenly they are spread.
-    Gradients travel in flat buckets of about ``bucket_mb`` MB: one all-reduce per bucket, not one
-    per tensor.
-    """
-    if not ctx.enabled:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    limit = int(bucket_mb * 2**20)
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for p in params:
-        bucket.append(p.grad)
-        size += p.grad.numel() * p.grad.element_size()
-        if size >= limit:
-            _reduce_bucket(bucket)
-            bucket, size = [], 0
-    if bucket:
-        _reduce_bucket(bucket)
-
-
-def _reduce_bucket(grads: list[torch.Tensor]) -> None:
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    for group in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in group])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for g in group:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
 
 
 def broadcast_floats(ctx: DistContext, values: dict[str, float]) -> dict[str, float]:

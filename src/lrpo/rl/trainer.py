@@ -535,14 +535,12 @@ class LRPOTrainer:
 
     def save(self, epoch: int, name: str | None = None) -> Path | None:
         # whole tensors (under FSDP every process takes part in gathering its shards); rank 0 writes
-        if not (self.ctx.is_main or self.engine.kind == "fsdp"):
-            self.saved_epoch = epoch if name is None else self.saved_epoch  # the same on every process
-            return None
-        weights = full_state_dict(policy_state_dict(self.policy))
-        optimizer = optimizer_state_by_name(self.optimizer, self.engine.names())
-        ema = full_state_dict(self.ema.state_dict()) if self.ema is not None else None
+        if self.ctx.is_main or self.engine.kind == "fsdp":
+            weights = full_state_dict(policy_state_dict(self.policy))
+            optimizer = optimizer_state_by_name(self.optimizer, self.engine.names())
+            ema = full_state_dict(self.ema.state_dict()) if self.ema is not None else None
         if not self.ctx.is_main:
-            self.saved_epoch = epoch if name is None else self.saved_epoch
+            self.saved_epoch = epoch if name is None else self.saved_epoch  # the same on every process
             return None
         config = {
             "policy": to_dict(self.policy.cfg),
