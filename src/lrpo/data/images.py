@@ -31,7 +31,9 @@ class ImageLoadError(ValueError):
         super().__init__(f"{path}: cannot read image ({reason})")
 
 
-def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """An opened image of any mode as RGB ``uint8`` ``H x W x 3`` (16-bit and float scaled by their
+    type's range, transparency composited on white); the one conversion every reader uses."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit int) grayscale: rescale by the type's range, not the image's, so a
@@ -72,7 +74,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
                 _check_pixels(path, *img.size)
                 img.load()  # force decoding now: truncated files fail here, not later
                 img = ImageOps.exif_transpose(img)
-                arr = _to_uint8_rgb(img)
+                arr = pil_to_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:

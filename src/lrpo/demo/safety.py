@@ -81,7 +81,7 @@ def decode_upload(data: bytes, limits: UploadLimits = UploadLimits(), name: str 
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from ..data.images import _to_uint8_rgb  # the package's one conversion of every image mode
+    from ..data.images import pil_to_rgb
 
     if not data:
         raise DemoError(f"{name} is empty")
@@ -99,7 +99,7 @@ def decode_upload(data: bytes, limits: UploadLimits = UploadLimits(), name: str 
                     raise DemoError(f"{name} is {w} x {h} pixels; the demo needs at least {limits.min_side} px a side")
                 img.load()  # decode now: a truncated file fails here
                 img = ImageOps.exif_transpose(img)
-                rgb = _to_uint8_rgb(img)
+                rgb = pil_to_rgb(img)
         except DemoError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
