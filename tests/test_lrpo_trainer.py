@@ -612,3 +612,22 @@ def test_resuming_another_folders_checkpoint_claims_out_dir(setup_dirs, tmp_path
     assert (tmp_path / "other" / "log.jsonl").read_text() == before
     fork = LRPOTrainer(make_cfg(faces, base, tmp_path / "fork", epochs=2), resume=tmp_path / "exp1", progress=False)
     assert fork.epoch == 1  # a free folder takes the fork
+
+
+def test_cpu_clock_budget_stops_on_this_process_cpu_time_and_epochs_log_it(setup_dirs, tmp_path, monkeypatch):
+    """time_budget_clock=cpu reads time.process_time, not the wall clock. A fake CPU clock that
+    advances 40 s per reading, with a 1-minute budget: start 0; check 40 (< 60 s: train); the epoch
+    reads 80 before and 120 after (its time_cpu_s = 40); check 160 (> 60 s): stop after one epoch
+    with a checkpoint, where the wall clock (the real one, well under a minute) allowed all 10."""
+    import json
+
+    faces, base = setup_dirs
+    ticks = iter(range(0, 10_000, 40))
+    monkeypatch.setattr(trainer_mod.time, "process_time", lambda: float(next(ticks)))
+    cfg = make_cfg(faces, base, tmp_path / "run", epochs=10, time_budget_min=1.0, time_budget_clock="cpu")
+    out = LRPOTrainer(cfg, progress=False).run()
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if "time_cpu_s" in r]
+    assert out["epoch"] == len(epochs) == 1 and not out["complete"]
+    assert epochs[0]["time_cpu_s"] == 40.0
+    assert (tmp_path / "run" / "step_000001").is_dir()

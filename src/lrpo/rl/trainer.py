@@ -66,7 +66,7 @@ FIRST_STEP_STATS = ("first_clip_fraction", "first_max_abs_log_ratio")
 # settings a resume may change: budgets, logging, device and the epochs to go; any other difference
 # from the checkpoint's config changes the run's trajectory and needs allow_changes
 # (and the engine: checkpoints hold whole tensors, optimiser state by name, whatever wrote them)
-RESUMABLE_KEYS = ("epochs", "time_budget_min", "device", "out_dir", "ckpt_every", "keep_last", "log_images_every",
+RESUMABLE_KEYS = ("epochs", "time_budget_min", "time_budget_clock", "device", "out_dir", "ckpt_every", "keep_last", "log_images_every",
                   "reward.device", "data.skip_bad", "engine")
 
 
@@ -474,6 +474,7 @@ class LRPOTrainer:
     # ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
         times = EpochTimes()
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         batch = self.collect(epoch)
         times.rollout = time.perf_counter() - t0
@@ -515,6 +516,9 @@ class LRPOTrainer:
             time_rollout_s=round(times.rollout, 2),
             time_reward_s=round(times.reward, 2),
             time_update_s=round(times.update, 2),
+            # this process's CPU seconds for the epoch's rollout, reward and update (all its threads;
+            # evaluation and checkpoints excluded): the x axis of reward-per-compute comparisons
+            time_cpu_s=round(time.process_time() - cpu0, 2),
             update_sample_steps_per_s=round(kept * self.n_slots * self.cfg.inner_epochs / max(times.update, 1e-9), 2),
             rollout_traj_per_s=round(n_traj / max(times.rollout, 1e-9), 3),
         )
@@ -687,10 +691,11 @@ class LRPOTrainer:
                 self.save(0, name="best")
         # the bar counts completed epochs, as the log's "epoch" field does
         bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="lrpo", unit="epoch", disable=not self.progress, dynamic_ncols=True)
-        started = time.perf_counter()
+        clock = time.process_time if cfg.time_budget_clock == "cpu" else time.perf_counter
+        started = clock()
         try:
             while self.epoch < cfg.epochs:
-                over = int(cfg.time_budget_min > 0 and time.perf_counter() - started > cfg.time_budget_min * 60)
+                over = int(cfg.time_budget_min > 0 and clock() - started > cfg.time_budget_min * 60)
                 if all_reduce_max(self.ctx, over):  # every process stops at the same epoch
                     if self.history and self.saved_epoch != self.epoch:
                         self.save(self.epoch)  # the budget ended between checkpoints
