@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lrpo.eval import stats
 from lrpo.eval.stats import mean_std, paired_bootstrap_ci
 
 
@@ -66,3 +67,21 @@ def test_a_change_shared_by_the_whole_group_is_not_noise():
     scores = np.array([[0.0, 1.0, 3.0]])
     shared = signal_to_noise(scores, scores - 0.5)  # every candidate loses 0.5: the advantages do not move
     assert shared["noise_rms"] == pytest.approx(0.0) and shared["rank_agreement"] == pytest.approx(1.0)
+
+
+def test_cpu_curve_sums_epoch_cpu_seconds_up_to_each_evaluation():
+    # epoch-0 evaluation (no CPU yet), epochs of 30 s and 90 s, evaluated after the second:
+    # x = 0 min and (30 + 90) / 60 = 2 min
+    recs = [{"epoch": 0, "eval_reward": 0.5}, {"epoch": 1, "time_cpu_s": 30.0},
+            {"epoch": 2, "time_cpu_s": 90.0, "eval_reward": 0.52}, {"epoch": 2, "interrupted": "SIGINT"}]
+    xs, ys = stats.cpu_curve(recs)
+    assert xs.tolist() == [0.0, 2.0] and ys.tolist() == [0.5, 0.52]
+
+
+def test_curve_at_interpolates_inside_and_is_nan_outside():
+    xs, ys = np.array([0.0, 2.0, 4.0]), np.array([0.0, 1.0, 3.0])
+    # 1 is halfway between (0, 0) and (2, 1): 0.5; 3 halfway between (2, 1) and (4, 3): 2
+    got = stats.curve_at(xs, ys, np.array([1.0, 3.0, 4.0, 5.0, -1.0]))
+    assert got[:3].tolist() == [0.5, 2.0, 3.0] and np.isnan(got[3]) and np.isnan(got[4])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        stats.curve_at(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0.5)

@@ -69,3 +69,30 @@ def signal_to_noise(scores: np.ndarray, perturbed: np.ndarray) -> dict[str, floa
     noise = float(np.sqrt(((change - change.mean(axis=1, keepdims=True)) ** 2).mean()))
     return {"within_std": signal, "noise_rms": noise, "snr": signal / noise if noise > 0 else float("inf"),
             "rank_agreement": float(np.mean([rank_agreement(s, p) for s, p in zip(scores, perturbed)]))}
+
+
+def cpu_curve(records: list[dict], key: str = "eval_reward", cpu_key: str = "time_cpu_s") -> tuple[np.ndarray, np.ndarray]:
+    """(CPU minutes, value) at every training-log record holding ``key``, in log order.
+
+    A record's CPU minutes are the sum of ``cpu_key`` (an epoch's CPU seconds) over the records up to
+    and including it, so the held-out figure logged before the first epoch sits at 0 and one logged
+    after epoch e at the compute epochs 1..e took. Records without ``cpu_key`` add nothing.
+    """
+    spent, xs, ys = 0.0, [], []
+    for rec in records:
+        spent += float(rec.get(cpu_key, 0.0))
+        if key in rec:
+            xs.append(spent / 60.0)
+            ys.append(float(rec[key]))
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+
+
+def curve_at(xs: np.ndarray, ys: np.ndarray, at: np.ndarray | float) -> np.ndarray:
+    """Piecewise-linear ``ys(xs)`` read at ``at``; NaN outside [xs[0], xs[-1]] (never extrapolated:
+    a run that stopped earlier has no figure for later compute)."""
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if xs.ndim != 1 or xs.shape != ys.shape or len(xs) == 0 or np.any(np.diff(xs) < 0):
+        raise ValueError(f"a curve needs 1-D xs and ys of one length with xs non-decreasing, got {xs.shape} and {ys.shape}")
+    at = np.asarray(at, dtype=np.float64)
+    out = np.interp(at, xs, ys)
+    return np.where((at < xs[0]) | (at > xs[-1]), np.nan, out)
