@@ -298,6 +298,32 @@ def test_report_regenerates_with_training_curves(tmp_path: Path, no_weights):
     assert "Training curves" in " ".join(page.text)
 
 
+def test_cli_figures_are_embedded_and_a_bad_one_is_named(tmp_path: Path, no_weights, capsys: pytest.CaptureFixture):
+    """--figure TITLE=PNG: a PNG file is embedded under its title; a file that is not a PNG and a
+    missing file are each named in a note; a spec without '=' is refused with the expected form."""
+    from PIL import Image
+
+    paired, gtcopy, _ = _paired_set(tmp_path, count=2)
+    png = tmp_path / "plot.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(png)
+    (tmp_path / "fake.png").write_text("not an image")
+    parser = add_evaluate_arguments(argparse.ArgumentParser(prog="lrpo evaluate"))
+    args = parser.parse_args(
+        ["--paired", str(paired), "--method", f"cf=folder:{gtcopy}", "--out", str(tmp_path / "eval"), "--reward-preset", "none",
+         "--device", "cpu", "--no-progress", "--figure", f"reward per CPU-minute={png}", "--figure", f"fake={tmp_path / 'fake.png'}",
+         "--figure", f"gone={tmp_path / 'gone.png'}"]
+    )
+    assert run_evaluate(args) == 0
+    page = _parse(tmp_path / "eval" / "report.html")
+    text = " ".join(page.text)
+    embedded = [a for t, a in page.tags if t == "img" and a.get("alt") == "reward per CPU-minute"]
+    assert len(embedded) == 1 and embedded[0]["src"].startswith("data:image/png;base64,")
+    assert "Figures" in text and "is not a PNG file" in text and "gone.png" in text
+    bad = parser.parse_args(["--paired", str(paired), "--method", f"cf=folder:{gtcopy}", "--out", str(tmp_path / "o"), "--figure", "plot.png"])
+    with pytest.raises(ValueError, match=r"--figure 'plot.png': expected TITLE=PATH"):
+        run_evaluate(bad)
+
+
 def test_report_renders_in_headless_chromium(tmp_path: Path, no_weights):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

@@ -47,6 +47,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     parser.add_argument("--log", action="append", default=[], metavar="NAME=PATH",
                         help="training log (log.jsonl of lrpo train/pretrain) to plot in the report; repeatable")
+    parser.add_argument("--figure", action="append", default=[], metavar="TITLE=PNG",
+                        help="a PNG plot to show in the report under TITLE, e.g. the reward-per-CPU-minute plot "
+                        "bench/lrpo_cpu.py writes; repeatable")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     sampling = parser.add_argument_group("sampling (checkpoint methods)")
     sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
@@ -105,12 +108,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
-def _parse_logs(items: list[str]) -> dict[str, str]:
+def _parse_logs(items: list[str], flag: str = "--log", example: str = "ours=runs/lrpo/log.jsonl") -> dict[str, str]:
     logs = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"--log {item!r}: expected NAME=PATH (e.g. ours=runs/lrpo/log.jsonl)")
+            raise ValueError(f"{flag} {item!r}: expected {'TITLE' if flag == '--figure' else 'NAME'}=PATH (e.g. {example})")
         logs[name.strip()] = path.strip()
     return logs
 
@@ -152,6 +155,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         include_input=not args.no_input_baseline,
         limit=args.limit,
         logs=_parse_logs(args.log),
+        figures=_parse_logs(args.figure, "--figure", "reward per CPU-minute=runs/bench_lrpo/reward_vs_cpu.png"),
         grid_count=args.grid_count,
         worst_count=args.worst_count,
         progress=not args.no_progress,

@@ -239,6 +239,7 @@ class EvalOptions:
     include_input: bool = True
     limit: int | None = None
     logs: dict[str, str] = field(default_factory=dict)  # training logs (name -> log.jsonl) for the report
+    figures: dict[str, str] = field(default_factory=dict)  # PNG plots (title -> path) shown in the report
     notes: list[str] = field(default_factory=list)  # the caller's notes, shown first in metrics.json and the report
     table: bool = False  # also write table.md and table.tex in the field's column order (lrpo.eval.table)
     published: str | None = None  # CSV of other methods' published figures, shown apart in the table
@@ -814,6 +815,7 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
             "outputs": image_paths,
         },
         "logs": {k: str(v) for k, v in options.logs.items()},
+        "figures": {k: str(v) for k, v in options.figures.items()},
         "device": str(device),
         "seconds": {"total": round(time.perf_counter() - t_start, 2), **seconds},
     }

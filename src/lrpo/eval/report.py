@@ -8,7 +8,8 @@ name), so it can be regenerated at any time with :func:`write_report`. Contents:
    second table with every reward term;
 2. image grids, LQ | each method | GT, for the first images of the set;
 3. per-method worst cases by a chosen metric (identity cosine by default);
-4. curves of every reward term, the fidelity metrics and the losses over training, from
+4. figures the caller names (PNG files, e.g. the reward-per-CPU-minute plot of bench/lrpo_cpu.py);
+5. curves of every reward term, the fidelity metrics and the losses over training, from
    ``log.jsonl`` files of ``lrpo train`` / ``lrpo pretrain`` (matplotlib, imported only here).
 
 Every image is embedded as a base64 data URI (JPEG thumbnails, PNG plots); the page loads nothing
@@ -38,6 +39,7 @@ __all__ = [
     "build_sets_report_html",
     "definitions_html",
     "curve_groups",
+    "figures_html",
     "image_data_uri",
     "read_log",
     "worst_cases",
@@ -359,6 +361,23 @@ def _curves_section(logs: Mapping[str, str]) -> tuple[str, list[str]]:
     return "".join(parts), notes
 
 
+def figures_html(figures: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``<img>`` blocks for PNG files (title -> path), embedded; a note for each that cannot be read."""
+    parts, notes = [], []
+    for title, path in figures.items():
+        try:
+            png = Path(path).read_bytes()
+        except OSError as e:
+            notes.append(f"figure {title!r}: cannot read {path}: {e.strerror or e}")
+            continue
+        if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+            notes.append(f"figure {title!r}: {path} is not a PNG file; it was left out")
+            continue
+        parts.append(f"<h3>{html.escape(title)}</h3><p class=\"meta\">{html.escape(str(path))}</p>"
+                     f'<div class="curves"><img src="{_png_data_uri(png)}" alt="{html.escape(title)}"></div>')
+    return "".join(parts), notes
+
+
 def build_report_html(
     record: Mapping[str, Any],
     rows: Sequence[Mapping[str, Any]],
@@ -380,7 +399,8 @@ def build_report_html(
     ds = record["dataset"]
     title = title or f"lrpo evaluation: {Path(ds['lq_dir']).parent.name if record['kind'] == 'paired' else Path(ds['lq_dir']).name}"
     curves_html, curve_notes = _curves_section(dict(logs if logs is not None else record.get("logs", {})))
-    notes = list(record.get("notes", [])) + curve_notes
+    figs_html, fig_notes = figures_html(dict(record.get("figures", {})))
+    notes = list(record.get("notes", [])) + curve_notes + fig_notes
 
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -420,6 +440,8 @@ def build_report_html(
     if worst_by and methods and worst_count > 0:
         parts.append("<h2>Worst cases</h2>")
         parts.append(_worst_section(record, rows, rows_by, thumbs, methods, worst_count, worst_by, caption_keys))
+    if figs_html:
+        parts.append("<h2>Figures</h2>" + figs_html)
     if curves_html:
         parts.append("<h2>Training curves</h2>" + curves_html)
     parts.append("</body></html>")
