@@ -13,6 +13,10 @@ Then the noise against that signal: every candidate is scored again after an imp
 score change, the within-group std over it (signal-to-noise) and the mean Spearman agreement of the
 group's ranking before and after (lrpo.eval.stats.signal_to_noise). A term whose ranking does not
 survive an invisible change gives advantages that are mostly noise.
+
+Last, what dropping a term would change: per term, the mean Spearman agreement within groups of the
+total's ranking with and without that term (weight x term subtracted). Near 1: the advantages
+barely depend on the term, so dropping it changes little either way.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def main() -> int:
     from lrpo.diffusion.schedules import make_alphas_cumprod
     from lrpo.inference.restorer import load_policy
     from lrpo.inference.sampling import restore_images
-    from lrpo.eval.stats import signal_to_noise
+    from lrpo.eval.stats import rank_agreement, signal_to_noise
     from lrpo.rewards import PRESETS, RewardInput, build_composite
 
     policy, diffusion, _ = load_policy(args.policy)
@@ -106,11 +110,17 @@ def main() -> int:
         for name in rows:
             snr = signal_to_noise(np.stack(scores[name]), np.stack(changed[change][name]))
             rows[name][change] = {k: round(v, 4) for k, v in snr.items()}
+    for name in rows:
+        if name != "total" and name in weights:
+            total = np.stack(scores["total"])
+            without = total - weights[name] * np.stack(scores[name])
+            rows[name]["rank_agreement_without"] = round(float(np.mean([rank_agreement(a, b) for a, b in zip(total, without)])), 4)
     print(f"{'term':12s} {'within std':>11s} {'x weight':>9s} {'between std':>12s}"
           + "".join(f" {c + ' rms':>12s} {c + ' snr':>10s} {c + ' rank':>10s}" for c in PERTURBATIONS))
     for name, r in rows.items():
         print(f"{name:12s} {r['within_std']:11.4f} {r['within_std_x_weight']:9.4f} {r['between_std']:12.4f}"
-              + "".join(f" {r[c]['noise_rms']:12.4f} {r[c]['snr']:10.2f} {r[c]['rank_agreement']:10.3f}" for c in PERTURBATIONS))
+              + "".join(f" {r[c]['noise_rms']:12.4f} {r[c]['snr']:10.2f} {r[c]['rank_agreement']:10.3f}" for c in PERTURBATIONS)
+              + (f"  total without it ranks alike: {r['rank_agreement_without']:.3f}" if "rank_agreement_without" in r else ""))
     print(json.dumps({"bench": "reward_group_spread", "date": time.strftime("%Y-%m-%d"), "policy": args.policy,
                       "faces": len(held_out), "group": args.group, "steps": args.steps, "preset": args.preset, "terms": rows}))
     return 0
