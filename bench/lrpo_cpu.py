@@ -1,15 +1,27 @@
-"""Issue-3 benchmark: LRPO on the CPU from the pretrained 64x64 policy, with and without the
-GT-guided likelihood regulariser, evaluated on the 20 held-out faces.
+"""LRPO on the CPU from the pretrained 64x64 policy: variants side by side at equal CPU time, with
+several seeds, evaluated on the 20 held-out faces (issues 3 and 12).
 
     python bench/lrpo_cpu.py --base runs/bench_pretrain/run --faces ../shared/data/faces-hq \
-        --minutes 25 --out runs/bench_lrpo [--weights ../shared/weights]
+        --minutes 25 --out runs/bench_lrpo [--seeds 3 --parallel 2] [--variants NAME=SPEC,...]
 
-Trains runs from the same base with configs/lrpo-cpu.yaml (offline reward preset), by default (b)
-reg_weight as configured and (c) reg_weight=0 (--variants adds others, e.g. a strong regulariser),
-one after the other or side by side (--parallel J, one thread each), each with --seeds N seeds. Then restores the held-out faces (the first 20 in sorted order; never trained
-on), degraded once with seed 0 (mild preset, as trained), with DDIM eta=0, 50 steps, and reports for
-(a) base, (b), (c): the composite reward and each term, PSNR, SSIM and the SFace identity cosine to
-GT. Also prints the per-epoch time split (rollout / reward / update) and the update's sample-steps/s.
+Trains each variant from the same base with configs/lrpo-cpu.yaml (offline reward preset) and the
+overrides of its SPEC, with seeds 0 .. N-1, J runs side by side (--parallel J, one thread each; a
+SPEC may set its own time_budget_min, e.g. a longer run of the best variant).
+Every run stops after --minutes of its own CPU time (time_budget_clock=cpu), so runs sharing cores
+get equal compute. Every --eval-every epochs a run scores the held-out faces (the first 20 in
+sorted order, never trained on; mild preset, degraded once with seed 0; DDIM eta 0, the training
+sampler's steps) and logs each epoch's CPU seconds: from these the bench draws the held-out reward
+gain over the base against CPU-minutes (mean and min-max band over seeds; reward_vs_cpu.png) and
+reads every variant's gain at the compute all runs reached, as a ratio to the reference variant's
+(--reference, default the first).
+
+At the end it restores the held-out faces with every final policy (DDIM eta 0, 50 steps) and
+reports, for the base and each variant: the composite reward and each term, PSNR, SSIM, SFace
+identity and LMD (YuNet, px of a 512 face): mean and std over seeds, and a paired bootstrap 95 %
+interval over faces of (variant averaged over its seeds) minus base. It writes summary.json,
+reward_vs_cpu.png, heldout_grid.png (LQ | base | each variant, seed 0 | GT | 8x |first variant
+after the reference - base|) and report.html (table, plot, grid) under --out. The grid is made from
+third-party photos: keep --out out of the repository.
 """
 
 from __future__ import annotations
@@ -28,16 +40,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(base: str, faces: str, out: Path, minutes: float, extra: list[str], config: str, threads: int) -> subprocess.Popen:
-    over = [f"init_checkpoint={base}", f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "epochs=1000", *extra]
+def train(base: str, faces: str, out: Path, minutes: float, extra: list[str], config: str, threads: int, eval_every: int) -> subprocess.Popen:
+    over = [f"init_checkpoint={base}", f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "time_budget_clock=cpu",
+            "epochs=1000", *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "lrpo.cli", "train", "--config", config, "--eval-every", "5", "--no-progress", *over]
+    cmd = [sys.executable, "-m", "lrpo.cli", "train", "--config", config, "--eval-every", str(eval_every), "--no-progress", *over]
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @torch.no_grad()
-def evaluate(ckpt: Path, hq: torch.Tensor, lq: torch.Tensor, reward) -> dict[str, float]:
+def evaluate(ckpt: Path, hq: torch.Tensor, lq: torch.Tensor, reward, landmarks) -> tuple[dict[str, "np.ndarray"], torch.Tensor]:
+    """Per-face figures of one policy (DDIM eta 0, 50 steps) and its outputs."""
+    from lrpo.eval.landmarks import lmd_batch
     from lrpo.eval.metrics import psnr, ssim
     from lrpo.inference.restorer import Restorer
     from lrpo.inference.sampling import restore_images
@@ -49,7 +64,11 @@ def evaluate(ckpt: Path, hq: torch.Tensor, lq: torch.Tensor, reward) -> dict[str
     row = {"reward": res.scores}
     row.update({k: v for k, v in res.details.items() if "/" not in k and k != "total"})
     row.update(psnr=psnr(out, hq), ssim=ssim(out, hq))
-    return {k: v.double().cpu().numpy() for k, v in row.items()}  # one value per face
+    row = {k: v.double().cpu().numpy() for k, v in row.items()}
+    if landmarks is not None:
+        detector, gt_points = landmarks
+        row["lmd"] = lmd_batch(detector, out, gt_points)
+    return row, out
 
 
 def variant_overrides(spec: str) -> list[str]:
@@ -65,35 +84,149 @@ def variant_overrides(spec: str) -> list[str]:
 
 def seed_table(per_face: dict[str, list[dict]], base: dict) -> dict:
     """Per variant and metric: mean and std over seeds of the held-out mean, and a paired bootstrap
-    95 % interval over faces of (variant, averaged over its seeds) minus base."""
+    95 % interval over faces of (variant, averaged over its seeds) minus base. Faces where a metric
+    is NaN (LMD: no face detected) in the base or any seed are left out of that metric."""
+    import numpy as np
+
     from lrpo.eval.stats import mean_std, paired_bootstrap_ci
 
-    table = {"base": {k: {"mean": round(float(v.mean()), 4)} for k, v in base.items()}}
+    table = {"base": {k: {"mean": round(float(np.nanmean(v)), 4)} for k, v in base.items()}}
     for name, seeds in per_face.items():
         row = {}
         for k in base:
-            m, sd = mean_std([float(s[k].mean()) for s in seeds])
-            diff, low, high = paired_bootstrap_ci(sum(s[k] for s in seeds) / len(seeds), base[k])
+            m, sd = mean_std([float(np.nanmean(s[k])) for s in seeds])
+            avg = sum(s[k] for s in seeds) / len(seeds)
+            ok = np.isfinite(avg) & np.isfinite(base[k])
+            diff, low, high = paired_bootstrap_ci(avg[ok], base[k][ok])
             row[k] = {"mean": round(m, 4), "std": round(sd, 4), "minus_base": round(diff, 4), "ci95": [round(low, 4), round(high, 4)]}
+            if not ok.all():
+                row[k]["faces"] = int(ok.sum())
         table[name] = row
     return table
 
 
-def epoch_timing(log_path: Path) -> dict[str, float]:
-    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def epoch_timing(recs: list[dict]) -> dict[str, float]:
     recs = [r for r in recs if "time_update_s" in r]
     if not recs:
         return {}
-    mean = lambda k: round(sum(r[k] for r in recs) / len(recs), 2)  # noqa: E731
+    mean = lambda k: round(sum(r.get(k, 0.0) for r in recs) / len(recs), 2)  # noqa: E731
     return {
         "epochs": len(recs),
+        "cpu_s": mean("time_cpu_s"),
         "rollout_s": mean("time_rollout_s"),
         "reward_s": mean("time_reward_s"),
         "update_s": mean("time_update_s"),
         "update_sample_steps_per_s": mean("update_sample_steps_per_s"),
-        "reward_first_epoch": round(recs[0]["reward_mean"], 4),
-        "reward_last_epoch": round(recs[-1]["reward_mean"], 4),
+        "clip_frac": round(sum(r.get("clip_frac", 0.0) for r in recs) / len(recs), 3),
+        "approx_kl": float(f"{sum(r.get('approx_kl', 0.0) for r in recs) / len(recs):.3g}"),
     }
+
+
+def gain_curves(logs: dict[str, list[list[dict]]]) -> dict[str, list[tuple]]:
+    """Per variant, per seed: (CPU minutes, held-out reward minus the run's own start)."""
+    from lrpo.eval.stats import cpu_curve
+
+    out = {}
+    for name, seeds in logs.items():
+        out[name] = []
+        for recs in seeds:
+            xs, ys = cpu_curve(recs)
+            out[name].append((xs, ys - ys[0]) if len(ys) else (xs, ys))
+    return out
+
+
+def gains_at(curves: dict[str, list[tuple]], minutes: float) -> dict[str, dict[str, float]]:
+    """Each variant's held-out gain at ``minutes`` of CPU (mean and std over seeds)."""
+    import numpy as np
+
+    from lrpo.eval.stats import curve_at, mean_std
+
+    res = {}
+    for name, seeds in curves.items():
+        values = [float(curve_at(xs, ys, minutes)) for xs, ys in seeds if len(xs)]
+        m, sd = mean_std(values) if values and np.all(np.isfinite(values)) else (float("nan"), float("nan"))
+        res[name] = {"gain": m, "std": sd, "gain_per_cpu_min": m / minutes if minutes > 0 else None}
+    return res
+
+
+def plot_curves(curves: dict[str, list[tuple]], path: Path, at: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lrpo.eval.stats import curve_at
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for name, seeds in curves.items():
+        seeds = [(xs, ys) for xs, ys in seeds if len(xs) > 1]
+        if not seeds:
+            continue
+        grid = np.linspace(0.0, min(xs[-1] for xs, _ in seeds), 60)
+        vals = np.stack([curve_at(xs, ys, grid) for xs, ys in seeds])
+        (line,) = ax.plot(grid, vals.mean(axis=0), label=f"{name} ({len(seeds)} seeds)")
+        ax.fill_between(grid, vals.min(axis=0), vals.max(axis=0), color=line.get_color(), alpha=0.18, linewidth=0)
+    ax.axhline(0.0, color="#888", linewidth=0.8)
+    ax.axvline(at, color="#bbb", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("CPU-minutes of training (rollout + reward + update, one thread)")
+    ax.set_ylabel("held-out reward minus base")
+    ax.set_title("LRPO on the CPU: held-out reward gain per compute (mean, min-max over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def heldout_grid(lq, base_out, outputs: dict[str, torch.Tensor], hq, diff_of: str | None) -> "np.ndarray":
+    """LQ | base | each variant | GT | 8 x |diff_of - base| (what LRPO changed, amplified)."""
+    from lrpo.data.images import to_uint8
+    from lrpo.quickstart import image_grid
+
+    rows = []
+    for i in range(len(lq)):
+        row = [to_uint8(lq[i]), to_uint8(base_out[i]), *[to_uint8(o[i]) for o in outputs.values()], to_uint8(hq[i])]
+        if diff_of is not None:
+            row.append(to_uint8(((outputs[diff_of][i] - base_out[i]).abs() * 8).clamp(0, 1)))
+        rows.append(row)
+    return image_grid(rows)
+
+
+def report_page(summary: dict, figures: dict[str, str]) -> str:
+    import html
+
+    from lrpo.eval.report import _CSS, figures_html
+
+    res = summary["results"]
+    keys = list(res["base"])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    base_cells = "".join("<td>%.4f</td>" % res["base"][k]["mean"] for k in keys)
+    rows = [f"<tr><td class='name'>base</td>{base_cells}</tr>"]
+    for name in summary["variants"]:
+        cells = "".join("<td>%.4f &plusmn; %.4f<br>%+.4f [%+.4f, %+.4f]</td>" % (
+            res[name][k]["mean"], res[name][k]["std"], res[name][k]["minus_base"], *res[name][k]["ci95"]) for k in keys)
+        rows.append(f"<tr><td class='name'>{html.escape(name)}</td>{cells}</tr>")
+    at = summary["equal_cpu"]
+    gains = "".join("<li>%s: %+.4f &plusmn; %.4f, %s the reference's gain</li>" % (
+        html.escape(n), g["gain"], g["std"], "?" if g.get("ratio_to_reference") is None else "%.2fx" % g["ratio_to_reference"])
+        for n, g in at["gains"].items())
+    figs, notes = figures_html(figures)
+    return "\n".join([
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>LRPO on the CPU</title>",
+        f"<style>{_CSS}</style></head><body><h1>LRPO on the CPU: variants at equal CPU time</h1>",
+        f"<p class='meta'>{html.escape(summary['machine'])}, {summary['date']}; {summary['seeds']} seed(s) per variant, "
+        f"{summary['minutes_per_run']} CPU-minutes per run, {summary['heldout_faces']} held-out faces; config "
+        f"{html.escape(summary['config'])}</p>",
+        "<h2>Held-out figures (DDIM eta 0, 50 steps)</h2><p class='meta'>mean &plusmn; std over seeds; minus base with a "
+        "paired bootstrap 95 % interval over faces</p>",
+        f"<table class='metrics'><tr><th>policy</th>{head}</tr>{''.join(rows)}</table>",
+        f"<h2>Gain at {at['cpu_min']:.2f} CPU-minutes (all runs reached it)</h2><ul>{gains}</ul>",
+        "<h2>Figures</h2>" + figs, *(f"<p class='meta'>{html.escape(n)}</p>" for n in notes), "</body></html>"])
 
 
 def main() -> int:
@@ -101,17 +234,19 @@ def main() -> int:
     ap.add_argument("--base", required=True, help="pretrained policy (run folder or checkpoint)")
     ap.add_argument("--faces", default=str(ROOT.parent / "shared" / "data" / "faces-hq"))
     ap.add_argument("--weights", default=str(ROOT.parent / "shared" / "weights"), help="folder with the SFace/YuNet ONNX files")
-    ap.add_argument("--minutes", type=float, default=25.0, help="training budget per run (at most 30)")
+    ap.add_argument("--minutes", type=float, default=25.0, help="CPU-minutes of training per run (each run's own CPU time)")
     ap.add_argument("--out", default="runs/bench_lrpo")
     ap.add_argument("--config", default=str(ROOT / "configs" / "lrpo-cpu.yaml"))
-    ap.add_argument("--parallel", type=int, nargs="?", const=3, default=1, metavar="J",
-                    help="train J runs side by side, one thread each (bare: 3)")
-    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--parallel", type=int, nargs="?", const=2, default=1, metavar="J",
+                    help="train J runs side by side, one thread each (bare: 2, one per core here)")
+    ap.add_argument("--eval-every", type=int, default=2, help="held-out evaluation every N epochs (the curve's points)")
+    ap.add_argument("--skip-train", action="store_true", help="evaluate the runs already in --out")
     ap.add_argument("--seeds", type=int, default=1, help="train each variant with seeds 0 .. N-1 (the table gives mean, std "
                     "and a paired bootstrap 95 %% interval over faces of variant minus base)")
     ap.add_argument("--variants", default="lrpo_reg=config,lrpo_noreg=0",
                     help="NAME=SPEC pairs: SPEC is 'config' (the config as it is), a number (reg_weight) or KEY=VALUE "
                     "overrides joined by '+', e.g. sel2=train_timesteps=random:2+update_mode=accumulate")
+    ap.add_argument("--reference", default=None, help="the variant the others' gains are divided by (default: the first)")
     args = ap.parse_args()
     os.environ.setdefault("LRPO_WEIGHTS", args.weights)
     out = Path(args.out)
@@ -120,25 +255,39 @@ def main() -> int:
     for item in args.variants.split(","):
         name, _, spec = item.partition("=")
         runs[name.strip()] = variant_overrides(spec)
+    reference = args.reference or next(iter(runs))
+    if reference not in runs:
+        ap.error(f"--reference {reference!r}: not one of the variants ({', '.join(runs)})")
     jobs = [(name, seed) for name in runs for seed in range(args.seeds)]
     run_dir = (lambda name, seed: out / name) if args.seeds == 1 else (lambda name, seed: out / name / f"seed_{seed}")
     if not args.skip_train:
         threads = 1 if args.parallel > 1 else torch.get_num_threads()
-        for start in range(0, len(jobs), args.parallel):
-            procs = []
-            for name, seed in jobs[start : start + args.parallel]:
+        waiting, running = list(jobs), []
+        while waiting or running:  # a pool: a core that frees up takes the next run at once
+            while waiting and len(running) < args.parallel:
+                name, seed = waiting.pop(0)
                 run_dir(name, seed).parent.mkdir(parents=True, exist_ok=True)
                 extra = runs[name] + ([f"seed={seed}"] if args.seeds > 1 else [])
-                procs.append((name, train(args.base, args.faces, run_dir(name, seed), args.minutes, extra, args.config, threads)))
-            for name, p in procs:
-                if p.wait():
-                    print(f"{name} failed; see its .log beside the run", file=sys.stderr)
+                running.append((name, seed, train(args.base, args.faces, run_dir(name, seed), args.minutes, extra, args.config,
+                                                  threads, args.eval_every)))
+            time.sleep(2)
+            for job in [j for j in running if j[2].poll() is not None]:
+                running.remove(job)
+                if job[2].returncode:
+                    for _, _, p in running:
+                        p.terminate()
+                    print(f"{job[0]} seed {job[1]} failed; see {run_dir(job[0], job[1])}.log", file=sys.stderr)
                     return 1
+
+    import numpy as np
 
     from lrpo.config import DEGRADATION_PRESETS, LRPOConfig, load_config
     from lrpo.data.datasets import FaceImageSet
+    from lrpo.data.images import save_rgb
     from lrpo.degradation import degrade
+    from lrpo.eval.landmarks import LandmarkDetector
     from lrpo.rewards import build_composite
+    from lrpo.weights import MissingWeightsError
 
     cfg = load_config(LRPOConfig, args.config, [f"init_checkpoint={args.base}", f"data.hq={args.faces}"])
     faces = FaceImageSet(args.faces, resolution=cfg.data.resolution)
@@ -146,24 +295,63 @@ def main() -> int:
     hq = torch.stack([val[i] for i in range(len(val))])
     lq, _ = degrade(hq, DEGRADATION_PRESETS["mild"], torch.Generator().manual_seed(0))
     reward = build_composite(cfg.reward.preset, device="cpu")
-    base_faces = evaluate(Path(args.base), hq, lq, reward)
-    per_face = {name: [evaluate(run_dir(name, seed), hq, lq, reward) for seed in range(args.seeds)] for name in runs}
+    try:
+        detector = LandmarkDetector()
+        landmarks = (detector, detector.detect_batch(hq))
+    except MissingWeightsError as e:
+        print(f"LMD left out: {e}", file=sys.stderr)
+        landmarks = None
+    base_faces, base_out = evaluate(Path(args.base), hq, lq, reward, landmarks)
+    per_face, outputs = {}, {}
+    for name in runs:
+        per_face[name] = []
+        for seed in range(args.seeds):
+            row, images = evaluate(run_dir(name, seed), hq, lq, reward, landmarks)
+            per_face[name].append(row)
+            if seed == 0:
+                outputs[name] = images
     table = seed_table(per_face, base_faces)
+
+    logs = {name: [read_log(run_dir(name, seed) / "log.jsonl") for seed in range(args.seeds)] for name in runs}
+    curves = gain_curves(logs)
+    common = min(float(xs[-1]) for seeds in curves.values() for xs, _ in seeds if len(xs))
+    gains = gains_at(curves, common)
+    ref = gains[reference]["gain"]
+    for name, g in gains.items():
+        g["ratio_to_reference"] = round(g["gain"] / ref, 2) if np.isfinite(ref) and ref != 0 else None
+        g.update(gain=round(g["gain"], 5), std=round(g["std"], 5),
+                 gain_per_cpu_min=None if g["gain_per_cpu_min"] is None else round(g["gain_per_cpu_min"], 6))
+    plot_curves(curves, out / "reward_vs_cpu.png", common)
+    others = [n for n in runs if n != reference]
+    save_rgb(out / "heldout_grid.png", heldout_grid(lq, base_out, outputs, hq, others[0] if others else reference))
+
     summary = {
         "bench": "lrpo_cpu",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "config": os.path.relpath(args.config, ROOT),
+        "base": str(args.base),
         "minutes_per_run": args.minutes,
+        "clock": "cpu",
         "parallel": args.parallel,
         "seeds": args.seeds,
+        "eval_every": args.eval_every,
+        "reference": reference,
         "variants": {name: extra for name, extra in runs.items()},
         "heldout_faces": len(hq),
         "results": table,
-        "timing": {name: epoch_timing(run_dir(name, 0) / "log.jsonl") for name in runs},
+        "equal_cpu": {"cpu_min": round(common, 3), "eval": "in-training held-out reward (DDIM eta 0, the training sampler's steps)",
+                      "gains": gains},
+        "curves": {name: [{"cpu_min": [round(float(x), 3) for x in xs], "gain": [round(float(y), 5) for y in ys]} for xs, ys in seeds]
+                   for name, seeds in curves.items()},
+        "timing": {name: epoch_timing(logs[name][0]) for name in runs},
     }
-    print(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "curves"}, indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    figures = {"held-out reward gain against CPU-minutes": str(out / "reward_vs_cpu.png"),
+               "held-out faces: LQ | base | variants (seed 0) | GT | 8x |change|": str(out / "heldout_grid.png")}
+    (out / "report.html").write_text(report_page(summary, figures), encoding="utf-8")
+    print(f"wrote {out / 'summary.json'}, {out / 'reward_vs_cpu.png'}, {out / 'heldout_grid.png'}, {out / 'report.html'}")
     return 0
 
 
