@@ -5,6 +5,7 @@ What must hold:
   * random:K is reproducible from (trajectory seed, epoch) alone (not from batch order or the other
     trajectories), differs across epochs and covers every step over epochs;
   * window:K:s slides by s and wraps: n_train = 5, K = 2, s = 2 -> {0,1}, {2,3}, {4,0}, {1,2} ...;
+  * random:K+reg always holds the last reg_last_k steps and draws K from the steps before them;
   * in the trainer, a selection of every step (random:S, window:S) is bit-identical to `all`; a
     real subset keeps the first-step ratio at 1 and resumes exactly (1 + 1 epochs == 2).
 """
@@ -66,7 +67,8 @@ def test_window_slides_by_its_stride_and_wraps():
 SHIPPED = dict(update_mode="per_timestep", train_fraction=0.75, reg_weight=1e-2, reg_last_k=2, minibatch_size=6)
 
 
-@pytest.mark.parametrize("every_step", ["random:3", "window:3"])
+# (random:1+reg with 3 trained steps and reg_last_k 2: the one step before the last two, and those)
+@pytest.mark.parametrize("every_step", ["random:3", "window:3", "random:1+reg"])
 def test_a_selection_of_every_step_is_bit_identical_to_all(setup_dirs, tmp_path, every_step):
     faces, base = setup_dirs
     ref = LRPOTrainer(make_cfg(faces, base, tmp_path / "all", epochs=1, **SHIPPED), progress=False)
@@ -102,5 +104,44 @@ def test_a_subset_trains_its_steps_with_ratio_one_first_and_resumes_exactly(setu
 
     LRPOTrainer(make_cfg(faces, base, tmp_path / "split", epochs=1, **over), progress=False).run()
     resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "split", epochs=2, **over), resume=tmp_path / "split", progress=False)
+    resumed.run()
+    _state_equal(straight, resumed)
+
+
+def test_random_k_plus_reg_always_trains_the_regularised_steps():
+    # 6 trained steps, reg_last_k 2: steps 4 and 5 every epoch, plus 2 drawn from 0..3
+    sel = parse_timestep_selection("random:2+reg", 6, reg_last_k=2)
+    assert sel == TimestepSelection("random", 2, 2, last=2) and sel.width == 4
+    per_epoch = [selected_steps(sel, 6, e, [11, 22]) for e in range(30)]
+    for rows in per_epoch:
+        assert rows.shape == (2, 4)
+        for row in rows.tolist():
+            assert row[2:] == [4, 5] and len(set(row[:2])) == 2 and all(0 <= j < 4 for j in row[:2]) and row[:2] == sorted(row[:2])
+    # the drawn part covers 0..3 over epochs (missed by 30 draws of 2 of 4 with probability 0.5^30)
+    assert {j for rows in per_epoch for j in rows[0, :2].tolist()} == {0, 1, 2, 3}
+    # K may use every step before the last reg_last_k, no more; no reg steps: refused
+    assert parse_timestep_selection("random:4+reg", 6, reg_last_k=2).width == 6
+    for bad, k in (("random:5+reg", 2), ("random:2+reg", 0)):
+        with pytest.raises(ValueError, match=r"'random:K\+reg' needs reg_last_k >= 1 and 1 <= K"):
+            parse_timestep_selection(bad, 6, reg_last_k=k)
+    with pytest.raises(ValueError, match="expected 'all'"):
+        parse_timestep_selection("window:2+reg", 6, reg_last_k=2)
+
+
+def test_random_k_plus_reg_trains_with_ratio_one_first_and_resumes_exactly(setup_dirs, tmp_path):
+    """The shipped per_timestep mode with the GT term on: with 4 trained steps (train_fraction 1) and
+    reg_last_k 2, random:1+reg trains 1 of steps {0, 1} plus {2, 3}: a real subset of 3; the first
+    optimiser step of each epoch sees ratio 1; 1 + 1 epochs equal 2 straight."""
+    faces, base = setup_dirs
+    over = dict(SHIPPED, train_timesteps="random:1+reg", train_fraction=1.0)
+    straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "a", epochs=2, **over), progress=False)
+    assert straight.n_train == 4 and straight.n_slots == 1 + 2
+    straight.run()
+    for rec in straight.history:
+        if "first_max_abs_log_ratio" in rec:
+            assert rec["first_max_abs_log_ratio"] < 1e-6 and rec["first_clip_fraction"] == 0.0
+    assert "reg" in straight.history[-1]
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
+    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
     resumed.run()
     _state_equal(straight, resumed)

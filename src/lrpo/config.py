@@ -284,7 +284,8 @@ class LRPOConfig:
     minibatch_size: int = 6  # per process, trajectories per update forward
     timesteps_per_forward: int = 1  # accumulate mode: timesteps stacked into one forward
     # which trained steps an epoch updates (lrpo.rl.timesteps): all | random:K (K per trajectory,
-    # drawn per epoch) | window:K[:stride] (K consecutive steps sliding over epochs)
+    # drawn per epoch) | random:K+reg (those K from the steps before the last reg_last_k, plus the
+    # last reg_last_k every epoch) | window:K[:stride] (K consecutive steps sliding over epochs)
     train_timesteps: str = "all"
     inner_epochs: int = 1
     lr: float = 1e-6
@@ -345,7 +346,7 @@ class LRPOConfig:
         from .rl.timesteps import parse_timestep_selection  # noqa: PLC0415
 
         try:
-            parse_timestep_selection(self.train_timesteps, n_train)
+            parse_timestep_selection(self.train_timesteps, n_train, reg_last_k=self.reg_last_k)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.gt_path == "compounded" and self.reg_weight > 0 and n_train == self.sample_steps:

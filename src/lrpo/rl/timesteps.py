@@ -4,14 +4,17 @@
   random:K         K distinct steps per trajectory per epoch, drawn from a generator seeded by
                    (trajectory seed, epoch): the same on any number of processes, batch size or
                    resume, and different across epochs (each step is trained K/S_train of the time)
+  random:K+reg     the last ``reg_last_k`` trained steps (those the GT-guided term uses) every
+                   epoch, plus K drawn as above from the steps before them: the GT term keeps all
+                   its steps while the PPO term trains K + reg_last_k per trajectory
   window:K[:s]     the same K consecutive steps for every trajectory, starting at (epoch * s) mod
                    S_train and wrapping around; s defaults to K, so S_train/K epochs cover every step
 
 Steps are indices into the sampler's timesteps (0 = the noisiest). Only the steps chosen here enter
 the PPO term; the GT-guided likelihood term applies to the chosen steps that are among the last
 ``reg_last_k`` trained steps (so with random:K it is present on about K/S_train of its steps, as
-the PPO term is, and the balance of the two terms is kept in expectation). The noise-level weight of
-a step is its own whatever else is chosen.
+the PPO term is, and the balance of the two terms is kept in expectation; with random:K+reg it is
+on all of them, every epoch). The noise-level weight of a step is its own whatever else is chosen.
 """
 
 from __future__ import annotations
@@ -30,12 +33,27 @@ class TimestepSelection(NamedTuple):
     kind: str  # "all" | "random" | "window"
     k: int = 0
     stride: int = 0
+    last: int = 0  # random:K+reg: the last `last` trained steps are always chosen too
+
+    @property
+    def width(self) -> int:
+        """Steps chosen per trajectory (0 for ``all``)."""
+        return self.k + self.last
 
 
-def parse_timestep_selection(spec: str, n_train: int, key: str = "train_timesteps") -> TimestepSelection:
-    """``all`` | ``random:K`` | ``window:K[:stride]`` with 1 <= K <= n_train (errors name ``key``)."""
+def parse_timestep_selection(spec: str, n_train: int, key: str = "train_timesteps", reg_last_k: int = 0) -> TimestepSelection:
+    """``all`` | ``random:K`` | ``random:K+reg`` | ``window:K[:stride]`` with 1 <= K <= n_train
+    (for ``+reg``: K <= n_train - min(reg_last_k, n_train)); errors name ``key``."""
     expected = f"{key}: expected 'all', 'random:K' or 'window:K[:stride]' with 1 <= K <= {n_train} (the trained steps)"
-    parts = str(spec).strip().split(":")
+    text = str(spec).strip()
+    if text.startswith("random:") and text.endswith("+reg"):
+        last = min(reg_last_k, n_train)
+        inner = parse_timestep_selection(text[: -len("+reg")], n_train, key)
+        if last < 1 or inner.k > n_train - last:
+            raise ValueError(f"{key}: 'random:K+reg' needs reg_last_k >= 1 and 1 <= K <= {n_train - last} (the {n_train} trained "
+                             f"steps less the last {last}), got {spec!r} with reg_last_k={reg_last_k}")
+        return inner._replace(last=last)
+    parts = text.split(":")
     if parts == ["all"]:
         return TimestepSelection("all")
     if parts[0] not in ("random", "window") or len(parts) not in ((2,) if parts[0] == "random" else (2, 3)):
@@ -61,7 +79,9 @@ def selected_steps(sel: TimestepSelection, n_train: int, epoch: int, trajectory_
         row = torch.tensor([(start + i) % n_train for i in range(sel.k)]).sort().values
         return row.expand(n, -1).clone()
     rows = []
+    pool = n_train - sel.last  # random:K+reg draws from the steps before the always-chosen last ones
+    tail = torch.arange(pool, n_train)
     for seed in trajectory_seeds:
         gen = torch.Generator().manual_seed(derive_seed(seed, epoch, _RANDOM_SALT))
-        rows.append(torch.randperm(n_train, generator=gen)[: sel.k].sort().values)
-    return torch.stack(rows) if rows else torch.zeros(0, sel.k, dtype=torch.long)
+        rows.append(torch.cat([torch.randperm(pool, generator=gen)[: sel.k].sort().values, tail]))
+    return torch.stack(rows) if rows else torch.zeros(0, sel.width, dtype=torch.long)

@@ -169,9 +169,9 @@ class LRPOTrainer:
         self.sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eta)
         self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
         self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
-        self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, self.n_train)
-        # steps one update trains per trajectory (all n_train, or the K that train_timesteps picks)
-        self.n_slots = self.timestep_selection.k or self.n_train
+        self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, self.n_train, reg_last_k=cfg.reg_last_k)
+        # steps one update trains per trajectory (all n_train, or those train_timesteps picks)
+        self.n_slots = self.timestep_selection.width or self.n_train
         k = min(cfg.reg_last_k, self.n_train)
         # the last K trained steps carry the GT-guided likelihood term (SPEC: t = 101 ... 21)
         self.reg_steps = list(range(self.n_train - k, self.n_train)) if cfg.reg_weight > 0 else []
