@@ -121,7 +121,7 @@ def epoch_timing(recs: list[dict]) -> dict[str, float]:
         "reward_s": mean("time_reward_s"),
         "update_s": mean("time_update_s"),
         "update_sample_steps_per_s": mean("update_sample_steps_per_s"),
-        "clip_frac": round(sum(r.get("clip_frac", 0.0) for r in recs) / len(recs), 3),
+        "clip_fraction": round(sum(r.get("clip_fraction", 0.0) for r in recs) / len(recs), 3),
         "approx_kl": float(f"{sum(r.get('approx_kl', 0.0) for r in recs) / len(recs):.3g}"),
     }
 
@@ -169,7 +169,7 @@ def plot_curves(curves: dict[str, list[tuple]], path: Path, at: float) -> None:
             continue
         grid = np.linspace(0.0, min(xs[-1] for xs, _ in seeds), 60)
         vals = np.stack([curve_at(xs, ys, grid) for xs, ys in seeds])
-        (line,) = ax.plot(grid, vals.mean(axis=0), label=f"{name} ({len(seeds)} seeds)")
+        (line,) = ax.plot(grid, vals.mean(axis=0), label=f"{name} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
         ax.fill_between(grid, vals.min(axis=0), vals.max(axis=0), color=line.get_color(), alpha=0.18, linewidth=0)
     ax.axhline(0.0, color="#888", linewidth=0.8)
     ax.axvline(at, color="#bbb", linewidth=0.8, linestyle="--")
@@ -188,13 +188,24 @@ def heldout_grid(lq, base_out, outputs: dict[str, torch.Tensor], hq, diff_of: st
     from lrpo.data.images import to_uint8
     from lrpo.quickstart import image_grid
 
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     rows = []
     for i in range(len(lq)):
         row = [to_uint8(lq[i]), to_uint8(base_out[i]), *[to_uint8(o[i]) for o in outputs.values()], to_uint8(hq[i])]
         if diff_of is not None:
             row.append(to_uint8(((outputs[diff_of][i] - base_out[i]).abs() * 8).clamp(0, 1)))
         rows.append(row)
-    return image_grid(rows)
+    grid = image_grid(rows)
+    # a header naming each column (the images are 64 px: names are cut to fit)
+    names = ["LQ", "base", *outputs, "GT", *(["8x change"] if diff_of is not None else [])]
+    size = rows[0][0].shape[1]
+    head = Image.new("RGB", (grid.shape[1], 14), "white")
+    draw = ImageDraw.Draw(head)
+    for j, name in enumerate(names):
+        draw.text((2 + j * (size + 2) + 1, 1), name[: max(1, size // 6)], fill=(0, 0, 0))
+    return np.concatenate([np.asarray(head), grid], axis=0)
 
 
 def report_page(summary: dict, figures: dict[str, str]) -> str:
