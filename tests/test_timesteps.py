@@ -145,3 +145,27 @@ def test_random_k_plus_reg_trains_with_ratio_one_first_and_resumes_exactly(setup
     resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
     resumed.run()
     _state_equal(straight, resumed)
+
+
+def test_the_shipped_cpu_preset_update_settings_keep_ratio_one_first_and_resume_exactly(setup_dirs, tmp_path):
+    """lrpo-cpu.yaml's own update settings (timestep selection, update mode, train fraction, minibatch,
+    lr, clip, lambda, K) on the tiny model: the path users take first. 4 sampler steps x 0.99 -> 3
+    trained steps; the first optimiser step of every epoch sees ratio 1; 1 + 1 epochs equal 2."""
+    import yaml
+
+    from lrpo.config import SHIPPED_CONFIG_DIR
+
+    shipped = yaml.safe_load((SHIPPED_CONFIG_DIR / "lrpo-cpu.yaml").read_text())
+    keys = ("train_timesteps", "update_mode", "train_fraction", "minibatch_size", "lr", "clip_range", "reg_weight", "reg_last_k",
+            "reg_tau")
+    over = {k: shipped[k] for k in keys if k in shipped}
+    assert over.get("train_fraction") == 0.99 and "update_mode" in over  # the file still sets what this test reads
+    faces, base = setup_dirs
+    straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "a", epochs=2, **over), progress=False)
+    straight.run()
+    firsts = [rec["first_max_abs_log_ratio"] for rec in straight.history if "first_max_abs_log_ratio" in rec]
+    assert len(firsts) == 2 and max(firsts) < 1e-6
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
+    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
+    resumed.run()
+    _state_equal(straight, resumed)
