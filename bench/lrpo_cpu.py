@@ -7,8 +7,10 @@ several seeds, evaluated on the 20 held-out faces (issues 3 and 12).
 Trains each variant from the same base with configs/lrpo-cpu.yaml (offline reward preset) and the
 overrides of its SPEC, with seeds 0 .. N-1, J runs side by side (--parallel J, one thread each; a
 SPEC may set its own time_budget_min, e.g. a longer run of the best variant).
-Every run stops after --minutes of its own CPU time (time_budget_clock=cpu), so runs sharing cores
-get equal compute. Every --eval-every epochs a run scores the held-out faces (the first 20 in
+Every run stops after --minutes of its own CPU time (time_budget_clock=cpu: its evaluations and
+checkpoints count; checked between epochs, so a run ends up to one epoch later), so runs sharing
+cores get equal compute; summary.json gives each run's training CPU (the curves' x) beside it.
+Every --eval-every epochs a run scores the held-out faces (the first 20 in
 sorted order, never trained on; mild preset, degraded once with seed 0; DDIM eta 0, the training
 sampler's steps) and logs each epoch's CPU seconds: from these the bench draws the held-out reward
 gain over the base against CPU-minutes (mean and min-max band over seeds; reward_vs_cpu.png) and
@@ -19,8 +21,8 @@ At the end it restores the held-out faces with every final policy (DDIM eta 0, 5
 reports, for the base and each variant: the composite reward and each term, PSNR, SSIM, SFace
 identity and LMD (YuNet, px of a 512 face): mean and std over seeds, and a paired bootstrap 95 %
 interval over faces of (variant averaged over its seeds) minus base. It writes summary.json,
-reward_vs_cpu.png, heldout_grid.png (LQ | base | each variant, seed 0 | GT | 8x |first variant
-after the reference - base|) and report.html (table, plot, grid) under --out. The grid is made from
+reward_vs_cpu.png, heldout_grid.png (LQ | base | each variant, seed 0 | GT | 8x |the first variant
+that is not the reference - base|) and report.html (table, plot, grid) under --out. The grid is made from
 third-party photos: keep --out out of the repository.
 """
 
@@ -28,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -72,35 +76,69 @@ def evaluate(ckpt: Path, hq: torch.Tensor, lq: torch.Tensor, reward, landmarks) 
 
 
 def variant_overrides(spec: str) -> list[str]:
-    """'config' or '' -> none; a number -> reg_weight=NUMBER; else KEY=VALUE pairs joined by '+'."""
+    """'config' or '' -> none; a number -> reg_weight=NUMBER; else KEY=VALUE pairs joined by '+'
+    (a '+' splits only where a new KEY= follows, so values such as random:2+reg stay whole)."""
     spec = spec.strip()
     if spec in ("", "config"):
         return []
     try:
         return [f"reg_weight={float(spec)}"]
     except ValueError:
-        return [item for item in spec.split("+") if item]
+        pass
+    items = [item for item in re.split(r"\+(?=[A-Za-z_][\w.]*=)", spec) if item]
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ValueError(f"variant spec {spec!r}: {bad[0]!r} is not KEY=VALUE (expected 'config', a number or KEY=VALUE+KEY=VALUE)")
+    return items
+
+
+def budget_of(overrides: list[str], default: float) -> float:
+    """The CPU-minute budget a variant runs with: its own time_budget_min override, else the default."""
+    own = [float(o.split("=", 1)[1]) for o in overrides if o.startswith("time_budget_min=")]
+    return own[-1] if own else default
+
+
+def parse_variants(text: str) -> dict[str, list[str]]:
+    """'NAME=SPEC,NAME=SPEC' -> {name: overrides}; names must be non-empty and distinct."""
+    runs: dict[str, list[str]] = {}
+    for item in text.split(","):
+        name, _, spec = item.partition("=")
+        name = name.strip()
+        if not name or not re.fullmatch(r"[\w.-]+", name):
+            raise ValueError(f"--variants item {item!r}: expected NAME=SPEC with a NAME of letters, digits, '_', '.' or '-'")
+        if name in runs:
+            raise ValueError(f"--variants: the name {name!r} is given twice")
+        runs[name] = variant_overrides(spec)
+    return runs
 
 
 def seed_table(per_face: dict[str, list[dict]], base: dict) -> dict:
     """Per variant and metric: mean and std over seeds of the held-out mean, and a paired bootstrap
     95 % interval over faces of (variant, averaged over its seeds) minus base. Faces where a metric
-    is NaN (LMD: no face detected) in the base or any seed are left out of that metric."""
+    is NaN (LMD: no face detected) in the base or any run are left out of that metric in every row
+    (the count is given as "faces"); with fewer than 2 left the metric's figures are None."""
     import numpy as np
 
     from lrpo.eval.stats import mean_std, paired_bootstrap_ci
 
-    table = {"base": {k: {"mean": round(float(np.nanmean(v)), 4)} for k, v in base.items()}}
+    # one set of faces per metric for every row: those where it is finite for the base and every run
+    ok = {k: np.isfinite(v) & np.all([np.isfinite(s[k]) for seeds in per_face.values() for s in seeds], axis=0) for k, v in base.items()}
+    table = {"base": {k: {"mean": round(float(v[ok[k]].mean()), 4) if ok[k].any() else None} for k, v in base.items()}}
+    for k in base:
+        if not ok[k].all():
+            table["base"][k]["faces"] = int(ok[k].sum())
     for name, seeds in per_face.items():
         row = {}
         for k in base:
-            m, sd = mean_std([float(np.nanmean(s[k])) for s in seeds])
-            avg = sum(s[k] for s in seeds) / len(seeds)
-            ok = np.isfinite(avg) & np.isfinite(base[k])
-            diff, low, high = paired_bootstrap_ci(avg[ok], base[k][ok])
+            if ok[k].sum() < 2:  # no interval from fewer than 2 faces
+                row[k] = {"mean": None, "std": None, "minus_base": None, "ci95": [None, None], "faces": int(ok[k].sum())}
+                continue
+            m, sd = mean_std([float(s[k][ok[k]].mean()) for s in seeds])
+            avg = sum(s[k][ok[k]] for s in seeds) / len(seeds)
+            diff, low, high = paired_bootstrap_ci(avg, base[k][ok[k]])
             row[k] = {"mean": round(m, 4), "std": round(sd, 4), "minus_base": round(diff, 4), "ci95": [round(low, 4), round(high, 4)]}
-            if not ok.all():
-                row[k]["faces"] = int(ok.sum())
+            if not ok[k].all():
+                row[k]["faces"] = int(ok[k].sum())
         table[name] = row
     return table
 
@@ -139,21 +177,33 @@ def gain_curves(logs: dict[str, list[list[dict]]]) -> dict[str, list[tuple]]:
     return out
 
 
-def gains_at(curves: dict[str, list[tuple]], minutes: float) -> dict[str, dict[str, float]]:
-    """Each variant's held-out gain at ``minutes`` of CPU (mean and std over seeds)."""
+def gains_at(curves: dict[str, list[tuple]], minutes: float, reference: str) -> dict[str, dict]:
+    """Each variant's held-out gain at ``minutes`` of training CPU: mean and std over the seeds whose
+    curve reaches it (``seeds``), per CPU-minute, minus the reference's, and as a ratio to the
+    reference's gain (only when that is positive: a ratio to a loss or to nothing says nothing)."""
     import numpy as np
 
     from lrpo.eval.stats import curve_at, mean_std
 
-    res = {}
+    def clean(x, digits):
+        return None if x is None or not math.isfinite(x) else round(x, digits)
+
+    raw = {}
     for name, seeds in curves.items():
         values = [float(curve_at(xs, ys, minutes)) for xs, ys in seeds if len(xs)]
-        m, sd = mean_std(values) if values and np.all(np.isfinite(values)) else (float("nan"), float("nan"))
-        res[name] = {"gain": m, "std": sd, "gain_per_cpu_min": m / minutes if minutes > 0 else None}
+        values = [v for v in values if np.isfinite(v)]
+        raw[name] = (*mean_std(values), len(values)) if values else (float("nan"), float("nan"), 0)
+    ref = raw[reference][0]
+    res = {}
+    for name, (m, sd, n) in raw.items():
+        res[name] = {"gain": clean(m, 5), "std": clean(sd, 5), "seeds": n,
+                     "gain_per_cpu_min": clean(m / minutes, 6) if minutes > 0 else None,
+                     "minus_reference": clean(m - ref, 5),
+                     "ratio_to_reference": clean(m / ref, 2) if math.isfinite(ref) and ref > 0 else None}
     return res
 
 
-def plot_curves(curves: dict[str, list[tuple]], path: Path, at: float) -> None:
+def plot_curves(curves: dict[str, list[tuple]], path: Path, at: float, threads: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +223,7 @@ def plot_curves(curves: dict[str, list[tuple]], path: Path, at: float) -> None:
         ax.fill_between(grid, vals.min(axis=0), vals.max(axis=0), color=line.get_color(), alpha=0.18, linewidth=0)
     ax.axhline(0.0, color="#888", linewidth=0.8)
     ax.axvline(at, color="#bbb", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("CPU-minutes of training (rollout + reward + update, one thread)")
+    ax.set_xlabel(f"CPU-minutes of training (rollout + reward + update; {threads} thread{'s' if threads > 1 else ''} per run)")
     ax.set_ylabel("held-out reward minus base")
     ax.set_title("LRPO on the CPU: held-out reward gain per compute (mean, min-max over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
@@ -213,25 +263,28 @@ def report_page(summary: dict, figures: dict[str, str]) -> str:
 
     from lrpo.eval.report import _CSS, figures_html
 
+    def num(x, spec="%.4f"):
+        return "&ndash;" if x is None else spec % x
+
     res = summary["results"]
     keys = list(res["base"])
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    base_cells = "".join("<td>%.4f</td>" % res["base"][k]["mean"] for k in keys)
+    base_cells = "".join(f"<td>{num(res['base'][k]['mean'])}</td>" for k in keys)
     rows = [f"<tr><td class='name'>base</td>{base_cells}</tr>"]
     for name in summary["variants"]:
-        cells = "".join("<td>%.4f &plusmn; %.4f<br>%+.4f [%+.4f, %+.4f]</td>" % (
-            res[name][k]["mean"], res[name][k]["std"], res[name][k]["minus_base"], *res[name][k]["ci95"]) for k in keys)
+        cells = "".join(f"<td>{num(r['mean'])} &plusmn; {num(r['std'])}<br>{num(r['minus_base'], '%+.4f')} "
+                        f"[{num(r['ci95'][0], '%+.4f')}, {num(r['ci95'][1], '%+.4f')}]</td>" for r in (res[name][k] for k in keys))
         rows.append(f"<tr><td class='name'>{html.escape(name)}</td>{cells}</tr>")
     at = summary["equal_cpu"]
-    gains = "".join("<li>%s: %+.4f &plusmn; %.4f, %s the reference's gain</li>" % (
-        html.escape(n), g["gain"], g["std"], "?" if g.get("ratio_to_reference") is None else "%.2fx" % g["ratio_to_reference"])
-        for n, g in at["gains"].items())
+    gains = "".join(f"<li>{html.escape(n)}: {num(g['gain'], '%+.4f')} &plusmn; {num(g['std'])} ({g['seeds']} seeds), "
+                    f"{num(g['ratio_to_reference'], '%.2fx')} the reference's gain</li>" for n, g in at["gains"].items())
+    budgets = ", ".join(f"{html.escape(n)} {m:g}" for n, m in summary["minutes_per_run"].items())
     figs, notes = figures_html(figures)
     return "\n".join([
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>LRPO on the CPU</title>",
         f"<style>{_CSS}</style></head><body><h1>LRPO on the CPU: variants at equal CPU time</h1>",
         f"<p class='meta'>{html.escape(summary['machine'])}, {summary['date']}; {summary['seeds']} seed(s) per variant, "
-        f"{summary['minutes_per_run']} CPU-minutes per run, {summary['heldout_faces']} held-out faces; config "
+        f"CPU-minutes per run (budget, evaluations included): {budgets}; {summary['heldout_faces']} held-out faces; config "
         f"{html.escape(summary['config'])}</p>",
         "<h2>Held-out figures (DDIM eta 0, 50 steps)</h2><p class='meta'>mean &plusmn; std over seeds; minus base with a "
         "paired bootstrap 95 % interval over faces</p>",
@@ -262,10 +315,12 @@ def main() -> int:
     os.environ.setdefault("LRPO_WEIGHTS", args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {}
-    for item in args.variants.split(","):
-        name, _, spec = item.partition("=")
-        runs[name.strip()] = variant_overrides(spec)
+    if args.eval_every < 1 or args.seeds < 1 or args.parallel < 1:
+        ap.error("--eval-every, --seeds and --parallel must be >= 1 (the curves are made of the held-out evaluations)")
+    try:
+        runs = parse_variants(args.variants)
+    except ValueError as e:
+        ap.error(str(e))
     reference = args.reference or next(iter(runs))
     if reference not in runs:
         ap.error(f"--reference {reference!r}: not one of the variants ({', '.join(runs)})")
@@ -325,16 +380,17 @@ def main() -> int:
 
     logs = {name: [read_log(run_dir(name, seed) / "log.jsonl") for seed in range(args.seeds)] for name in runs}
     curves = gain_curves(logs)
-    common = min(float(xs[-1]) for seeds in curves.values() for xs, _ in seeds if len(xs))
-    gains = gains_at(curves, common)
-    ref = gains[reference]["gain"]
-    for name, g in gains.items():
-        g["ratio_to_reference"] = round(g["gain"] / ref, 2) if np.isfinite(ref) and ref != 0 else None
-        g.update(gain=round(g["gain"], 5), std=round(g["std"], 5),
-                 gain_per_cpu_min=None if g["gain_per_cpu_min"] is None else round(g["gain_per_cpu_min"], 6))
-    plot_curves(curves, out / "reward_vs_cpu.png", common)
-    others = [n for n in runs if n != reference]
-    save_rgb(out / "heldout_grid.png", heldout_grid(lq, base_out, outputs, hq, others[0] if others else reference))
+    ends = [float(xs[-1]) for seeds in curves.values() for xs, _ in seeds if len(xs) > 1]
+    if not ends:
+        print(f"no run in {out} logged held-out evaluations after training began: no curves, no gains at equal CPU", file=sys.stderr)
+    # the compute every run reached (its last held-out evaluation), where the gains are compared
+    common = min(ends) if ends else 0.0
+    gains = gains_at(curves, common, reference) if ends else {}
+    threads = 1 if args.parallel > 1 else torch.get_num_threads()
+    if ends:
+        plot_curves(curves, out / "reward_vs_cpu.png", common, threads)
+    changed = next((n for n in runs if n != reference), reference)  # the first variant that is not the reference
+    save_rgb(out / "heldout_grid.png", heldout_grid(lq, base_out, outputs, hq, changed))
 
     summary = {
         "bench": "lrpo_cpu",
@@ -342,7 +398,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "config": os.path.relpath(args.config, ROOT),
         "base": str(args.base),
-        "minutes_per_run": args.minutes,
+        "minutes_per_run": {name: budget_of(extra, args.minutes) for name, extra in runs.items()},
         "clock": "cpu",
         "parallel": args.parallel,
         "seeds": args.seeds,
@@ -351,8 +407,11 @@ def main() -> int:
         "variants": {name: extra for name, extra in runs.items()},
         "heldout_faces": len(hq),
         "results": table,
+        "threads_per_run": threads,
         "equal_cpu": {"cpu_min": round(common, 3), "eval": "in-training held-out reward (DDIM eta 0, the training sampler's steps)",
                       "gains": gains},
+        # each run's training CPU (the curves' x): the budget also counts evaluations and checkpoints
+        "train_cpu_min": {name: [round(sum(r.get("time_cpu_s", 0.0) for r in recs) / 60, 2) for recs in logs[name]] for name in runs},
         "curves": {name: [{"cpu_min": [round(float(x), 3) for x in xs], "gain": [round(float(y), 5) for y in ys]} for xs, ys in seeds]
                    for name, seeds in curves.items()},
         "timing": {name: epoch_timing(logs[name][0]) for name in runs},
@@ -360,7 +419,7 @@ def main() -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "curves"}, indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     figures = {"held-out reward gain against CPU-minutes": str(out / "reward_vs_cpu.png"),
-               "held-out faces: LQ | base | variants (seed 0) | GT | 8x |change|": str(out / "heldout_grid.png")}
+               f"held-out faces: LQ | base | variants (seed 0) | GT | 8x |{changed} - base|": str(out / "heldout_grid.png")}
     (out / "report.html").write_text(report_page(summary, figures), encoding="utf-8")
     print(f"wrote {out / 'summary.json'}, {out / 'reward_vs_cpu.png'}, {out / 'heldout_grid.png'}, {out / 'report.html'}")
     return 0

@@ -12,6 +12,8 @@ What must hold:
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def test_parse_accepts_the_three_forms_and_names_the_key_otherwise():
     assert parse_timestep_selection("window:4", 49) == TimestepSelection("window", 4, 4)  # stride defaults to K
     assert parse_timestep_selection("window:4:1", 49) == TimestepSelection("window", 4, 1)
     for bad in ("some", "random", "random:0", "random:50", "random:2:1", "window:x", "window:2:0", "window:1:2:3"):
-        with pytest.raises(ValueError, match=r"train_timesteps: expected 'all', 'random:K' or 'window:K\[:stride\]' with 1 <= K <= 49"):
+        with pytest.raises(ValueError, match=r"train_timesteps: expected 'all', 'random:K', 'random:K\+reg' or 'window:K\[:stride\]' with 1 <= K <= 49"):
             parse_timestep_selection(bad, 49)
 
 
@@ -67,13 +69,16 @@ def test_window_slides_by_its_stride_and_wraps():
 SHIPPED = dict(update_mode="per_timestep", train_fraction=0.75, reg_weight=1e-2, reg_last_k=2, minibatch_size=6)
 
 
-# (random:1+reg with 3 trained steps and reg_last_k 2: the one step before the last two, and those)
-@pytest.mark.parametrize("every_step", ["random:3", "window:3", "random:1+reg"])
-def test_a_selection_of_every_step_is_bit_identical_to_all(setup_dirs, tmp_path, every_step):
+# (random:1+reg with 3 trained steps and reg_last_k 2: the one step before the last two, and those;
+# in accumulate mode with 2 steps per forward the width enters the loss scale len(steps) / n_slots)
+@pytest.mark.parametrize("every_step, mode", [("random:3", {}), ("window:3", {}), ("random:1+reg", {}),
+                                              ("random:1+reg", {"update_mode": "accumulate", "timesteps_per_forward": 2})])
+def test_a_selection_of_every_step_is_bit_identical_to_all(setup_dirs, tmp_path, every_step, mode):
     faces, base = setup_dirs
-    ref = LRPOTrainer(make_cfg(faces, base, tmp_path / "all", epochs=1, **SHIPPED), progress=False)
+    shipped = {**SHIPPED, **mode}
+    ref = LRPOTrainer(make_cfg(faces, base, tmp_path / "all", epochs=1, **shipped), progress=False)
     ref.run()
-    sel = LRPOTrainer(make_cfg(faces, base, tmp_path / "sel", epochs=1, train_timesteps=every_step, **SHIPPED), progress=False)
+    sel = LRPOTrainer(make_cfg(faces, base, tmp_path / "sel", epochs=1, train_timesteps=every_step, **shipped), progress=False)
     sel.run()
     _state_equal(ref, sel)
     for k in ("ppo_loss", "reg", "gt_log_density", "clip_fraction"):
@@ -121,11 +126,13 @@ def test_random_k_plus_reg_always_trains_the_regularised_steps():
     assert {j for rows in per_epoch for j in rows[0, :2].tolist()} == {0, 1, 2, 3}
     # K may use every step before the last reg_last_k, no more; no reg steps: refused
     assert parse_timestep_selection("random:4+reg", 6, reg_last_k=2).width == 6
-    for bad, k in (("random:5+reg", 2), ("random:2+reg", 0)):
-        with pytest.raises(ValueError, match=r"'random:K\+reg' needs reg_last_k >= 1 and 1 <= K"):
+    for bad, k in (("random:5+reg", 2), ("random:2+reg", 0), ("random:0+reg", 2), ("random:x+reg", 2)):
+        # the message quotes what was typed and the +reg limit: 6 trained steps less the last 2 -> K <= 4
+        with pytest.raises(ValueError, match=rf"'random:K\+reg' needs reg_last_k >= 1 and 1 <= K <= {6 - min(k, 6)} .*got '{re.escape(bad)}'"):
             parse_timestep_selection(bad, 6, reg_last_k=k)
-    with pytest.raises(ValueError, match="expected 'all'"):
-        parse_timestep_selection("window:2+reg", 6, reg_last_k=2)
+    for bad in ("window:2+reg", "random:2+rge"):
+        with pytest.raises(ValueError, match=r"expected 'all', 'random:K', 'random:K\+reg'"):
+            parse_timestep_selection(bad, 6, reg_last_k=2)
 
 
 def test_random_k_plus_reg_trains_with_ratio_one_first_and_resumes_exactly(setup_dirs, tmp_path):

@@ -257,8 +257,9 @@ class LRPOConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # network forward passes; log-probs are always fp32
     epochs: int = 10
     time_budget_min: float = 0.0  # stop (with a checkpoint) once this invocation has run this many minutes (0 = off)
-    # the clock of time_budget_min: "wall" (elapsed time) or "cpu" (this process's CPU time, so runs
-    # sharing cores get equal compute; benchmarks compare variants this way)
+    # the clock of time_budget_min: "wall" (elapsed time) or "cpu" (this process's CPU time, all
+    # threads, so runs sharing cores get equal compute; benchmarks compare variants this way). Both
+    # count this invocation, evaluations and checkpoints included, and are read between epochs
     time_budget_clock: Literal["wall", "cpu"] = "wall"
     group_size: int = 9  # G: candidates per LQ input (SPEC section 3)
     groups_per_epoch: int = 24  # global; 24 x 9 = 216 trajectories as in the reference

@@ -815,7 +815,7 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
             "outputs": image_paths,
         },
         "logs": {k: str(v) for k, v in options.logs.items()},
-        "figures": {k: str(v) for k, v in options.figures.items()},
+        "figures": {k: str(Path(v).resolve()) for k, v in options.figures.items()},  # write_report may run elsewhere
         "device": str(device),
         "seconds": {"total": round(time.perf_counter() - t_start, 2), **seconds},
     }

@@ -6,15 +6,20 @@
                    resume, and different across epochs (each step is trained K/S_train of the time)
   random:K+reg     the last ``reg_last_k`` trained steps (those the GT-guided term uses) every
                    epoch, plus K drawn as above from the steps before them: the GT term keeps all
-                   its steps while the PPO term trains K + reg_last_k per trajectory
+                   its steps while the PPO term trains K + reg_last_k per trajectory. The same
+                   steps whatever ``reg_weight`` is (so lambda 0 against lambda > 0 compares the
+                   term alone, on the same steps)
   window:K[:s]     the same K consecutive steps for every trajectory, starting at (epoch * s) mod
                    S_train and wrapping around; s defaults to K, so S_train/K epochs cover every step
 
 Steps are indices into the sampler's timesteps (0 = the noisiest). Only the steps chosen here enter
 the PPO term; the GT-guided likelihood term applies to the chosen steps that are among the last
 ``reg_last_k`` trained steps (so with random:K it is present on about K/S_train of its steps, as
-the PPO term is, and the balance of the two terms is kept in expectation; with random:K+reg it is
-on all of them, every epoch). The noise-level weight of a step is its own whatever else is chosen.
+the PPO term is, and the balance of the two terms is kept in expectation). With random:K+reg the GT
+term is on all of its steps every epoch while the PPO term is on K + reg_last_k of S_train, so the
+GT term weighs about S_train / (K + reg_last_k) times more against the PPO term than with ``all``
+(the losses average over the steps trained); that is the point of it. The noise-level weight of a
+step is its own whatever else is chosen.
 """
 
 from __future__ import annotations
@@ -44,15 +49,16 @@ class TimestepSelection(NamedTuple):
 def parse_timestep_selection(spec: str, n_train: int, key: str = "train_timesteps", reg_last_k: int = 0) -> TimestepSelection:
     """``all`` | ``random:K`` | ``random:K+reg`` | ``window:K[:stride]`` with 1 <= K <= n_train
     (for ``+reg``: K <= n_train - min(reg_last_k, n_train)); errors name ``key``."""
-    expected = f"{key}: expected 'all', 'random:K' or 'window:K[:stride]' with 1 <= K <= {n_train} (the trained steps)"
+    expected = (f"{key}: expected 'all', 'random:K', 'random:K+reg' or 'window:K[:stride]' with 1 <= K <= {n_train} "
+                f"(the trained steps)")
     text = str(spec).strip()
     if text.startswith("random:") and text.endswith("+reg"):
         last = min(reg_last_k, n_train)
-        inner = parse_timestep_selection(text[: -len("+reg")], n_train, key)
-        if last < 1 or inner.k > n_train - last:
+        count = text[len("random:") : -len("+reg")]
+        if last < 1 or not count.isdigit() or not 1 <= int(count) <= n_train - last:
             raise ValueError(f"{key}: 'random:K+reg' needs reg_last_k >= 1 and 1 <= K <= {n_train - last} (the {n_train} trained "
                              f"steps less the last {last}), got {spec!r} with reg_last_k={reg_last_k}")
-        return inner._replace(last=last)
+        return TimestepSelection("random", int(count), int(count), last)
     parts = text.split(":")
     if parts == ["all"]:
         return TimestepSelection("all")
@@ -70,7 +76,7 @@ def parse_timestep_selection(spec: str, n_train: int, key: str = "train_timestep
 
 
 def selected_steps(sel: TimestepSelection, n_train: int, epoch: int, trajectory_seeds: list[int]) -> Tensor | None:
-    """[N, K] long: the steps each trajectory trains this epoch, ascending; None for ``all``."""
+    """[N, sel.width] long: the steps each trajectory trains this epoch, ascending; None for ``all``."""
     n = len(trajectory_seeds)
     if sel.kind == "all":
         return None

@@ -358,7 +358,7 @@ class LRPOTrainer:
         # so every sample weighs the same however the kept samples are spread
         n_mb = all_reduce_max(self.ctx, math.ceil(len(kept) / cfg.minibatch_size))
         total_steps = cfg.inner_epochs * n_mb * (self.n_slots if cfg.update_mode == "per_timestep" else 1)
-        # [N, K] steps per trajectory (train_timesteps), or None: every trajectory trains every step
+        # [N, width] steps per trajectory (train_timesteps), or None: every trajectory trains every step
         chosen = selected_steps(self.timestep_selection, self.n_train, epoch, batch.seeds)
         chosen = chosen.to(self.device) if chosen is not None else None
         bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{cfg.epochs} update", unit="opt", disable=not self.progress, leave=False)
