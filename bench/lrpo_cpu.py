@@ -143,10 +143,6 @@ def seed_table(per_face: dict[str, list[dict]], base: dict) -> dict:
     return table
 
 
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def epoch_timing(recs: list[dict]) -> dict[str, float]:
     recs = [r for r in recs if "time_update_s" in r]
     if not recs:
@@ -377,6 +373,8 @@ def main() -> int:
             if seed == 0:
                 outputs[name] = images
     table = seed_table(per_face, base_faces)
+
+    from lrpo.eval.report import read_log  # tolerates a torn last line
 
     logs = {name: [read_log(run_dir(name, seed) / "log.jsonl") for seed in range(args.seeds)] for name in runs}
     curves = gain_curves(logs)

@@ -108,12 +108,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
-def _parse_logs(items: list[str], flag: str = "--log", example: str = "ours=runs/lrpo/log.jsonl") -> dict[str, str]:
+def _parse_logs(items: list[str], flag: str = "--log", label: str = "NAME", example: str = "ours=runs/lrpo/log.jsonl") -> dict[str, str]:
     logs = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"{flag} {item!r}: expected {'TITLE' if flag == '--figure' else 'NAME'}=PATH (e.g. {example})")
+            raise ValueError(f"{flag} {item!r}: expected {label}=PATH (e.g. {example})")
         logs[name.strip()] = path.strip()
     return logs
 
@@ -155,7 +155,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         include_input=not args.no_input_baseline,
         limit=args.limit,
         logs=_parse_logs(args.log),
-        figures=_parse_logs(args.figure, "--figure", "reward per CPU-minute=runs/bench_lrpo/reward_vs_cpu.png"),
+        figures=_parse_logs(args.figure, "--figure", "TITLE", "reward per CPU-minute=runs/bench_lrpo/reward_vs_cpu.png"),
         grid_count=args.grid_count,
         worst_count=args.worst_count,
         progress=not args.no_progress,
