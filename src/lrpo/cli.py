@@ -117,16 +117,24 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="list, locate, verify or fetch known model files",
-                       description="Model files are looked up in $LRPO_WEIGHTS (folders) and the cache "
-                       "($LRPO_CACHE, default ~/.cache/lrpo). Nothing is downloaded except by 'fetch'.")
+                       description="Model files are looked up in $LRPO_WEIGHTS (folders), the cache "
+                       "($LRPO_CACHE, default ~/.cache/lrpo) and, for files on the Hugging Face Hub, the Hub cache "
+                       "($HF_HUB_CACHE). Nothing is downloaded except by 'fetch'.")
     wsub = p.add_subparsers(dest="weights_cmd", required=True)
-    wsub.add_parser("list", help="every known file, its licence and whether it is found locally")
-    for name, text in (("path", "print the local path of a file"), ("verify", "check a file's sha256"),
-                       ("fetch", "download a file from its publisher into the cache")):
+    wsub.add_parser("list", help="every known file, its licence, how it is verified and whether it is found locally")
+    for name, text in (("path", "print the local path of a file"), ("verify", "check a file's sha256")):
         q = wsub.add_parser(name, help=text)
         q.add_argument("name")
-        if name != "fetch":
-            q.add_argument("--path", help="explicit file or folder to check instead of the search folders")
+        q.add_argument("--path", help="explicit file or folder to check instead of the search folders")
+    q = wsub.add_parser("fetch", help="download files (Hub files through huggingface_hub) and verify them",
+                        description="Hub-hosted files go to the Hub cache through huggingface_hub (progress bar, "
+                        "retries, HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN); others stream into the lrpo cache and "
+                        "resume when run again. A wrong sha256, size or file type is refused (exit 2).")
+    q.add_argument("name", nargs="*", help="registry names (see `lrpo weights list`)")
+    q.add_argument("--all-for", choices=["paper", "restore"], default=None,
+                   help="every file of a set: 'paper' (the paper's run), 'restore' (restoring with the LRPO model); "
+                   "files already in $LRPO_WEIGHTS are not fetched")
+    q.add_argument("--no-progress", action="store_true")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -351,27 +359,58 @@ def _print_failed(failed) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
+    from . import fetch as fetching
     from . import weights
 
     if args.weights_cmd == "list":
-        print(f"search folders: {', '.join(str(d) for d in weights.search_dirs())}")
-        for w in sorted(weights.load_catalog().values(), key=lambda w: w.name):
-            try:
-                where = str(weights.resolve(w.name))
-            except weights.MissingWeightsError:
-                where = "missing"
-            pin = "sha256 pinned" if w.sha256 else f"sha256 {w.sha256_prefix}..." if w.sha256_prefix else "sha256 not pinned"
-            print(f"{w.name:22s} {w.filename:45s} {w.licence:14s} {pin:18s} {where}\n{'':22s} {w.description}\n{'':22s} {w.url}")
+        _list_weights()
         return 0
     if args.weights_cmd == "path":
-        print(weights.resolve(args.name, args.path))
+        print(weights.shown(weights.resolve(args.name, args.path)))
         return 0
     if args.weights_cmd == "verify":
         found = weights.verify(args.name, args.path)
         print(found.message())
         return 1 if found.status == "mismatch" else 0
-    print(weights.fetch(args.name))
-    return 0
+    if bool(args.name) == bool(args.all_for):
+        raise ValueError("lrpo weights fetch takes registry names or --all-for paper|restore (one of the two)")
+    progress = not args.no_progress
+    if args.all_for:
+        problems = fetching.fetch_set(args.all_for, progress=progress)
+    else:
+        problems = []
+        for name in args.name:
+            try:
+                print(weights.shown(fetching.fetch(name, progress=progress)))
+            except (weights.FetchError, weights.MissingWeightsError) as e:
+                problems.append(str(e))
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} file(s) not fetched", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def _list_weights() -> None:
+    from . import weights
+
+    print(f"search folders: {', '.join(weights.shown(d) for d in weights.search_dirs())}; Hub cache: "
+          f"{weights.shown(weights.hub_cache_dir())}")
+    trusted = weights.read_trusted()
+    for w in sorted(weights.load_catalog().values(), key=lambda w: w.name):
+        try:
+            found = weights.resolve(w.name)
+            where = "shipped with lrpo" if found == weights.shipped_path(w) else weights.shown(found)
+        except weights.MissingWeightsError:
+            where = "missing"
+        pin = "sha256 pinned" if w.sha256 else f"sha256 {w.sha256_prefix}..." if w.sha256_prefix else "sha256 unknown"
+        print(f"{w.name:22s} {w.filename:45s} {w.licence:14s} {pin:18s} {where}\n{'':22s} {w.description}\n"
+              f"{'':22s} {w.source}")
+        if not w.sha256:
+            first = trusted.get(w.name, {}).get("sha256")
+            print(f"{'':22s} sha256 not pinned: {w.unpinned_reason}; "
+                  + (f"first verified download recorded: {first}" if first else "the first verified download's sha256 "
+                     "will be recorded and later files compared with it (trust on first use)"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

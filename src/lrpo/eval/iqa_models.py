@@ -56,7 +56,7 @@ from ..rewards.checkpoint_io import (
     load_torch_file,
     unwrap_state_dict,
 )
-from ..weights import MissingWeightsError, WeightFile, get_entry, register, resolve
+from ..weights import MissingWeightsError, WeightFile, get_entry, hub_file, register, resolve
 
 __all__ = [
     "CLIPIQAPlus",
@@ -89,28 +89,37 @@ PYIQA_WEIGHTS_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolv
 PYIQA_LICENCE = "PolyForm-Noncommercial-1.0.0"
 
 
-def _pyiqa_file(name: str, filename: str, description: str, prefix: str | None, quoted: str | None = None) -> WeightFile:
-    return register(
-        WeightFile(name, filename, PYIQA_WEIGHTS_URL + (quoted or filename), PYIQA_LICENCE, description, None, None, prefix)
-    )
+PYIQA_HUB_REPO = "chaofengc/IQA-PyTorch-Weights"
+
+
+def _pyiqa_file(name: str, filename: str, description: str, prefix: str | None, bounds_mb: tuple[float, float]) -> WeightFile:
+    # The URL quotes the name as pyiqa does ("+" is %2B).
+    reason = ("pyiqa publishes no sha256 and no copy was reachable here to hash" + (
+        f"; the name's {prefix} is checked as its prefix" if prefix else "") + " (the Hub states the sha256 as the "
+        "file's ETag at download: checked)")
+    return register(hub_file(name, PYIQA_HUB_REPO, filename, PYIQA_LICENCE, description, sha256_prefix=prefix,
+                             min_mb=bounds_mb[0], max_mb=bounds_mb[1], container="torch", unpinned_reason=reason))
 
 
 MUSIQ_KONIQ_WEIGHTS = _pyiqa_file(
     "musiq-koniq", "musiq_koniq_ckpt-e95806b9.pth",
     "MUSIQ trained on KonIQ-10k (pyiqa metric 'musiq'; converted by pyiqa from google-research/musiq)", "e95806b9",
+    (10.0, 500.0),  # about 27 M parameters
 )
 MANIQA_KONIQ_WEIGHTS = _pyiqa_file(
     "maniqa-koniq", "ckpt_koniq10k.pt",
     "MANIQA trained on KonIQ-10k, ViT-B/8 backbone included (pyiqa metric 'maniqa'; IIGROUP/MANIQA)", None,
+    (50.0, 1500.0),  # about 135 M parameters
 )
 TOPIQ_NR_KONIQ_WEIGHTS = _pyiqa_file(
     "topiq-nr-koniq", "cfanet_nr_koniq_res50-9a73138b.pth",
     "TOPIQ-NR (CFANet) trained on KonIQ-10k, ResNet-50 backbone included (pyiqa metric 'topiq_nr')", "9a73138b",
+    (10.0, 800.0),  # a ResNet-50 and its heads
 )
 CLIPIQA_PLUS_WEIGHTS = _pyiqa_file(
     "clipiqa-plus-prompts", "CLIP-IQA+_learned_prompts-603f3273.pth",
     "CLIP-IQA+ learned prompt context [16, 512] for OpenAI CLIP RN50 (pyiqa metric 'clipiqa+'; needs clip-rn50)",
-    "603f3273", quoted="CLIP-IQA%2B_learned_prompts-603f3273.pth",
+    "603f3273", (0.005, 5.0),  # a [16, 512] prompt context
 )
 
 

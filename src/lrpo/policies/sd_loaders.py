@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, listing, mismatch_parts
-from ..weights import WeightFile, register
+from ..weights import REFERENCE_HUB_REPO, hub_file, register
 from .latent_config import SDUNetArch, TextArch, VAEArch
 from .swinir import SwinIRArch
 
@@ -65,33 +65,78 @@ SD_VAE_PREFIX = "first_stage_model."
 SD_TEXT_PREFIX = "cond_stage_model.model."
 CONTROLNET_PREFIXES = ("controlnet.", "control_model.")  # LRPO / original ControlNet training saves
 
+_HUB_UNPINNED = ("the Hub serves it from Git LFS; no copy was reachable here to hash and the publisher states no "
+                 "sha256 outside the Hub (which states it as the file's ETag at download: checked)")
 SD21_BASE = register(
-    WeightFile(
+    hub_file(
         "sd21-base",
+        "stabilityai/stable-diffusion-2-1-base",
         "v2-1_512-ema-pruned.ckpt",
-        "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.ckpt",
         "CreativeML Open RAIL++-M",
-        "Stable Diffusion 2.1-base (512 px, eps-prediction), LDM single file: UNet, VAE, OpenCLIP text tower",
-        None,
-        5214.0,
+        "Stable Diffusion 2.1-base (512 px, eps-prediction), LDM single file: UNet, VAE, OpenCLIP text tower "
+        f"(the reference release carries a copy in {REFERENCE_HUB_REPO})",
+        size_mb=5214.0,
+        min_mb=4900.0,
+        max_mb=5600.0,
+        container="torch",
+        unpinned_reason=_HUB_UNPINNED,
     )
 )
 DIFFBIR_V1_FACE = register(
-    WeightFile(
+    hub_file(
         "diffbir-v1-face",
+        "lxq007/DiffBIR-v2",
         "v1_face.pth",
-        "https://huggingface.co/lxq007/DiffBIR-v2/resolve/main/v1_face.pth",
         "Apache-2.0",
         "DiffBIR v1 face IRControlNet (input: noisy latent + condition latent, 8 channels); the LRPO base policy",
+        # a 363 M-parameter ControlNet: 0.73 GB in fp16, 1.45 GB in fp32, more with training state
+        min_mb=600.0,
+        max_mb=3000.0,
+        container="torch",
+        unpinned_reason=_HUB_UNPINNED,
     )
 )
 DIFFBIR_SWINIR_FACE = register(
-    WeightFile(
+    hub_file(
         "diffbir-swinir-face",
+        "lxq007/DiffBIR",
         "face_swinir_v1.ckpt",
-        "https://huggingface.co/lxq007/DiffBIR/resolve/main/face_swinir_v1.ckpt",
         "Apache-2.0",
         "DiffBIR stage-1 SwinIR for 512 px faces (pixel-unshuffle 8, 8 groups x 6 blocks, 180 channels)",
+        # about 16 M parameters (63 MB fp32); a Lightning .ckpt may add optimiser state
+        min_mb=20.0,
+        max_mb=600.0,
+        container="torch",
+        unpinned_reason=_HUB_UNPINNED,
+    )
+)
+# The reference release's trained LRPO ControlNets (the same layout as diffbir-v1-face).
+_LRPO_UNPINNED = (f"published in {REFERENCE_HUB_REPO} after this registry was written; no copy was reachable here "
+                  "to hash (the Hub states its sha256 as the file's ETag at download: checked)")
+LRPO_FIDELITY = register(
+    hub_file(
+        "lrpo-fidelity",
+        REFERENCE_HUB_REPO,
+        "lrpo_fidelity.pth",
+        "Apache-2.0",
+        "LRPO ControlNet of the paper (trained with the GT-guided likelihood term) on DiffBIR v1 face / SD 2.1-base",
+        min_mb=300.0,
+        max_mb=6000.0,
+        container="torch",
+        unpinned_reason=_LRPO_UNPINNED,
+    )
+)
+LRPO_PERCEPTION = register(
+    hub_file(
+        "lrpo-perception",
+        REFERENCE_HUB_REPO,
+        "lrpo_perception.pth",
+        "Apache-2.0",
+        "LRPO ControlNet trained without the GT-guided term (perception-leaning) on DiffBIR v1 face / SD 2.1-base",
+        min_mb=300.0,
+        max_mb=6000.0,
+        container="torch",
+        unpinned_reason=_LRPO_UNPINNED,
     )
 )
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..weights import WeightFile, register
+from ..weights import WeightFile, hub_file, register
 from .checkpoint_io import freeze, load_state_dict_strict, read_state_dict
 
 __all__ = [
@@ -61,17 +61,20 @@ CLIP_RN50_WEIGHTS = register(
         # OpenAI publishes each file under its sha256 (the URL's second-to-last component)
         "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
         244.0,
+        container="torchscript",
     )
 )
 OPENCLIP_VIT_H_14_WEIGHTS = register(
-    WeightFile(
+    hub_file(
         "openclip-vit-h-14",
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
         "open_clip_pytorch_model.bin",
-        "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K/resolve/main/open_clip_pytorch_model.bin",
         "MIT",
         "OpenCLIP ViT-H-14 trained on LAION-2B (laion2b_s32b_b79k); the base of HPSv2 and the Face Reward Model",
-        None,
-        3944.0,
+        size_mb=3944.0,
+        container="torch",
+        unpinned_reason="the Hub serves it from Git LFS; no copy was reachable here to hash and LAION states no sha256 "
+        "outside the Hub (which states it as the file's ETag at download: checked)",
     )
 )
 

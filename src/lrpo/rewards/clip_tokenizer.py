@@ -54,6 +54,7 @@ BPE_VOCAB = register(
         # hashed here from the copy inside the open_clip_torch 3.3.0 wheel on PyPI
         "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",
         1.36,
+        container="gzip",
     )
 )
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..weights import WeightFile, register, resolve
+from ..weights import REFERENCE_HUB_REPO, hub_file, register, resolve
 from .base import BaseReward, RewardInput, RewardOutput
 from .checkpoint_io import autocast_factory, freeze
 from .clip_models import CLIP, clip_preprocess, load_clip
@@ -32,15 +32,34 @@ from .registry import register_reward
 __all__ = ["FaceReward", "FaceRewardModel", "MissingCaptionError", "caption_cosine"]
 
 FACE_REWARD_WEIGHTS = register(
-    WeightFile(
+    hub_file(
         "face-reward-model",
+        REFERENCE_HUB_REPO,
         "FaceRewardModel.pth",
-        # A Google Drive page (not a direct download): fetch it by hand from the DiffusionReward README.
-        "https://drive.google.com/file/d/1ugATjemF-70b4N1dQrQJ8J1cdmiVeqOR/view",
         "no licence stated (github.com/01NeuralNinja/DiffusionReward)",
-        "DiffusionReward Face Reward Model: OpenCLIP ViT-H-14 fine-tuned on faces, {'state_dict': ...}",
-        None,
-        None,
+        "DiffusionReward Face Reward Model: OpenCLIP ViT-H-14 fine-tuned on faces, {'state_dict': ...} "
+        "(also on Google Drive, file 1ugATjemF-70b4N1dQrQJ8J1cdmiVeqOR, a page rather than a download)",
+        # ViT-H-14 is 986 M parameters: 3.9 GB in fp32, 2 GB in fp16
+        min_mb=1000.0,
+        max_mb=12000.0,
+        container="torch",
+        unpinned_reason=f"published in {REFERENCE_HUB_REPO} without a sha256 elsewhere; no copy was reachable here "
+        "to hash (the Hub states it as the file's ETag at download: checked)",
+    )
+)
+# One NNNNN.txt caption per FFHQ image (read by data.captions as the sidecar layout after extraction).
+FFHQ_CAPTIONS = register(
+    hub_file(
+        "ffhq-captions",
+        REFERENCE_HUB_REPO,
+        "ffhq_captions.tar.gz",
+        "as published in the reference release (no separate licence stated); describes FFHQ (CC BY-NC-SA 4.0)",
+        "FFHQ captions for the face reward: a tar.gz of one NNNNN.txt per FFHQ image (70 000)",
+        min_mb=0.5,
+        max_mb=1000.0,
+        container="tar.gz",
+        unpinned_reason=f"published in {REFERENCE_HUB_REPO} without a sha256 elsewhere; no copy was reachable here "
+        "to hash (the Hub states it as the file's ETag at download: checked)",
     )
 )
 

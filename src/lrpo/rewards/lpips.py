@@ -59,6 +59,7 @@ VGG16_WEIGHTS = register(
         # one public training scripts pin for this file (not hashed here: no copy reachable).
         "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
         528.0,
+        container="torch",
     )
 )
 LPIPS_VGG_WEIGHTS = register(
@@ -71,6 +72,7 @@ LPIPS_VGG_WEIGHTS = register(
         # hashed here from the copy inside the lpips 0.1.4 wheel on PyPI
         "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
         0.007,
+        container="torch",
     )
 )
 
