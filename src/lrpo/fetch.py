@@ -219,7 +219,7 @@ def fetch_set(which: str, *, progress: bool = True, log: Callable[[str], None] =
     """Fetch every file of ``FETCH_SETS[which]`` that is not already in $LRPO_WEIGHTS; returns one
     line per file that could not be fetched (empty: all there)."""
     if which not in FETCH_SETS:
-        raise KeyError(f"unknown set {shown(which)!r}; known: {', '.join(FETCH_SETS)}")
+        raise KeyError(f"unknown set '{shown(which)}'; known: {', '.join(FETCH_SETS)}")
     cache = cache_dir()
     problems = []
     for name in FETCH_SETS[which]:

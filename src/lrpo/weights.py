@@ -220,7 +220,7 @@ def get_entry(name: str) -> WeightFile:
     try:
         return KNOWN_FILES[name]
     except KeyError:
-        raise KeyError(f"unknown weights {shown(name)!r}; known: {', '.join(sorted(KNOWN_FILES))}") from None
+        raise KeyError(f"unknown weights '{shown(name)}'; known: {', '.join(sorted(KNOWN_FILES))}") from None
 
 
 def shipped_path(entry: WeightFile) -> Path | None:
