@@ -60,6 +60,7 @@ class Stub:
         self.cut: dict[str, int] = {}  # path -> bytes sent by the next GET before the connection drops
         self.no_length: set[str] = set()  # paths streamed without Content-Length
         self.log: list[tuple[str, str, str | None]] = []
+        self.auth: list[str | None] = []  # Authorization header of each request
 
     def hub(self, repo: str, filename: str, data: bytes, revision: str = "main") -> str:
         path = f"/{repo}/resolve/{revision}/{filename}"
@@ -87,6 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
         stub: Stub = self.server.stub
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         stub.log.append((self.command, path, self.headers.get("Range")))
+        stub.auth.append(self.headers.get("Authorization"))
         data = stub.files.get(path)
         if data is None:
             self.send_response(404)
@@ -304,11 +306,13 @@ def test_hub_full_fetch_records_the_first_digest(server, monkeypatch, capsys):
     data = _torch_zip(50_000)
     path = server.hub(REPO, "lrpo_fidelity.pth", data)
     _hub_entry(monkeypatch, "t-hub", "lrpo_fidelity.pth", **BOUNDS)
+    monkeypatch.setenv("HF_TOKEN", "hf_localtesttoken")  # a gated repository's token reaches the Hub
     assert main(["weights", "fetch", "t-hub", "--no-progress"]) == 0
+    assert set(server.auth) == {"Bearer hf_localtesttoken"}
     out = capsys.readouterr().out
     got = weights.resolve("t-hub")
     assert got.read_bytes() == data and str(got).startswith(os.environ["HF_HUB_CACHE"])
-    assert f"recorded this first verified download's sha256 {_sha(data)}" in out and "trust on first use" in out
+    assert f"recorded its sha256 {_sha(data)}" in out and "trust on first use" in out
     record = json.loads(weights.trust_file().read_text())  # plain JSON
     assert record["t-hub"]["sha256"] == _sha(data) and record["t-hub"]["bytes"] == len(data)
     assert [m for m, p, _ in server.log if p == path] == ["HEAD", "HEAD", "GET"]  # size check, download
@@ -334,10 +338,17 @@ def test_hub_fetch_interrupted_is_resumed(server, monkeypatch):
 
 def test_hub_wrong_digest_is_refused_and_not_kept(server, monkeypatch):
     data = _torch_zip(20_000)
-    server.hub(REPO, "FaceRewardModel.pth", data)
+    path = server.hub(REPO, "FaceRewardModel.pth", data)
     _hub_entry(monkeypatch, "t-hub-pin", "FaceRewardModel.pth", sha256="ab" * 32, container="torch", max_mb=1.0)
+    # the Hub states the file's sha256 (LFS ETag) in its answer to HEAD: refused before any GET
+    with pytest.raises(weights.ChecksumError, match=f"states sha256 {_sha(data)} .*not the pinned {'ab' * 32}"):
+        fetching.fetch("t-hub-pin", progress=False)
+    assert server.gets(path) == []
+    # a server stating no sha256 (a git blob id as ETag): downloaded, then refused on its bytes
+    server.etags[path] = "0" * 40
     with pytest.raises(weights.ChecksumError, match=f"has sha256 {_sha(data)}, not the pinned {'ab' * 32}"):
         fetching.fetch("t-hub-pin", progress=False)
+    assert len(server.gets(path)) == 1
     with pytest.raises(weights.MissingWeightsError):  # neither lrpo nor diffusers will find it
         weights.resolve("t-hub-pin")
     assert not [p for p in Path(os.environ["HF_HUB_CACHE"]).rglob("*") if p.is_file() and p.stat().st_size == len(data)]
@@ -360,6 +371,13 @@ def test_trust_on_first_use_refuses_a_later_different_file(server, monkeypatch):
     with pytest.raises(weights.ChecksumError, match=f"not the {_sha(first)} recorded at its first verified download"):
         fetching.fetch("t-tofu", progress=False)
     assert not target.exists() and weights.recorded_sha256("t-tofu") == _sha(first)
+    # verify compares a local file with the recorded digest
+    local = Path(os.environ["LRPO_CACHE"]) / "t-tofu.pth"
+    local.write_bytes(second)
+    found = weights.verify("t-tofu")
+    assert found.status == "mismatch" and "not the file first downloaded" in found.message()
+    local.write_bytes(first)
+    assert weights.verify("t-tofu").status == "ok"
     weights.trust_file().write_text("not json")
     with pytest.raises(weights.ChecksumError, match="not a readable trust-on-first-use record"):
         weights.recorded_sha256("t-tofu")

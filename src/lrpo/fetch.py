@@ -186,9 +186,8 @@ def check_file(entry: WeightFile, path: Path, source: str, hub_sha256: str | Non
 def _trust(entry: WeightFile, path: Path, digest: str, first: bool, source: str, log: Callable[[str], None]) -> None:
     if first:
         record_trusted(entry.name, digest, path.stat().st_size, source)
-        log(f"{entry.name}: sha256 not published ({entry.unpinned_reason or 'unpinned'}); recorded this first "
-            f"verified download's sha256 {digest} in {shown(trust_file())} (trust on first use): a later different "
-            f"file is refused")
+        log(f"{entry.name}: first verified download of a file without a pinned sha256 ({entry.unpinned_reason or 'unpinned'}); "
+            f"recorded its sha256 {digest} in {shown(trust_file())} (trust on first use): a later different file is refused")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,9 +249,9 @@ def _fetch_hub(entry: WeightFile, progress: bool, log: Callable[[str], None]) ->
     kwargs = dict(repo_id=entry.hub_repo, filename=entry.hub_filename or entry.filename, revision=entry.revision,
                   cache_dir=str(hub_cache_dir()), endpoint=endpoint, local_files_only=offline(),
                   tqdm_class=None if progress else _Silent)
-    with _hub_errors(entry, source):
-        if not kwargs["local_files_only"]:  # the announced size (X-Linked-Size), before any byte is written
-            _check_announced_size(entry, source, hf_hub_url(entry.hub_repo, kwargs["filename"], revision=entry.revision,
+    with _HubErrors(entry, source):
+        if not kwargs["local_files_only"]:
+            _check_announced(entry, source, hf_hub_url(entry.hub_repo, kwargs["filename"], revision=entry.revision,
                                                             endpoint=endpoint), endpoint, get_hf_file_metadata)
         path = Path(hf_hub_download(**kwargs))
     blob = path.resolve()
@@ -267,16 +266,23 @@ def _fetch_hub(entry: WeightFile, progress: bool, log: Callable[[str], None]) ->
     return path
 
 
-def _check_announced_size(entry: WeightFile, source: str, url: str, endpoint: str | None, get_metadata) -> None:
+def _check_announced(entry: WeightFile, source: str, url: str, endpoint: str | None, get_metadata) -> None:
+    """Refuse before any byte is written when the Hub's size (X-Linked-Size) or sha256 (LFS ETag)
+    already says it is not the file."""
     try:
-        size = get_metadata(url, endpoint=endpoint).size
+        meta = get_metadata(url, endpoint=endpoint)
     except Exception:  # unreachable: hf_hub_download falls back to the Hub cache or says why
         return
-    if size is not None:
-        check_size(entry, size, source)
+    if meta.size is not None:
+        check_size(entry, meta.size, source)
+    expected = entry.sha256 or recorded_sha256(entry.name)
+    if expected and meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) and meta.etag != expected:
+        kind = "pinned" if entry.sha256 else "recorded at its first verified download"
+        raise ChecksumError(f"{entry.name}: the Hub states sha256 {meta.etag} for {source}, not the {kind} {expected}; "
+                            f"refused before downloading")
 
 
-class _hub_errors:
+class _HubErrors:
     """Turns huggingface_hub's exceptions into one-line FetchError / MissingWeightsError messages."""
 
     def __init__(self, entry: WeightFile, source: str):
