@@ -476,3 +476,12 @@ def test_niqe_pristine_is_listed_as_shipped(tmp_path, monkeypatch, capsys):
     assert main(["weights", "list"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("niqe-pristine"))
     assert line.endswith("shipped with lrpo") and "missing" not in line
+
+
+def test_a_file_missing_on_the_hub_is_one_line(server, monkeypatch, capsys):
+    _hub_entry(monkeypatch, "t-absent", "absent.pth", **BOUNDS)
+    assert main(["weights", "fetch", "t-absent", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("t-absent: could not download") and f"{REPO}/absent.pth @ main" in lines[0]
+    assert lines[1:] == ["1 file(s) not fetched"] and "Traceback" not in err

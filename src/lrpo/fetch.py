@@ -296,7 +296,7 @@ class _HubErrors:
 
         if err is None or isinstance(err, FetchError):
             return False
-        e, first = self.entry, (str(err).strip().splitlines() or [type(err).__name__])[0]
+        e, first = self.entry, shown((str(err).strip().splitlines() or [type(err).__name__])[0])  # server text
         if isinstance(err, LocalEntryNotFoundError) and offline():
             raise MissingWeightsError(f"{e.name}: {e.filename} is missing: offline (HF_HUB_OFFLINE) and not in the Hub "
                                       f"cache {shown(hub_cache_dir())} ({e.hub_repo} @ {e.revision})") from None
@@ -400,13 +400,13 @@ def _stream(entry: WeightFile, url: str, resp, part: Path, have: int, cap: int, 
 
 
 def _interrupted(entry: WeightFile, url: str, have: int, why) -> FetchError:
-    return FetchError(f"{entry.name}: the download of {url} stopped after {have} bytes ({why}); the partial file is "
+    return FetchError(f"{entry.name}: the download of {url} stopped after {have} bytes ({shown(why)}); the partial file is "
                       f"kept: run the same command again to resume")
 
 
 def _network_error(entry: WeightFile, url: str, e: BaseException, dest: Path) -> FetchError:
     reason = getattr(e, "reason", None) or e
-    return FetchError(f"{entry.name}: could not download {url} ({reason}). On a machine without access, download it "
+    return FetchError(f"{entry.name}: could not download {url} ({shown(reason)}). On a machine without access, download it "
                       f"elsewhere and put {entry.filename} into {shown(dest)} or a folder on $LRPO_WEIGHTS")
 
 
