@@ -251,8 +251,8 @@ def _fetch_hub(entry: WeightFile, progress: bool, log: Callable[[str], None]) ->
                   tqdm_class=None if progress else _Silent)
     with _HubErrors(entry, source):
         if not kwargs["local_files_only"]:
-            _check_announced(entry, source, hf_hub_url(entry.hub_repo, kwargs["filename"], revision=entry.revision,
-                                                            endpoint=endpoint), endpoint, get_hf_file_metadata)
+            url = hf_hub_url(entry.hub_repo, kwargs["filename"], revision=entry.revision, endpoint=endpoint)
+            _check_announced(entry, source, url, endpoint, get_hf_file_metadata)
         path = Path(hf_hub_download(**kwargs))
     blob = path.resolve()
     hub_sha = blob.name if re.fullmatch(r"[0-9a-f]{64}", blob.name) else None  # LFS blobs are named by sha256
