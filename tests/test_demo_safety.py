@@ -372,13 +372,12 @@ def test_service_restore_aligned_keeps_the_size_and_photos_need_a_detector(servi
 
 @pytest.fixture(scope="module")
 def server(service):
-    """The app on a free loopback port, served by uvicorn in a thread."""
-    import uvicorn
-
-    from lrpo.demo.app import bind, create_app
+    """The app on a free loopback port, served in a thread as `lrpo demo` serves it (make_server)."""
+    from lrpo.demo.app import bind, make_server
+    from lrpo.demo.safety import HostAllowList
 
     sock = bind("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    srv = make_server(service, HostAllowList.for_bind("127.0.0.1"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -151,6 +151,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; "
                    "0.0.0.0 opens the demo to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one and prints it)")
+    p.add_argument("--allow-host", metavar="NAME", action="append", default=[],
+                   help="a Host name the demo answers to besides localhost, the loopback addresses and --host itself "
+                   "(any IP address for 0.0.0.0); repeatable. Other names are refused (DNS rebinding)")
     p.add_argument("--runs", metavar="DIR", default=None,
                    help="training out_dir (or a folder of them) the Run tab may read (default: the --checkpoint run folder)")
     p.add_argument("--detector", metavar="PATH", default=None,
@@ -415,18 +418,19 @@ def _list_weights() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .demo.safety import UploadLimits
+    from .demo.safety import HostAllowList, UploadLimits
 
     if not 0 <= args.port <= 65535 or args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.queue < 0:
         raise ConfigError("--port must be in [0, 65535], --max-upload-mb and --max-megapixels > 0, --queue >= 0")
+    HostAllowList.for_bind(args.host, args.allow_host)  # a bad --allow-host fails before the model loads
     source = _policy_source(args.policy) if args.policy else args.checkpoint
     runs = args.runs
     if runs is None and args.checkpoint and Path(args.checkpoint).is_dir():
         ckpt = Path(args.checkpoint)
         runs = ckpt.parent if (ckpt / "model.safetensors").is_file() else ckpt  # a checkpoint's run folder
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
-    run_demo(source, args.host, args.port, device=args.device, precision=args.precision, detector_path=args.detector,
-             runs_root=runs, limits=limits, max_waiting=args.queue)
+    run_demo(source, args.host, args.port, allow_hosts=tuple(args.allow_host), device=args.device, precision=args.precision,
+             detector_path=args.detector, runs_root=runs, limits=limits, max_waiting=args.queue)
     return 0
 
 

@@ -6,7 +6,8 @@ group-relative advantage) and Run (a training run's curves and sample grids, rea
 
 Needs ``pip install "lrpo[demo]"`` (Starlette and uvicorn). Layout:
 
-    safety.py    upload limits and decoding, path containment, Host check, one job at a time
+    safety.py    upload limits and decoding, path containment, Host allow-list, one job at a time
+    connections.py  header and body deadlines, the connection cap (a uvicorn protocol)
     service.py   the work: DemoService (policy, detector, reward terms), restore, group
     runview.py   the Run tab's reading of a run folder
     app.py       routes, the page, serving
@@ -37,11 +38,12 @@ def require_demo_packages() -> None:
                                      'pip install "lrpo[demo]"')
 
 
-def run_demo(source, host: str = "127.0.0.1", port: int = 7860, **service_kwargs) -> None:
-    """Load ``source`` (checkpoint, run folder or policy YAML) and serve the demo until Ctrl-C."""
+def run_demo(source, host: str = "127.0.0.1", port: int = 7860, allow_hosts: tuple[str, ...] = (), **service_kwargs) -> None:
+    """Load ``source`` (checkpoint, run folder or policy YAML) and serve the demo until Ctrl-C;
+    ``allow_hosts``: Host names to answer besides the defaults (``--allow-host``)."""
     require_demo_packages()
     from .app import serve
     from .service import DemoService
 
     print(f"lrpo demo: loading {source} ...", flush=True)
-    serve(DemoService(source, **service_kwargs), host, port)
+    serve(DemoService(source, **service_kwargs), host, port, allow_hosts)

@@ -11,26 +11,38 @@ Routes (every answer of ``/api`` is JSON, errors as ``{"error": message}``, neve
     GET  /api/run/grid?name=RUN&file=epoch_NNNN.png   one sample grid (PNG)
 
 POSTs must carry the header ``X-LRPO-Demo: 1``: a page on another site cannot add it without a
-CORS preflight, which this server never grants, so it cannot make a browser run jobs here. On
-loopback, requests whose Host is not a loopback name are refused (DNS rebinding).
+CORS preflight, which this server never grants, so it cannot make a browser run jobs here. Requests
+whose Host is not on the allow-list (:class:`~lrpo.demo.safety.HostAllowList`: loopback names, the
+bound address, ``--allow-host``) are refused with 421 (DNS rebinding). Every answer, refusals and
+errors included, carries :data:`SECURITY_HEADERS`; connections are held to the deadlines of
+:mod:`lrpo.demo.connections`.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import logging
 import socket
 import sys
 import traceback
 from importlib import resources
 from typing import Awaitable, Callable
 
-from .safety import LOOPBACK_NAMES, DemoError, decode_upload, host_allowed, is_loopback
-from .service import DemoService, GroupRequest, RestoreRequest
+from .safety import LOOPBACK_NAMES, DemoError, HostAllowList, decode_upload, is_loopback
+from .service import DemoService, GroupRequest, RestoreRequest, check_restore_size
 
-__all__ = ["create_app", "example_image", "serve"]
+__all__ = ["SECURITY_HEADERS", "create_app", "example_image", "make_server", "serve"]
+
+log = logging.getLogger("uvicorn.error")  # uvicorn configures it: one "WARNING:  ..." line on stderr
 
 CSP = ("default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+# on every answer; Cross-Origin-Resource-Policy keeps another site's page from embedding /api/run*
+# images or reading them through a no-cors request
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+                    (b"cross-origin-resource-policy", b"same-origin")]
 STATIC = {"index.html": "text/html; charset=utf-8", "demo.js": "text/javascript; charset=utf-8",
           "demo.css": "text/css; charset=utf-8"}
 EXAMPLES = ("photo.png", "face.png", "face-hq.png")
@@ -77,11 +89,20 @@ def _png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def create_app(service: DemoService, allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES):
-    """The ASGI app for ``service``; ``allowed_hosts`` ("*": any) are the Host names it answers to."""
+class _ClientGone(Exception):
+    """The client closed its connection while sending the body (``size`` bytes read)."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+def create_app(service: DemoService, allowed_hosts: "HostAllowList | tuple[str, ...]" = LOOPBACK_NAMES):
+    """The ASGI app for ``service``; ``allowed_hosts`` (names, "*": any, or a HostAllowList) are the
+    Host names it answers to."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -93,6 +114,10 @@ def create_app(service: DemoService, allowed_hosts: tuple[str, ...] = LOOPBACK_N
                 if request.method == "POST" and request.headers.get("x-lrpo-demo") != "1":
                     raise DemoError("requests must come from the demo's own page", 403)
                 response = await fn(request)
+            except _ClientGone as e:  # nobody to answer: one line, no traceback
+                log.warning("lrpo demo: %s closed the connection during its upload to %s (%d bytes read); dropped",
+                            _peer(request), request.url.path, e.size)
+                return Response(status_code=400)
             except DemoError as e:
                 response = JSONResponse({"error": e.message}, status_code=e.status)
             except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:  # lrpo's user-facing errors
@@ -115,11 +140,14 @@ def create_app(service: DemoService, allowed_hosts: tuple[str, ...] = LOOPBACK_N
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise DemoError(f"the file is {int(declared) / 2**20:.1f} MB; the demo accepts files up to {limit / 2**20:.0f} MB", 413)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:  # stop reading: a lying or missing Content-Length gains nothing
-                raise DemoError(f"the file is larger than {limit / 2**20:.0f} MB, the demo's limit", 413)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # stop reading: a lying or missing Content-Length gains nothing
+                    raise DemoError(f"the file is larger than {limit / 2**20:.0f} MB, the demo's limit", 413)
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise _ClientGone(size) from None
         return b"".join(chunks)
 
     def page(name: str):
@@ -146,7 +174,10 @@ def create_app(service: DemoService, allowed_hosts: tuple[str, ...] = LOOPBACK_N
         data = await read_body(request)
 
         def job():
-            return service.restore(decode_upload(data, service.limits, "the uploaded image"), req)
+            def check(w: int, h: int) -> None:  # from the header: refused before a pixel is decoded
+                check_restore_size(w, h, req)
+
+            return service.restore(decode_upload(data, service.limits, "the uploaded image", check), req)
 
         return JSONResponse(await run_in_threadpool(service.gate.run, job))
 
@@ -186,16 +217,20 @@ def create_app(service: DemoService, allowed_hosts: tuple[str, ...] = LOOPBACK_N
         Route("/api/run/grid", guarded(run_grid)),
     ]
     app = Starlette(routes=routes)
-    return _SecurityMiddleware(app, tuple(allowed_hosts))
+    allow = allowed_hosts if isinstance(allowed_hosts, HostAllowList) else HostAllowList.of(allowed_hosts)
+    return _SecurityMiddleware(app, allow)
+
+
+def _peer(request) -> str:
+    client = request.client
+    return f"the client at {client.host}:{client.port}" if client else "a client"
 
 
 class _SecurityMiddleware:
-    """Refuse requests for other Host names; add the headers that keep the page to itself."""
+    """Refuse requests for other Host names; add the headers that keep the page to itself to every
+    answer, this layer's own refusals and errors included."""
 
-    HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-               (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
-
-    def __init__(self, app, allowed_hosts: tuple[str, ...]):
+    def __init__(self, app, allowed_hosts: HostAllowList):
         self.app = app
         self.allowed_hosts = allowed_hosts
 
@@ -203,19 +238,32 @@ class _SecurityMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-        if not host_allowed(host, self.allowed_hosts):
-            body = b'{"error": "this demo answers only to its own address"}'
-            await send({"type": "http.response.start", "status": 421,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
+        if not self.allowed_hosts.allows(host):
+            return await _json_answer(send, 421, f"this demo answers only to its own address, not Host {host!r} "
+                                      f"(allowed: {self.allowed_hosts.describe()}; start it with --allow-host NAME to add one)")
+        started = False
 
         async def send_with_headers(message):
+            nonlocal started
             if message["type"] == "http.response.start":
-                message = dict(message, headers=list(message.get("headers", [])) + self.HEADERS)
+                started = True
+                message = dict(message, headers=list(message.get("headers", [])) + SECURITY_HEADERS)
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as e:  # a fault past the routes' own handling: the trace in the log, a line in the page
+            traceback.print_exc(file=sys.stderr)
+            if not started:
+                await _json_answer(send, 500, f"internal error ({type(e).__name__}); the server's log has the details")
+
+
+async def _json_answer(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"cache-control", b"no-store"), *SECURITY_HEADERS]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -233,18 +281,29 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(service: DemoService, host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Serve until Ctrl-C. Prints the address (with the real port when ``port`` is 0) first."""
+def make_server(service: DemoService, allowed_hosts: HostAllowList, limits=None):
+    """The uvicorn server for ``service`` (run it with ``.run(sockets=[bind(...)])``): the app behind
+    the Host allow-list, on the guarded h11 protocol with ``limits`` (a ConnectionLimits; None: the
+    defaults)."""
     import uvicorn
 
-    loopback = is_loopback(host)
-    app = create_app(service, LOOPBACK_NAMES if loopback else ("*",))
+    from .connections import ConnectionLimits, guarded_protocol
+
+    protocol = guarded_protocol(limits or ConnectionLimits(), SECURITY_HEADERS)
+    config = uvicorn.Config(create_app(service, allowed_hosts), http=protocol, ws="none", lifespan="off",
+                            log_level="warning", timeout_keep_alive=5, server_header=False)
+    return uvicorn.Server(config)
+
+
+def serve(service: DemoService, host: str = "127.0.0.1", port: int = 7860, allow_hosts: tuple[str, ...] = ()) -> None:
+    """Serve until Ctrl-C. Prints the address (with the real port when ``port`` is 0) first.
+    ``allow_hosts``: Host names to answer besides the defaults of :meth:`HostAllowList.for_bind`."""
+    allowed = HostAllowList.for_bind(host, allow_hosts)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(f"lrpo demo: serving {service.source} on http://{shown}:{actual}/ (Ctrl-C stops)", flush=True)
-    if not loopback:
-        print(f"lrpo demo: warning: --host {host} is not loopback; anyone who can reach this machine can use the demo",
-              flush=True)
-    config = uvicorn.Config(app, log_level="warning", limit_concurrency=64, timeout_keep_alive=5, server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    if not is_loopback(host):
+        print(f"lrpo demo: warning: --host {host} is not loopback; anyone who can reach this machine can use the demo "
+              f"(it answers to Host {allowed.describe()})", flush=True)
+    make_server(service, allowed).run(sockets=[sock])

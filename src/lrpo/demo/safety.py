@@ -7,6 +7,9 @@ Nothing here knows about HTTP beyond a Host header; the web layer (:mod:`lrpo.de
   BMP and TIFF are opened (Pillow's other plugins, EPS among them, are never reached); the pixel
   count in the header is checked before a pixel is decoded, so a decompression bomb (a 20 kB PNG
   that claims 50000 x 50000 pixels) is refused from its header alone.
+* Output: the caller passes ``check_size``, which sees the header's width and height before a
+  pixel is decoded, so a small file that would ask for a huge restoration is refused for free.
+* Hosts: :class:`HostAllowList` is the set of Host names the demo answers to (DNS rebinding).
 * Paths: the browser only ever names files relative to the run folder chosen on the command
   line. :func:`resolve_inside` resolves symlinks and ``..`` and refuses anything that lands
   outside it, so a symlink inside the run that points elsewhere is refused too.
@@ -17,7 +20,9 @@ Nothing here knows about HTTP beyond a Host header; the web layer (:mod:`lrpo.de
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -30,10 +35,12 @@ import numpy as np
 __all__ = [
     "ALLOWED_FORMATS",
     "DemoError",
+    "HostAllowList",
     "JobGate",
     "UploadLimits",
     "decode_upload",
     "host_allowed",
+    "is_loopback",
     "resolve_inside",
 ]
 
@@ -71,8 +78,12 @@ class UploadLimits:
         return f"{self.max_bytes / 2**20:.0f} MB and {self.max_pixels / 1e6:.0f} megapixels"
 
 
-def decode_upload(data: bytes, limits: UploadLimits = UploadLimits(), name: str = "the upload") -> np.ndarray:
+def decode_upload(data: bytes, limits: UploadLimits = UploadLimits(), name: str = "the upload",
+                  check_size: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Uploaded file bytes -> RGB uint8 ``H x W x 3`` (EXIF orientation applied).
+
+    ``check_size(width, height)`` (optional) runs on the header's size before any pixel is decoded
+    and refuses by raising :class:`DemoError` (the work a request asks for, e.g. its output size).
 
     Raises:
         DemoError: empty or too large file (413), a format outside :data:`ALLOWED_FORMATS`, more
@@ -97,6 +108,8 @@ def decode_upload(data: bytes, limits: UploadLimits = UploadLimits(), name: str 
                     raise DemoError(_too_many_pixels(name, w, h, limits), 413)
                 if min(w, h) < limits.min_side:
                     raise DemoError(f"{name} is {w} x {h} pixels; the demo needs at least {limits.min_side} px a side")
+                if check_size is not None:
+                    check_size(w, h)
                 img.load()  # decode now: a truncated file fails here
                 img = ImageOps.exif_transpose(img)
                 rgb = pil_to_rgb(img)
@@ -134,31 +147,90 @@ def resolve_inside(root: str | os.PathLike, relative: str, what: str = "path") -
     return target
 
 
-def host_allowed(host_header: str | None, allowed: Iterable[str]) -> bool:
-    """Whether a request's Host header names one of ``allowed`` (the port is ignored).
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
-    On loopback the demo answers only to loopback names: a page on another site that makes the
-    browser resolve its own name to 127.0.0.1 (DNS rebinding) is turned away. ``"*"`` allows any.
-    """
-    allowed = set(allowed)
-    if "*" in allowed:
-        return True
-    if not host_header:
-        return False
+
+def _host_key(name: str) -> str:
+    """A Host name as compared: IP literals in one spelling (``::ffff:127.0.0.1`` is ``127.0.0.1``),
+    names in lower case."""
     try:
-        name = urlsplit("//" + host_header).hostname
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return name.lower()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
     except ValueError:
         return False
-    return name is not None and name.lower() in allowed
+    return True
+
+
+@dataclass(frozen=True)
+class HostAllowList:
+    """The Host names the demo answers to; any other is refused (421), whatever address it listens on.
+
+    DNS rebinding makes a browser send a page's own name (``evil.example``) to this server's address,
+    so that page becomes same-origin with the demo. A refused name defeats it. An IP literal cannot be
+    rebound (the page's origin would be that IP, not the attacker's name), so ``any_ip`` (a wildcard
+    bind such as 0.0.0.0, whose own address is every address of the machine) admits any IP literal.
+    """
+
+    names: frozenset[str]  # _host_key spellings
+    any_ip: bool = False
+    any_host: bool = False  # "*": no check (only for tests and explicit callers, never from the CLI)
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> "HostAllowList":
+        names = list(names)
+        return cls(frozenset(_host_key(n) for n in names if n != "*"), any_host="*" in names)
+
+    @classmethod
+    def for_bind(cls, host: str, extra: Iterable[str] = ()) -> "HostAllowList":
+        """The default for ``--host host``: the loopback names, ``host`` itself (any IP literal for a
+        wildcard address) and ``extra`` (``--allow-host``). Raises ValueError naming a bad ``extra``."""
+        extra = list(extra)
+        for name in extra:
+            if not (_is_ip(name) or HOST_NAME.match(name.lower())):
+                raise ValueError(f"--allow-host {name!r} is not a host name or IP address (a name such as "
+                                 "demo.lan or an address such as 192.168.1.5; '*' is not allowed: name each host)")
+        wildcard = host in ("0.0.0.0", "::", "")
+        names = [*LOOPBACK_NAMES, *([] if wildcard else [host]), *extra]
+        return cls(frozenset(_host_key(n) for n in names), any_ip=wildcard)
+
+    def allows(self, host_header: str | None) -> bool:
+        if self.any_host:
+            return True
+        if not host_header:
+            return False
+        try:
+            name = urlsplit("//" + host_header).hostname
+        except ValueError:
+            return False
+        if name is None:
+            return False
+        return _host_key(name) in self.names or (self.any_ip and _is_ip(name))
+
+    def describe(self) -> str:
+        return ", ".join(sorted(self.names)) + (" and any IP address" if self.any_ip else "")
+
+
+def host_allowed(host_header: str | None, allowed: "HostAllowList | Iterable[str]") -> bool:
+    """Whether a request's Host header names one of ``allowed`` (the port is ignored; ``"*"``: any)."""
+    allow = allowed if isinstance(allowed, HostAllowList) else HostAllowList.of(allowed)
+    return allow.allows(host_header)
 
 
 def is_loopback(host: str) -> bool:
-    import ipaddress
-
+    """Whether ``host`` is this machine only: ``localhost``, 127.0.0.0/8, ``::1`` or ``::ffff:127.x.y.z``."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(_host_key(host)).is_loopback
     except ValueError:
         return False
 

@@ -33,10 +33,15 @@ from ..inference.restorer import Restorer, load_policy
 from ..weights import MissingWeightsError
 from .safety import DemoError, JobGate, UploadLimits
 
-__all__ = ["DemoService", "GroupRequest", "RestoreRequest", "RewardTerm", "image_uri", "probe_reward_terms"]
+__all__ = ["DemoService", "GroupRequest", "RestoreRequest", "RewardTerm", "check_restore_size", "image_uri",
+           "probe_reward_terms"]
 
 MAX_UPSCALE = 4.0  # the restore command allows 16; a browser tab holding a 16x photo does not
-MAX_OUTPUT_PIXELS = 100_000_000  # restored photo, after upscaling
+# The work of a restoration grows with the pixels it writes (resize, paste-back, PNG, base64), not with
+# the upload's bytes: a 4 kB PNG of 5999 x 5999 took 17.7 s and 1.4 GB as an aligned face. Refused from
+# the header, before decoding (check_restore_size).
+MAX_OUTPUT_PIXELS = 16_000_000  # a restored whole photo, after upscaling (a 12 MP phone photo at 1x fits)
+MAX_ALIGNED_OUTPUT_PIXELS = 2048 * 2048  # an aligned face comes back at its own size
 MAX_GROUP_SIZE = 16
 MAX_STEPS = 1000
 DEFAULT_GROUP_SIZE = 4  # when the checkpoint is not an lrpo run (which has its own group_size)
@@ -96,6 +101,21 @@ class RestoreRequest:
             eta=_number(params, "eta", float, None, 0.0, 2.0),
             seed=_number(params, "seed", int, 0, 0, 2**62),
         )
+
+
+def check_restore_size(width: int, height: int, req: RestoreRequest) -> None:
+    """Refuse (413) a restoration whose output would exceed the demo's caps; needs only the header's size."""
+    if req.aligned:
+        pixels, cap = width * height, MAX_ALIGNED_OUTPUT_PIXELS
+        if pixels > cap:
+            raise DemoError(f"the aligned face is {width} x {height} ({pixels / 1e6:.1f} megapixels) and comes back at "
+                            f"that size; the demo restores aligned faces of at most {cap / 1e6:.1f} megapixels "
+                            f"({math.isqrt(cap)} x {math.isqrt(cap)}): crop or shrink it, or untick 'aligned face'", 413)
+        return
+    pixels, cap = round(width * req.upscale) * round(height * req.upscale), MAX_OUTPUT_PIXELS
+    if pixels > cap:
+        raise DemoError(f"{width} x {height} upscaled {req.upscale:g}x is {pixels / 1e6:.1f} megapixels; the demo writes "
+                        f"at most {cap / 1e6:.0f} megapixels: lower the upscale or shrink the photo", 413)
 
 
 @dataclass(frozen=True)
@@ -275,7 +295,8 @@ class DemoService:
             "default_preset": default_preset,
             "degradations": degradations,
             "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels,
-                       "text": self.limits.describe(), "max_upscale": MAX_UPSCALE, "max_group_size": MAX_GROUP_SIZE},
+                       "text": self.limits.describe(), "max_upscale": MAX_UPSCALE, "max_group_size": MAX_GROUP_SIZE,
+                       "max_output_pixels": MAX_OUTPUT_PIXELS, "max_aligned_output_pixels": MAX_ALIGNED_OUTPUT_PIXELS},
             "runs": self.runs.list_runs() if self.runs is not None else None,
             "runs_root": str(self.runs.root) if self.runs is not None else None,
         }
@@ -294,6 +315,7 @@ class DemoService:
         eta = self.defaults.eta if req.eta is None else req.eta
         if steps > self.diffusion.train_timesteps:
             raise DemoError(f"steps must be at most the schedule's {self.diffusion.train_timesteps} timesteps, got {steps}")
+        check_restore_size(w, h, req)
         restorer = self.restorer(steps, eta)
         t0 = time.perf_counter()
         notes = []
@@ -306,10 +328,6 @@ class DemoService:
         else:
             if self.detector is None:
                 raise DemoError(self.detector_error)
-            out_pixels = round(w * req.upscale) * round(h * req.upscale)
-            if out_pixels > MAX_OUTPUT_PIXELS:
-                raise DemoError(f"{w} x {h} upscaled {req.upscale:g}x is {out_pixels / 1e6:.0f} megapixels; the demo "
-                                f"writes at most {MAX_OUTPUT_PIXELS / 1e6:.0f}: lower the upscale", 413)
             options = PhotoOptions(only_center_face=req.only_center_face, upscale=req.upscale)
             result = restorer.restore_photo(image, seed=req.seed, options=options)
             out, timings = result.image, result.timings
