@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -42,6 +43,8 @@ from lrpo.degradation import (
 )
 from lrpo.degradation.ops import fast_fft_len, reflect101_indices
 from lrpo.degradation.pipeline import _finish_opencv, _finish_torch, _small_lq_opencv, _small_lq_torch
+from lrpo.manifest import MANIFEST_NAME, read_manifest
+from lrpo.outputs import OutputError
 
 CFG = DegradationConfig()
 
@@ -502,9 +505,13 @@ def test_paired_set_is_byte_reproducible_and_replayable(hq_dir, tmp_path):
     s2 = make_paired_set(hq_dir, tmp_path / "b", size=64, seed=5, progress=False)
     assert s1.written == s2.written == 3 and not s1.skipped
     files_a, files_b = _all_bytes(tmp_path / "a"), _all_bytes(tmp_path / "b")
-    assert sorted(files_a) == ["hq/face0.png", "hq/face1.png", "hq/face2.png", "lq/face0.png",
+    assert sorted(files_a) == [MANIFEST_NAME, "hq/face0.png", "hq/face1.png", "hq/face2.png", "lq/face0.png",
                                "lq/face1.png", "lq/face2.png", "params.jsonl"]
-    assert files_a == files_b
+    assert files_a == files_b  # the manifest too: the same names, sizes and digests in the same order
+    # it records every file written, with its digest, and nothing else
+    recorded = read_manifest(tmp_path / "a")
+    assert sorted(recorded) == sorted(set(files_a) - {MANIFEST_NAME})
+    assert all(e.sha256 == hashlib.sha256(files_a[p]).hexdigest() for p, e in recorded.items())
     records = [json.loads(line) for line in (tmp_path / "a" / "params.jsonl").read_text().splitlines()]
     assert [r["name"] for r in records] == ["face0.png", "face1.png", "face2.png"]
     assert [r["seed"] for r in records] == [image_seed(5, i) for i in range(3)]
@@ -544,9 +551,14 @@ def test_paired_set_refuses_existing_output_unless_overwrite(hq_dir, tmp_path):
     with pytest.raises(ImageLoadError):
         make_paired_set(bad, tmp_path / "a", size=32, progress=False, overwrite=True)
     assert _all_bytes(tmp_path / "a") == before and not list((tmp_path / "a").glob(".partial-*"))
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         make_paired_set(hq_dir, tmp_path / "a", size=32, progress=False)
+    # a file lrpo did not write is named, kept, and stops --overwrite (it cannot tell what else is the user's)
     (tmp_path / "a" / "lq" / "stale.png").write_bytes(b"x")
+    with pytest.raises(OutputError, match="lq/stale.png"):
+        make_paired_set(hq_dir, tmp_path / "a", size=32, progress=False, overwrite=True)
+    assert (tmp_path / "a" / "lq" / "stale.png").read_bytes() == b"x"
+    (tmp_path / "a" / "lq" / "stale.png").unlink()
     make_paired_set(hq_dir, tmp_path / "a", size=32, progress=False, overwrite=True)
     assert _all_bytes(tmp_path / "a") == before
 
@@ -560,6 +572,7 @@ def test_cli_entry_points(hq_dir, tmp_path, capsys):
     for _, p in read_params_jsonl(tmp_path / "out" / "params.jsonl"):
         assert p.scale <= 4.0 and p.jpeg_quality >= 60  # the mild preset was used
     assert run_degrade(args) == 1  # exists, no --overwrite
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and err.count("\n") == 1
     with pytest.raises(SystemExit):
         parser.parse_args([str(hq_dir), str(tmp_path / "x"), "--preset", "harsh"])

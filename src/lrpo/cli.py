@@ -80,9 +80,14 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         "aligned face crops, restored into OUT/<name>.png at the input's size; image i (sorted) uses seed SEED+i. "
         "IN is an image, a folder or a text file listing images; unreadable files are named and skipped.",
     )
-    p.add_argument("in_dir", metavar="IN", help="an image, a folder of images, or a text file listing image paths")
-    p.add_argument("out_dir", metavar="OUT", help="output folder")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("in_dir", metavar="IN", help="an image, a folder of images, or a text file listing image paths "
+                   "(a name starting with '-': ./-NAME, or -- before IN)")
+    p.add_argument("out_dir", metavar="OUT", help="output folder: new, empty, or one lrpo restore wrote before (with "
+                   "--overwrite); lrpo records what it writes there and never replaces other files")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier lrpo restore in OUT (only the "
+                   "files it recorded, unchanged, are deleted)")
+    _hint_dash_names(p)
+    src = p.add_mutually_exclusive_group()  # one of them is required: cmd_restore says where a model comes from
     src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
     src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'sd21-diffbir' (DiffBIR v1 face on "
                      "SD 2.1; model files from `lrpo weights`, see configs/policy-sd21-diffbir.yaml)")
@@ -113,6 +118,22 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     photo.add_argument("--det-threshold", type=float, default=None, metavar="T", help="YuNet score threshold (default 0.5)")
     photo.add_argument("--detector", metavar="PATH", default=None,
                        help="YuNet ONNX file or its folder (default: registry 'yunet' via $LRPO_WEIGHTS / the cache)")
+
+
+DASH_HINT = "a file name starting with '-' is read as an option: write it as ./-NAME, or put -- before the file names"
+
+
+def _hint_dash_names(parser: argparse.ArgumentParser) -> None:
+    """A file name starting with '-' (``lrpo restore -rf.png OUT``) is taken for an option, and argparse
+    then says a positional is missing: its message says why and what to type."""
+    plain_error = parser.error
+
+    def error(message: str):
+        if "arguments are required" in message:
+            message = f"{message} ({DASH_HINT})"
+        plain_error(message)
+
+    parser.error = error
 
 
 def _add_weights(sub: argparse._SubParsersAction) -> None:
@@ -188,12 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quickstart(sub)
     from .degradation.paired import add_degrade_arguments
 
-    add_degrade_arguments(sub.add_parser(
+    _hint_dash_names(add_degrade_arguments(sub.add_parser(
         "degrade",
         help="make a CelebA-Test-style paired set (hq/, lq/, params.jsonl)",
         description="Degrade every HQ face with the BFR pipeline (blur, downsample, noise, JPEG, resize back; "
         "SPEC section 7). Byte-for-byte reproducible for the same seed.",
-    ))
+    )))
     from .eval.cli import add_evaluate_arguments
 
     add_evaluate_arguments(sub.add_parser(
@@ -307,8 +328,22 @@ def train_summary(trainer, started: int) -> list[str]:
     return lines
 
 
+NO_MODEL = ("lrpo restore needs a model: --checkpoint RUN_OR_CHECKPOINT (`lrpo quickstart` makes one: --checkpoint "
+            "runs/quickstart/lrpo) or --policy NAME (a published model, e.g. sd21-diffbir; its files: `lrpo weights list`)")
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .inference.restorer import Restorer, restore_folder
+    from .outputs import one_line
+
+    try:
+        return _restore(args)
+    except (OSError, ValueError) as e:  # names in the message are the user's: one escaped line
+        raise ConfigError(one_line(e)) from None
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .inference.restorer import Restorer, input_paths, output_folder, restore_folder
+    from .manifest import ascii_name
 
     if args.batch_size < 1 or (args.steps is not None and args.steps < 1) or (args.eta is not None and args.eta < 0):
         raise ConfigError("--batch-size and --steps must be >= 1 and --eta >= 0")
@@ -319,23 +354,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.aligned and any(v is not None for v in photo_flags.values()):
         given = [k for k, v in photo_flags.items() if v is not None]
         raise ConfigError(f"{', '.join(given)} apply to whole photos, not to --aligned crops")
-    source = args.checkpoint
-    if args.policy:
-        from .quickstart import CONFIG_DIR
-
-        source = CONFIG_DIR / f"policy-{args.policy}.yaml"
-        if not source.is_file():
-            known = sorted(p.stem[len("policy-"):] for p in CONFIG_DIR.glob("policy-*.yaml"))
-            raise ConfigError(f"--policy {args.policy!r} is not known; known: {', '.join(known)}")
+    if not args.checkpoint and not args.policy:
+        raise ConfigError(NO_MODEL)
+    source = _policy_source(args.policy) if args.policy else args.checkpoint
+    output_folder(args.in_dir, input_paths(args.in_dir), args.out_dir, args.overwrite)  # IN and OUT checked before the model loads
     if args.aligned:
         restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
-        summary = restore_folder(restorer, args.in_dir, args.out_dir, args.batch_size, args.seed, progress=not args.no_progress)
-        print(f"restored {len(summary.written)} image(s) into {args.out_dir}")
+        summary = restore_folder(restorer, args.in_dir, args.out_dir, args.batch_size, args.seed, progress=not args.no_progress,
+                                 overwrite=args.overwrite)
+        print(f"restored {len(summary.written)} image(s) into {ascii_name(str(args.out_dir))}")
         if summary.not_square:
-            print(f"note: {len(summary.not_square)} input(s) are not square (first: {summary.not_square[0]}); aligned crops are. "
-                  "Without --aligned, the faces of whole photos are detected, aligned and pasted back")
-        _print_failed(summary.failed)
-        return 1 if summary.failed else 0  # skipped files are a failure a script must see
+            print(f"note: {len(summary.not_square)} input(s) are not square (first: {ascii_name(summary.not_square[0])}); aligned "
+                  "crops are. Without --aligned, the faces of whole photos are detected, aligned and pasted back")
+        _print_failed(summary.failed, summary.unwritten)
+        return 1 if summary.failed or summary.unwritten else 0  # skipped files are a failure a script must see
     from .inference.detect import SCORE_THRESHOLD, FaceDetector
     from .inference.photo import MIN_FACE_SIZE, PhotoOptions, load_upsampler, restore_photos, summary_lines
 
@@ -348,17 +380,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
     detector = FaceDetector(args.detector, SCORE_THRESHOLD if args.det_threshold is None else args.det_threshold)
     restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
     restorer.detector = detector
-    summary = restore_photos(restorer, args.in_dir, args.out_dir, options, args.batch_size, args.seed, progress=not args.no_progress)
+    summary = restore_photos(restorer, args.in_dir, args.out_dir, options, args.batch_size, args.seed, progress=not args.no_progress,
+                             overwrite=args.overwrite)
     print("\n".join(summary_lines(summary, args.out_dir)))
-    _print_failed(summary.failed)
-    return 1 if summary.failed else 0
+    _print_failed(summary.failed, summary.unwritten)
+    return 1 if summary.failed or summary.unwritten else 0
 
 
-def _print_failed(failed) -> None:
+def _print_failed(failed, unwritten=()) -> None:
+    from .manifest import ascii_name
+
     if failed:
         print(f"{len(failed)} file(s) could not be read and were skipped (exit code 1):")
         for e in failed:
-            print(f"  {e}")
+            print(f"  {ascii_name(str(e))}")
+    if unwritten:
+        print(f"{len(unwritten)} output(s) could not be written; the other inputs went on (exit code 1):")
+        for line in unwritten:
+            print(f"  {line}")
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -476,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            named_files = [e for e in extra if e.startswith("-") and Path(e).exists()]  # lrpo restore in -rf.png ...
+            parser.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({DASH_HINT})" if named_files else ""))
     _reclaim_override_from_resume(args)
     handlers = {
         "pretrain": cmd_pretrain,

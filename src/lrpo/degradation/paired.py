@@ -5,6 +5,8 @@ Layout written by :func:`make_paired_set`::
     out_dir/hq/<stem>.png     the HQ face resized to size x size (what the LQ was made from)
     out_dir/lq/<stem>.png     its degradation (SPEC section 7), size x size
     out_dir/hq/<stem>.txt     the input's caption sidecar (<stem>.txt beside it), when it has one
+    out_dir/.lrpo-manifest.jsonl  what lrpo wrote there (names, sizes, sha256; lrpo.outputs): --overwrite
+                              deletes only those files
     out_dir/params.jsonl      one JSON object per written pair, in input order:
                               {"name": "<stem>.png", "source": <input file name>,
                                "seed": <per-image generator seed>, <every DegradationParams field>}
@@ -36,6 +38,8 @@ from tqdm import tqdm
 from lrpo.config import DEGRADATION_PRESETS, DegradationConfig
 from lrpo.data.images import ImageLoadError, list_images, load_rgb, resize_square, save_rgb, to_tensor, to_uint8
 from lrpo.degradation.pipeline import DegradationParams, degrade
+from lrpo.manifest import ascii_name
+from lrpo.outputs import OutputFolder, one_line, place, require_input
 
 PARAMS_FILE = "params.jsonl"
 
@@ -60,20 +64,12 @@ def image_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _existing_outputs(out_dir: Path) -> list[Path]:
-    found = []
-    for sub in ("hq", "lq"):
-        folder = out_dir / sub
-        if folder.is_dir():
-            found.extend(p for p in folder.iterdir() if p.is_file())
-    return found
-
-
 def _check_unique_stems(files: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for p in files:
         if p.stem in seen:
-            raise ValueError(f"two inputs would both be written as {p.stem}.png: {seen[p.stem]} and {p}; rename one")
+            raise ValueError(f"two inputs would both be written as {ascii_name(p.stem)}.png: {ascii_name(str(seen[p.stem]))} "
+                             f"and {ascii_name(str(p))}; rename one")
         seen[p.stem] = p
 
 
@@ -91,8 +87,9 @@ def make_paired_set(
 
     Args:
         hq_source: folder of images or a file listing one image path per line.
-        out_dir: destination; must not already hold files in ``hq/`` or ``lq/`` unless
-            ``overwrite`` (then those files and ``params.jsonl`` are deleted first).
+        out_dir: destination (see :mod:`lrpo.outputs`): new, empty, or holding only the files an earlier
+            run recorded in its manifest; those are replaced only with ``overwrite``, once the new set
+            is made. It may not contain an input, and holds nothing before an input is known readable.
         size: side of the written HQ and LQ images.
         seed: base seed; see the module docstring for how each image's generator is seeded.
         cfg: degradation ranges; ``None`` means the SPEC ranges (``DegradationConfig()``).
@@ -101,50 +98,74 @@ def make_paired_set(
 
     Raises:
         ImageLoadError: an input cannot be read (without ``skip_bad``); it names the file.
-        FileExistsError: ``out_dir`` already holds a set and ``overwrite`` is False.
+        FileNotFoundError: ``hq_source`` does not exist.
+        lrpo.outputs.OutputError: ``out_dir`` is a file, contains an input, holds files lrpo did not
+            write (named), or holds an earlier set and ``overwrite`` is False.
     """
     cfg = DegradationConfig() if cfg is None else cfg
     cfg.validate()
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    files = list_images(hq_source)
+    source = require_input(hq_source)
+    files = list_images(source)
     _check_unique_stems(files)
-    out_dir = Path(out_dir)
-    existing = _existing_outputs(out_dir)
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds {len(existing)} file(s) in hq/ or lq/ (e.g. {existing[0]}); "
-            f"choose another folder or pass overwrite=True (--overwrite) to replace them"
-        )
+    out = OutputFolder(out_dir, command="lrpo degrade", overwrite=overwrite, inputs=[source, *files])
+    _first_readable(files, skip_bad)  # no folder is made for a set whose inputs cannot be read
     # written into a hidden folder inside out_dir (the same file system, so every move is a rename)
     # and moved into place at the end: a run stopped by a bad file (or Ctrl-C) leaves no partial
-    # set, so the retry needs no --overwrite; an old set is moved aside first and deleted last
-    final_dir = out_dir
-    created = not final_dir.exists()
-    final_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=final_dir, prefix=".partial-"))
+    # set, so the retry needs no --overwrite; the earlier set is removed only once the new one is made
+    created = not out.folder.exists()
+    out.folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.folder, prefix=".lrpo-partial-"))
+    out.ignore += (work.name,)
     done = False
     try:
         (work / "hq").mkdir()
         (work / "lq").mkdir()
         summary = _write_pairs(files, work, size, seed, cfg, skip_bad, progress)
-        aside = work / "replaced"
-        aside.mkdir()
-        for i, p in enumerate(existing + [final_dir / PARAMS_FILE]):
-            if p.exists():
-                os.replace(p, aside / f"{i}_{p.name}")
-        for sub in ("hq", "lq"):
-            (final_dir / sub).mkdir(exist_ok=True)
-            for f in (work / sub).iterdir():
-                os.replace(f, final_dir / sub / f.name)
-        os.replace(work / PARAMS_FILE, final_dir / PARAMS_FILE)
+        out.open()  # --overwrite: the earlier set's recorded, unchanged files are deleted here, nothing else
+        _move_into(work, out)
         done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if not done and created:
-            shutil.rmtree(final_dir, ignore_errors=True)
-    summary.out_dir = final_dir
+            _remove_if_empty(out.folder)
+    summary.out_dir = out.folder
     return summary
+
+
+def _first_readable(files: list[Path], skip_bad: bool) -> None:
+    """Raise unless an input can be read: the first one, or (``skip_bad``) any."""
+    for path in files:
+        try:
+            load_rgb(path)
+            return
+        except ImageLoadError:
+            if not skip_bad:
+                raise
+    raise ValueError(f"none of the {len(files)} input image(s) can be read (first: {ascii_name(str(files[0]))}); nothing was written")
+
+
+def _move_into(work: Path, out: OutputFolder) -> None:
+    """Move hq/, lq/ and params.jsonl from ``work`` into ``out`` without replacing anything; each is recorded."""
+    moved = []
+    try:
+        for sub in ("hq", "lq"):
+            dest = out.subfolder(sub)
+            for f in sorted((work / sub).iterdir()):
+                place(f, dest / f.name)
+                moved.append(dest / f.name)
+        place(work / PARAMS_FILE, out.folder / PARAMS_FILE)
+        moved.append(out.folder / PARAMS_FILE)
+    finally:
+        out.record(moved)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty: something else is there now, and it stays
 
 
 def _write_pairs(files, out_dir: Path, size: int, seed: int, cfg, skip_bad: bool, progress: bool) -> PairedSetSummary:
@@ -231,14 +252,15 @@ def run_degrade(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             overwrite=args.overwrite,
         )
-    except (ValueError, OSError) as e:  # ImageLoadError is a ValueError; FileExistsError an OSError
-        print(f"lrpo degrade: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # ImageLoadError and OutputError are ValueErrors
+        print(f"lrpo degrade: error: {one_line(e)}", file=sys.stderr)
         return 1
-    print(f"wrote {summary.written} pairs to {summary.out_dir} in {summary.seconds:.1f} s (preset {args.preset}, seed {args.seed})")
+    print(f"wrote {summary.written} pairs to {ascii_name(str(summary.out_dir))} in {summary.seconds:.1f} s "
+          f"(preset {args.preset}, seed {args.seed})")
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} unreadable image(s):")
         for e in summary.skipped:
-            print(f"  {e}")
+            print(f"  {ascii_name(str(e))}")
     return 0
 
 

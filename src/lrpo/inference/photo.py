@@ -21,6 +21,10 @@ Output layout of :func:`restore_photos` (as GFPGAN and CodeFormer write it)::
     OUT/cmp/<stem>_<jj>.png             the two side by side
     OUT/restored_imgs/<stem>.png        the restored photo
     OUT/faces.jsonl                     one line per detected face, restored or not
+    OUT/.lrpo-manifest.jsonl            what lrpo wrote there (names, sizes, sha256): see lrpo.outputs
+
+OUT is created when the first photo is written; a photo whose outputs cannot be written is named in
+the summary and the others go on.
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from typing import Callable, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.images import ImageLoadError, load_rgb, save_rgb
+from ..data.images import ImageLoadError, load_rgb
+from ..manifest import ascii_name
+from ..outputs import OutputFolder, fit_name, one_line
 from .align import alignment_matrix, compose, invert_affine, scale_matrix, warp_region
 from .detect import DetectedFace, select_faces
 from .paste import MASK_SHAPES, color_match, draw_box, face_mask, is_gray, paste_face, seam_ratio, to_gray
-from .restorer import input_paths, output_names
+from .restorer import input_paths, output_folder, output_names
 
 __all__ = ["FaceRecord", "PhotoOptions", "PhotoResult", "PhotoSummary", "STAGES", "restore_photo", "restore_photos"]
 
@@ -237,6 +243,7 @@ def restore_photo(image: np.ndarray, restore_fn: RestoreFn, detector: Detector, 
 class PhotoSummary:
     written: list[Path] = field(default_factory=list)  # restored_imgs/*
     failed: list[ImageLoadError] = field(default_factory=list)
+    unwritten: list[str] = field(default_factory=list)  # one line per photo whose outputs could not be written
     no_face: list[str] = field(default_factory=list)  # photos copied as they are (upscaled if asked)
     faces_found: int = 0
     faces_restored: int = 0
@@ -261,24 +268,20 @@ class _Pending:
 def restore_photos(
     restorer, source: str | Path, out_dir: str | Path, options: PhotoOptions | None = None,
     batch_size: int = 8, seed: int = 0, progress: bool = True, detector: Detector | None = None,
+    overwrite: bool = False,
 ) -> PhotoSummary:
     """Restore every photo of ``source`` (an image, a folder, or a file listing images) into the
     layout of the module docstring. Faces are batched across photos (``batch_size`` per forward
     pass); a photo is written and dropped as soon as its faces are back, so memory holds only the
     photos of the current batch. Unreadable files are named and skipped; photos without a face are
-    copied (upscaled if asked) and listed in the summary."""
+    copied (upscaled if asked) and listed in the summary. ``out_dir`` follows :mod:`lrpo.outputs`
+    (earlier outputs need ``overwrite``)."""
     options = (options or PhotoOptions()).validate()
     detector = detector or restorer.face_detector()
     size = restorer.policy.cfg.resolution
     paths = input_paths(source)
-    out = Path(out_dir)
-    if Path(source).is_dir() and out.resolve() == Path(source).resolve():
-        raise ValueError(f"{out}: OUT_DIR is IN_DIR; restoring in place would mix outputs with the input photos")
-    names = output_names(paths)
-    dirs = {k: out / k for k in ("cropped_faces", "restored_faces", "cmp", "restored_imgs")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    summary = PhotoSummary()
+    writer = _PhotoWriter(output_folder(source, paths, out_dir, overwrite), options, PhotoSummary())
+    summary = writer.summary
     photo_bar = tqdm(total=len(paths), desc="photos", unit="photo", disable=not progress, dynamic_ncols=True, position=0)
     face_bar = tqdm(total=0, desc="faces", unit="face", disable=not progress, dynamic_ncols=True, position=1)
     pending: list[_Pending] = []
@@ -295,18 +298,18 @@ def restore_photos(
 
     def flush() -> None:
         while pending and pending[0].done:
-            _write_photo(pending.pop(0), dirs, options, summary, log)
+            writer.write(pending.pop(0), photo_bar)
             photo_bar.update(1)
 
-    with open(out / "faces.jsonl", "w", encoding="utf-8") as log:
-        for path, name in zip(paths, names):
+    try:
+        for path, name in zip(paths, output_names(paths)):
             t0 = time.perf_counter()
             try:
                 image = load_rgb(path)
                 alpha = _read_alpha(path)
             except ImageLoadError as e:
                 summary.failed.append(e)
-                photo_bar.write(f"skipping {e}")
+                photo_bar.write(f"skipping {ascii_name(str(e))}")
                 photo_bar.update(1)
                 continue
             summary.timings["io"] += time.perf_counter() - t0
@@ -324,33 +327,73 @@ def restore_photos(
         while queue:
             run_batch(batch_size)
         flush()
-    photo_bar.close()
-    face_bar.close()
+    finally:
+        writer.close()
+        photo_bar.close()
+        face_bar.close()
     return summary
 
 
-def _write_photo(item: _Pending, dirs: dict[str, Path], options: PhotoOptions, summary: PhotoSummary, log) -> None:
-    result = finish_photo(item.prep, item.restored, options)
-    summary.timings["paste"] += result.timings["paste"]
-    t0 = time.perf_counter()
-    target = dirs["restored_imgs"] / item.name
-    _save(target, result.image, item.alpha)
-    summary.written.append(target)
-    for j, crop in result.cropped_faces.items():
-        tag = f"{item.stem}_{j:02d}.png"
-        save_rgb(dirs["cropped_faces"] / tag, crop)
-        save_rgb(dirs["restored_faces"] / tag, result.restored_faces[j])
-        save_rgb(dirs["cmp"] / tag, np.concatenate([crop, result.restored_faces[j]], axis=1))
-    for f in result.faces:
-        log.write(json.dumps(f.to_json(item.source)) + "\n")
-        if f.seam is not None:
-            summary.seams.append(f.seam)
-    log.flush()
-    summary.faces_found += len(result.faces)
-    summary.faces_restored += result.restored_count
-    if not result.faces:
-        summary.no_face.append(item.name)
-    summary.timings["io"] += time.perf_counter() - t0
+class _PhotoWriter:
+    """Writes each finished photo's files into OUT (created on the first) and its faces.jsonl lines."""
+
+    def __init__(self, out: OutputFolder, options: PhotoOptions, summary: PhotoSummary):
+        self.out, self.options, self.summary = out, options, summary
+        self.log = None  # faces.jsonl, opened with the first photo written
+
+    def write(self, item: _Pending, bar) -> None:
+        summary = self.summary
+        result = finish_photo(item.prep, item.restored, self.options)
+        summary.timings["paste"] += result.timings["paste"]
+        t0 = time.perf_counter()
+        if not self._write_files(item, result):
+            bar.write(f"not written: {summary.unwritten[-1]}")
+            return
+        if self.log is None:
+            self.log = self.out.open_log("faces.jsonl")
+        for f in result.faces:
+            self.log.write(json.dumps(f.to_json(item.source)) + "\n")
+            if f.seam is not None:
+                summary.seams.append(f.seam)
+        self.log.flush()
+        summary.faces_found += len(result.faces)
+        summary.faces_restored += result.restored_count
+        if not result.faces:
+            summary.no_face.append(item.name)
+        summary.timings["io"] += time.perf_counter() - t0
+
+    def _write_files(self, item: _Pending, result: PhotoResult) -> bool:
+        """The photo's image files, each recorded; False (and a line in the summary) when one fails."""
+        files: list[tuple[str, np.ndarray, np.ndarray | None]] = [(f"restored_imgs/{item.name}", result.image, item.alpha)]
+        for j, crop in result.cropped_faces.items():
+            tag = fit_name(f"{item.stem}_{j:02d}.png")
+            files += [(f"cropped_faces/{tag}", crop, None), (f"restored_faces/{tag}", result.restored_faces[j], None),
+                      (f"cmp/{tag}", np.concatenate([crop, result.restored_faces[j]], axis=1), None)]
+        written = []
+        try:
+            for rel, image, alpha in files:
+                written.append(self.out.write_image(rel, image, _fit_alpha(alpha, image)))
+        except OSError as e:
+            self.summary.unwritten.append(f"{ascii_name(item.source)}: {one_line(e, self.out.folder / rel)}")
+            return False
+        finally:
+            self.out.record(written)
+        self.summary.written.append(written[0])
+        return True
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.out.record(["faces.jsonl"])  # complete now: its size and sha256 replace the name-only entry
+
+
+def _fit_alpha(alpha: np.ndarray | None, image: np.ndarray) -> np.ndarray | None:
+    """The input's alpha plane at the output's size (upscaled photos), or None."""
+    if alpha is None or alpha.shape == image.shape[:2]:
+        return alpha
+    import cv2
+
+    return cv2.resize(alpha, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def _read_alpha(path: Path) -> np.ndarray | None:
@@ -365,25 +408,17 @@ def _read_alpha(path: Path) -> np.ndarray | None:
     return None if alpha.min() == 255 else alpha.copy()
 
 
-def _save(path: Path, image: np.ndarray, alpha: np.ndarray | None) -> None:
-    if alpha is None:
-        save_rgb(path, image)
-        return
-    import cv2
-    from PIL import Image
-
-    if alpha.shape != image.shape[:2]:
-        alpha = cv2.resize(alpha, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    Image.fromarray(np.dstack([image, alpha])).save(path)
-
-
 def summary_lines(summary: PhotoSummary, out_dir: str | Path) -> list[str]:
     """What ``lrpo restore`` prints after a folder of photos."""
-    out = Path(out_dir)
-    lines = [f"restored {summary.faces_restored} of {summary.faces_found} detected face(s) in {len(summary.written)} photo(s): "
-             f"{out / 'restored_imgs'} (faces: {out / 'faces.jsonl'})"]
+    out = ascii_name(str(out_dir))  # names are printed escaped: a control character in one cannot rewrite the terminal
+    if not summary.written:
+        lines = [f"no photo was written to {out}"]
+    else:
+        lines = [f"restored {summary.faces_restored} of {summary.faces_found} detected face(s) in {len(summary.written)} "
+                 f"photo(s): {out}/restored_imgs (faces: {out}/faces.jsonl)"]
     if summary.no_face:
-        shown = ", ".join(summary.no_face[:5]) + (f" and {len(summary.no_face) - 5} more" if len(summary.no_face) > 5 else "")
+        shown = ", ".join(ascii_name(n) for n in summary.no_face[:5]) + (
+            f" and {len(summary.no_face) - 5} more" if len(summary.no_face) > 5 else "")
         lines.append(f"{len(summary.no_face)} photo(s) without a face, copied as they are: {shown}")
     if summary.seams:
         s = np.asarray(summary.seams)

@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
 from ..config import DiffusionConfig, from_dict, resolve_device
-from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_rgb, save_rgb, to_tensor, to_uint8
+from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_rgb, to_tensor, to_uint8
 from ..diffusion.ddim import DDIMSampler
+from ..manifest import ascii_name
+from ..outputs import OutputFolder, fit_name, one_line, require_input
 from ..policies import Policy, build_policy_from_dict
 from .sampling import restore_images
 
@@ -112,16 +114,26 @@ def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None) -> torch.Tenso
 
 def input_paths(source: str | Path) -> list[Path]:
     """One image file, or the images of a folder / of a text file listing them (:func:`list_images`)."""
-    source = Path(source)
+    source = require_input(source)
     if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
         return [source]
     return list_images(source)
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """``<stem>.png`` for each input; inputs sharing a stem get ``<stem>_<ext>.png``, so none overwrites another."""
+    """``<stem>.png`` for each input; inputs sharing a stem get ``<stem>_<ext>.png``, so none overwrites another.
+    Names over :data:`lrpo.outputs.NAME_MAX_BYTES` are cut and get a hash suffix (:func:`lrpo.outputs.fit_name`)."""
     stems = Counter(p.stem for p in paths)
-    return [f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png" for p in paths]
+    return [fit_name(f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png") for p in paths]
+
+
+def output_folder(source: str | Path, paths: list[Path], out_dir: str | Path, overwrite: bool) -> OutputFolder:
+    """OUT checked for ``lrpo restore`` (see :mod:`lrpo.outputs`): not IN, holding no input, no foreign files,
+    earlier outputs only with ``overwrite``."""
+    source, out_dir = Path(source), Path(out_dir)
+    if source.is_dir() and out_dir.resolve() == source.resolve():
+        raise ValueError(f"{ascii_name(str(out_dir))}: OUT_DIR is IN_DIR; restoring in place would overwrite the input images")
+    return OutputFolder(out_dir, command="lrpo restore", overwrite=overwrite, inputs=[source, *paths] if source.is_dir() else paths)
 
 
 @dataclass
@@ -129,20 +141,20 @@ class RestoreSummary:
     written: list[Path] = field(default_factory=list)
     failed: list[ImageLoadError] = field(default_factory=list)
     not_square: list[str] = field(default_factory=list)  # inputs more than 10 % off square: whole photos?
+    unwritten: list[str] = field(default_factory=list)  # one line per output that could not be written
 
 
 def restore_folder(
-    restorer: Restorer, in_dir: str | Path, out_dir: str | Path, batch_size: int = 8, seed: int = 0, progress: bool = True
+    restorer: Restorer, in_dir: str | Path, out_dir: str | Path, batch_size: int = 8, seed: int = 0, progress: bool = True,
+    overwrite: bool = False,
 ) -> RestoreSummary:
     """Restore every aligned crop of ``in_dir`` (or the one image it names) into ``out_dir/<stem>.png``;
     unreadable files are reported and skipped. Image i uses seed ``seed + i`` (i in sorted order), so results do not depend on
-    ``batch_size``. Inputs sharing a stem (``a.jpg``, ``a.png``) are written as ``a_jpg.png``, ``a_png.png``."""
+    ``batch_size``. Inputs sharing a stem (``a.jpg``, ``a.png``) are written as ``a_jpg.png``, ``a_png.png``.
+    ``out_dir`` follows :mod:`lrpo.outputs` (created on the first output; earlier outputs need ``overwrite``)."""
     paths = input_paths(in_dir)
-    out_dir = Path(out_dir)
-    if out_dir.resolve() == Path(in_dir).resolve():
-        raise ValueError(f"{out_dir}: OUT_DIR is IN_DIR; restoring in place would overwrite the input images")
+    out = output_folder(in_dir, paths, out_dir, overwrite)
     out_names = output_names(paths)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = RestoreSummary()
     bar = tqdm(total=len(paths), desc="restore", unit="img", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(paths), batch_size):
@@ -155,16 +167,25 @@ def restore_folder(
                     summary.not_square.append(p.name)
             except ImageLoadError as e:
                 summary.failed.append(e)
-                bar.write(f"skipping {e}")
+                bar.write(f"skipping {ascii_name(str(e))}")
                 bar.update(1)
                 continue
             seeds.append(seed + i)
             names.append(out_names[i])
         if batch:
-            for name, img in zip(names, restorer.restore(batch, seeds)):
-                target = out_dir / name
-                save_rgb(target, img)
-                summary.written.append(target)
+            _write_crops(out, names, restorer.restore(batch, seeds), summary)
             bar.update(len(batch))
     bar.close()
     return summary
+
+
+def _write_crops(out: OutputFolder, names: list[str], images: list[np.ndarray], summary: RestoreSummary) -> None:
+    """Write one batch's restorations; one that cannot be written is named in the summary, the rest go on."""
+    written = []
+    for name, img in zip(names, images):
+        try:
+            written.append(out.write_image(name, img))
+        except OSError as e:
+            summary.unwritten.append(one_line(e, out.folder / name))
+    out.record(written)
+    summary.written.extend(written)
