@@ -261,6 +261,7 @@ def test_restore_input_and_model_messages(tiny_run, crops, tmp_path, capsys):
     (pdf / "scan.jpg").write_bytes(b"%PDF-1.4 not an image")
     with single_thread():
         assert _restore(pdf, out, tiny_run) == 1  # named and skipped
+        assert f"no image was written to {out}" in capsys.readouterr().out
         assert main(["restore", str(pdf), str(out), "--checkpoint", str(tiny_run), "--steps", "1", "--device", "cpu",
                      "--no-progress", "--detector", str(tmp_path / "none.onnx")]) == 2  # whole photos: no detector
     capsys.readouterr()

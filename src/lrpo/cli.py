@@ -357,12 +357,12 @@ def _restore(args: argparse.Namespace) -> int:
     if not args.checkpoint and not args.policy:
         raise ConfigError(NO_MODEL)
     source = _policy_source(args.policy) if args.policy else args.checkpoint
-    output_folder(args.in_dir, input_paths(args.in_dir), args.out_dir, args.overwrite)  # IN and OUT checked before the model loads
+    out = output_folder(args.in_dir, input_paths(args.in_dir), args.out_dir, args.overwrite)  # checked before the model loads
     if args.aligned:
         restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
-        summary = restore_folder(restorer, args.in_dir, args.out_dir, args.batch_size, args.seed, progress=not args.no_progress,
-                                 overwrite=args.overwrite)
-        print(f"restored {len(summary.written)} image(s) into {ascii_name(str(args.out_dir))}")
+        summary = restore_folder(restorer, args.in_dir, out, args.batch_size, args.seed, progress=not args.no_progress)
+        print(f"restored {len(summary.written)} image(s) into {ascii_name(str(args.out_dir))}" if summary.written
+              else f"no image was written to {ascii_name(str(args.out_dir))}")
         if summary.not_square:
             print(f"note: {len(summary.not_square)} input(s) are not square (first: {ascii_name(summary.not_square[0])}); aligned "
                   "crops are. Without --aligned, the faces of whole photos are detected, aligned and pasted back")
@@ -380,8 +380,7 @@ def _restore(args: argparse.Namespace) -> int:
     detector = FaceDetector(args.detector, SCORE_THRESHOLD if args.det_threshold is None else args.det_threshold)
     restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
     restorer.detector = detector
-    summary = restore_photos(restorer, args.in_dir, args.out_dir, options, args.batch_size, args.seed, progress=not args.no_progress,
-                             overwrite=args.overwrite)
+    summary = restore_photos(restorer, args.in_dir, out, options, args.batch_size, args.seed, progress=not args.no_progress)
     print("\n".join(summary_lines(summary, args.out_dir)))
     _print_failed(summary.failed, summary.unwritten)
     return 1 if summary.failed or summary.unwritten else 0

@@ -131,8 +131,7 @@ class OutputFolder:
             return
         try:
             if self.overwrite and self.folder.is_dir():
-                self._claim()  # again: the folder may have changed since the check
-                removal = remove_written(self.folder)
+                removal = remove_written(self.folder)  # recorded, unchanged files only, whatever came since the check
                 if removal.kept:
                     rel, why = next(iter(removal.kept.items()))
                     raise OutputError(f"{self.name}/{ascii_name(rel)} {why}; it was kept and {self.command} stopped")

@@ -266,7 +266,7 @@ class _Pending:
 
 
 def restore_photos(
-    restorer, source: str | Path, out_dir: str | Path, options: PhotoOptions | None = None,
+    restorer, source: str | Path, out_dir: str | Path | OutputFolder, options: PhotoOptions | None = None,
     batch_size: int = 8, seed: int = 0, progress: bool = True, detector: Detector | None = None,
     overwrite: bool = False,
 ) -> PhotoSummary:

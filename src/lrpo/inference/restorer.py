@@ -127,9 +127,11 @@ def output_names(paths: list[Path]) -> list[str]:
     return [fit_name(f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png") for p in paths]
 
 
-def output_folder(source: str | Path, paths: list[Path], out_dir: str | Path, overwrite: bool) -> OutputFolder:
+def output_folder(source: str | Path, paths: list[Path], out_dir: str | Path | OutputFolder, overwrite: bool) -> OutputFolder:
     """OUT checked for ``lrpo restore`` (see :mod:`lrpo.outputs`): not IN, holding no input, no foreign files,
-    earlier outputs only with ``overwrite``."""
+    earlier outputs only with ``overwrite``. An OutputFolder (checked already, by the command line) is used as it is."""
+    if isinstance(out_dir, OutputFolder):
+        return out_dir
     source, out_dir = Path(source), Path(out_dir)
     if source.is_dir() and out_dir.resolve() == source.resolve():
         raise ValueError(f"{ascii_name(str(out_dir))}: OUT_DIR is IN_DIR; restoring in place would overwrite the input images")
@@ -145,8 +147,8 @@ class RestoreSummary:
 
 
 def restore_folder(
-    restorer: Restorer, in_dir: str | Path, out_dir: str | Path, batch_size: int = 8, seed: int = 0, progress: bool = True,
-    overwrite: bool = False,
+    restorer: Restorer, in_dir: str | Path, out_dir: str | Path | OutputFolder, batch_size: int = 8, seed: int = 0,
+    progress: bool = True, overwrite: bool = False,
 ) -> RestoreSummary:
     """Restore every aligned crop of ``in_dir`` (or the one image it names) into ``out_dir/<stem>.png``;
     unreadable files are reported and skipped. Image i uses seed ``seed + i`` (i in sorted order), so results do not depend on
