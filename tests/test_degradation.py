@@ -44,7 +44,7 @@ from lrpo.degradation import (
 from lrpo.degradation.ops import fast_fft_len, reflect101_indices
 from lrpo.degradation.pipeline import _finish_opencv, _finish_torch, _small_lq_opencv, _small_lq_torch
 from lrpo.manifest import MANIFEST_NAME, read_manifest
-from lrpo.outputs import OutputError
+from lrpo.outputs import KIND_FILE, OutputError
 
 CFG = DegradationConfig()
 
@@ -505,7 +505,7 @@ def test_paired_set_is_byte_reproducible_and_replayable(hq_dir, tmp_path):
     s2 = make_paired_set(hq_dir, tmp_path / "b", size=64, seed=5, progress=False)
     assert s1.written == s2.written == 3 and not s1.skipped
     files_a, files_b = _all_bytes(tmp_path / "a"), _all_bytes(tmp_path / "b")
-    assert sorted(files_a) == [MANIFEST_NAME, "hq/face0.png", "hq/face1.png", "hq/face2.png", "lq/face0.png",
+    assert sorted(files_a) == [MANIFEST_NAME, KIND_FILE, "hq/face0.png", "hq/face1.png", "hq/face2.png", "lq/face0.png",
                                "lq/face1.png", "lq/face2.png", "params.jsonl"]
     assert files_a == files_b  # the manifest too: the same names, sizes and digests in the same order
     # it records every file written, with its digest, and nothing else

@@ -18,8 +18,8 @@ from lrpo.cli import main
 from lrpo.data.images import load_rgb, save_rgb
 from lrpo.degradation.paired import add_degrade_arguments, make_paired_set, run_degrade
 from lrpo.inference.photo import PhotoOptions, restore_photos, summary_lines
-from lrpo.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from lrpo.outputs import NAME_MAX_BYTES, OutputError, OutputFolder, fit_name
+from lrpo.manifest import MANIFEST_NAME, read_manifest, record, sha256_file
+from lrpo.outputs import KIND_FILE, NAME_MAX_BYTES, OutputError, OutputFolder, fit_name
 
 from conftest import single_thread, write_tiny_faces
 from photo_scenes import FakeDetector, Placement, identity_restore, make_photo
@@ -112,13 +112,13 @@ def test_degrade_overwrite_removes_exactly_the_earlier_set(faces, tmp_path):
     out = tmp_path / "out"
     make_paired_set(faces, out, size=16, progress=False)
     first = read_manifest(out)
-    assert sorted(first) == ["hq/face_00.png", "hq/face_01.png", "hq/face_02.png", "lq/face_00.png", "lq/face_01.png",
+    assert sorted(first) == [KIND_FILE, "hq/face_00.png", "hq/face_01.png", "hq/face_02.png", "lq/face_00.png", "lq/face_01.png",
                              "lq/face_02.png", "params.jsonl"]
     (faces / "face_02.png").unlink()  # the new set has two faces: the third pair of the old one goes too
     make_paired_set(faces, out, size=16, progress=False, overwrite=True)
-    assert sorted(_tree(out)) == [MANIFEST_NAME, "hq/face_00.png", "hq/face_01.png", "lq/face_00.png", "lq/face_01.png",
+    assert sorted(_tree(out)) == [MANIFEST_NAME, KIND_FILE, "hq/face_00.png", "hq/face_01.png", "lq/face_00.png", "lq/face_01.png",
                                   "params.jsonl"]
-    assert sorted(read_manifest(out)) == ["hq/face_00.png", "hq/face_01.png", "lq/face_00.png", "lq/face_01.png", "params.jsonl"]
+    assert sorted(read_manifest(out)) == [KIND_FILE, "hq/face_00.png", "hq/face_01.png", "lq/face_00.png", "lq/face_01.png", "params.jsonl"]
 
 
 def test_degrade_missing_input_unreadable_first_input_and_file_as_out(tmp_path, capsys):
@@ -182,7 +182,8 @@ def test_restore_refuses_earlier_outputs_unless_overwrite(tiny_run, crops, tmp_p
     with single_thread():
         assert _restore(crops, out, tiny_run) == 0
         recorded = read_manifest(out)
-        assert sorted(recorded) == ["face_00.png", "face_01.png"]
+        assert sorted(recorded) == [KIND_FILE, "face_00.png", "face_01.png"]
+        assert (out / KIND_FILE).read_text() == "lrpo restore\n"
         assert all(e.sha256 == sha256_file(out / p) for p, e in recorded.items())
         first = _tree(out)
         assert _restore(crops, out, tiny_run) == 2
@@ -195,6 +196,25 @@ def test_restore_refuses_earlier_outputs_unless_overwrite(tiny_run, crops, tmp_p
         assert _restore(crops, out, tiny_run, "--overwrite") == 2
         _one_line_error(capsys, "face_01.png")
     assert (out / "face_01.png").read_bytes() == b"edited by the user"
+
+
+def test_overwrite_never_clears_another_commands_files(tiny_run, crops, faces, tmp_path, capsys):
+    # a training run's folder: its files are recorded in the same manifest, but are no restore's outputs
+    run = tmp_path / "runs" / "lrpo"
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"weights")
+    record(run, ["model.safetensors"])
+    with single_thread():
+        assert _restore(crops, run, tiny_run, "--overwrite") == 2
+    _one_line_error(capsys, "another lrpo command (a training run?)")
+    assert (run / "model.safetensors").read_bytes() == b"weights"
+    # and a restore's outputs are no degrade's
+    with single_thread():
+        assert _restore(crops, tmp_path / "r", tiny_run) == 0
+    before = _tree(tmp_path / "r")
+    assert _degrade(str(faces), str(tmp_path / "r"), "--overwrite") == 1
+    _one_line_error(capsys, "files lrpo restore wrote, not outputs of lrpo degrade")
+    assert _tree(tmp_path / "r") == before
 
 
 def test_restore_never_writes_through_links_in_out(tiny_run, crops, tmp_path, capsys):

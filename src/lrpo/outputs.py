@@ -12,6 +12,8 @@ What :class:`OutputFolder` guarantees (README, "What lrpo writes"):
   linked into place without replacing anything (a hard link fails on any existing name, a symbolic
   link included), so no file or link already there is written through or replaced. Sub-folders that are
   links are refused.
+- ``.lrpo-output`` names the command; earlier outputs of another command (a training run's
+  checkpoints are lrpo's too) are never cleared by this one.
 - Names longer than a file system takes (:data:`NAME_MAX_BYTES`) are cut and get a hash suffix
   (:func:`fit_name`); every written file is recorded in the manifest as it is written.
 """
@@ -30,6 +32,7 @@ import numpy as np
 
 from .manifest import ForeignFilesError, MANIFEST_NAME, ascii_name, claim_folder, read_manifest, record, remove_written
 
+KIND_FILE = ".lrpo-output"  # names the command whose outputs the folder holds ("lrpo restore"), recorded too
 NAME_MAX_BYTES = 255  # NAME_MAX of ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units there): bytes of one name
 TMP_PREFIX = ".lrpo-tmp-"
 _TAKEN = "the name is taken by a file lrpo did not write in this run; that file was left as it is"
@@ -106,11 +109,25 @@ class OutputFolder:
         if not f.is_dir():
             return
         self._claim()
-        earlier = self.earlier_outputs()
-        if earlier and not self.overwrite:
+        earlier = [p for p in self.earlier_outputs() if p != KIND_FILE]
+        if not earlier:
+            return
+        kind = self._earlier_kind()
+        if kind != self.command:  # a run folder's checkpoints are lrpo's too, but not for restore --overwrite to delete
+            raise OutputError(f"{self.name} holds files {ascii_name(kind) if kind else 'another lrpo command (a training run?)'} "
+                              f"wrote, not outputs of {self.command}; choose another folder")
+        if not self.overwrite:
             shown = ", ".join(ascii_name(p) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
             raise OutputError(f"{self.name} holds {len(earlier)} file(s) of an earlier {self.command} ({shown}); pass "
                               f"--overwrite to replace them (only those are deleted), or choose another folder")
+
+    def _earlier_kind(self) -> str | None:
+        """The command :data:`KIND_FILE` names (a regular file lrpo recorded), or None."""
+        f = self.folder / KIND_FILE
+        if KIND_FILE not in (read_manifest(self.folder) or {}) or f.is_symlink() or not f.is_file():
+            return None
+        with open(f, "rb") as fh:
+            return fh.read(200).decode("utf-8", "replace").strip() or None
 
     def _claim(self) -> None:
         try:
@@ -136,9 +153,12 @@ class OutputFolder:
                     rel, why = next(iter(removal.kept.items()))
                     raise OutputError(f"{self.name}/{ascii_name(rel)} {why}; it was kept and {self.command} stopped")
             self.folder.mkdir(parents=True, exist_ok=True)
+            self.opened = True
+            if not os.path.lexists(self.folder / KIND_FILE):
+                self.record([self.write(KIND_FILE, lambda f: f.write(f"{self.command}\n".encode()))])
         except OSError as e:
+            self.opened = False
             raise OutputError(f"{self.name}: cannot create the output folder ({e.strerror or e})") from None
-        self.opened = True
 
     def subfolder(self, rel: str) -> Path:
         """``folder/rel``, created if needed; a link or a file on the way is refused."""
@@ -230,4 +250,4 @@ def one_line(error: BaseException, path: str | os.PathLike | None = None) -> str
     return ascii_name(f"{where}: {why}" if where is not None else why)
 
 
-__all__ = ["MANIFEST_NAME", "NAME_MAX_BYTES", "OutputError", "OutputFolder", "fit_name", "one_line", "place", "require_input"]
+__all__ = ["KIND_FILE", "MANIFEST_NAME", "NAME_MAX_BYTES", "OutputError", "OutputFolder", "fit_name", "one_line", "place", "require_input"]
