@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 
 import lrpo.checkpoint as ckpt_io
 from lrpo.faults import PHASES
+from lrpo.manifest import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fault_sweep.json"
@@ -224,7 +225,8 @@ def on_disk(run_dir: Path) -> dict:
     named = latest.read_text().strip() if latest.is_file() else None
     if named and not (run_dir / named / "model.safetensors").is_file():
         named += " (missing: resume falls back to the newest step)"
-    hidden = [p.name for p in run_dir.iterdir() if p.name.startswith(".")] if run_dir.is_dir() else []
+    # hidden names are a killed writer's leftovers, except the record of what lrpo wrote (lrpo.manifest)
+    hidden = [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != MANIFEST_NAME] if run_dir.is_dir() else []
     return {"checkpoints": [p.name for p in listed], "damaged": damaged, "latest": named, "leftovers": len(hidden)}
 
 

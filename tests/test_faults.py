@@ -18,6 +18,7 @@ from torch import nn
 
 import lrpo.checkpoint as ckpt_io
 from lrpo import faults
+from lrpo.manifest import record
 from lrpo.checkpoint import CorruptCheckpointError, DiskFullError, find_checkpoint, save_checkpoint
 
 from conftest import single_thread
@@ -68,7 +69,8 @@ def _same(a: nn.Module | dict, b: nn.Module | dict) -> bool:
 
 
 def _hidden(run: Path) -> list[str]:
-    return sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+    """Hidden leftovers (the manifest of what lrpo wrote, lrpo.manifest, is not one)."""
+    return sorted(p.name for p in run.iterdir() if p.name.startswith(".") and p.name != ".lrpo-manifest.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,9 +303,10 @@ def test_a_garbage_meta_file_is_refused(three, text, why):
         find_checkpoint(three)
 
 
-def test_config_yaml_may_be_edited_but_not_garbled(three):
+def test_config_yaml_is_covered_by_the_digests_and_must_parse(three):
     (three / "step_000003" / "config.yaml").write_text("seed: 1  # edited by hand\n")
-    assert ckpt_io.load_config_dict(three) == {"seed": 1}
+    with pytest.raises(CorruptCheckpointError, match=r"config.yaml has \d+ bytes, \d+ were written \(edited since"):
+        ckpt_io.load_config_dict(three)
     (three / "step_000003" / "config.yaml").write_text("seed: [1,\n")
     with pytest.raises(CorruptCheckpointError, match="config.yaml is not valid YAML"):
         find_checkpoint(three)
@@ -364,6 +367,8 @@ def test_resume_of_a_run_without_a_checkpoint_starts_it_from_the_beginning(tmp_p
     out.mkdir()
     (out / "config.yaml").write_text("steps: 3\n")  # what a run killed before its first checkpoint leaves
     (out / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    record(out, ["config.yaml"])  # ... and recorded as lrpo's (lrpo.manifest)
+    record(out, ["log.jsonl"], digest=False)
     rc, err = fs.run_in_process(cmd.argv(out, resume="auto"))
     assert rc == 0, err
     assert f"{out} holds no checkpoint yet; starting the run from the beginning" in err

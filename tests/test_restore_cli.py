@@ -424,6 +424,10 @@ def test_restorer_defaults_come_from_the_checkpoint(tiny_run, tmp_path):
     cfg = yaml.safe_load(cfg_file.read_text())
     cfg["diffusion"].update(sample_steps=7, eta=0.3)  # not the CLI's former fixed defaults
     cfg_file.write_text(yaml.safe_dump(cfg))
+    meta_file = cfg_file.parent / "meta.json"  # edited on purpose: drop its digest, or the checkpoint is refused
+    meta = json.loads(meta_file.read_text())
+    del meta["files"]["config.yaml"]
+    meta_file.write_text(json.dumps(meta))
     r = Restorer.from_checkpoint(run, steps=None, eta=None, device="cpu")
     assert (len(r.sampler), r.sampler.eta) == (7, 0.3)
     r = Restorer.from_checkpoint(run, steps=3, eta=0.5, device="cpu")

@@ -2,29 +2,99 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+from pathlib import Path
+
 import pytest
+import torch
 
-from lrpo.runs import RunFolderError, claim_run_dir, config_changes
+from lrpo import manifest
+from lrpo.checkpoint import save_checkpoint
+from lrpo.cli import main
+from lrpo.runlog import append_record
+from lrpo.runs import RunFolderError, claim_run_dir, clear_run_dir, config_changes
+
+from conftest import single_thread, tiny_overrides, write_tiny_faces
 
 
-def _fake_checkpoint(run, name="step_000001"):
-    (run / name).mkdir(parents=True)
-    for f in ("model.safetensors", "meta.json"):
-        (run / name / f).write_text("{}")
-    (run / "latest").write_text(name + "\n")
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under ``folder``: file contents, None for a folder."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
-def test_overwrite_clears_the_run_and_only_the_run(tmp_path):
+def _pretrain(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), single_thread():
+        rc = main(["pretrain", *argv, "--no-progress"])
+    return rc, err.getvalue()
+
+
+def test_the_reviewers_folder_is_refused_in_one_line_and_nothing_is_deleted(tmp_path):
+    """Not a run lrpo wrote: best/holiday.jpg, samples/, tb/, config.yaml and notes.txt are the user's."""
+    folder = tmp_path / "photos"
+    (folder / "best").mkdir(parents=True)
+    (folder / "best" / "holiday.jpg").write_bytes(b"\xff\xd8 a photo")
+    (folder / "samples").mkdir()
+    (folder / "tb").mkdir()
+    (folder / "config.yaml").write_text("my: settings\n")
+    (folder / "notes.txt").write_text("mine")
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError) as e:
+        claim_run_dir(folder, resume=False, overwrite=True)
+    assert {"best/holiday.jpg", "notes.txt", "config.yaml"} <= set(e.value.files)
+    assert "best/holiday.jpg" in str(e.value) and "notes.txt" in str(e.value) and "nothing was deleted" in str(e.value)
+    with pytest.raises(RunFolderError, match=r"holds files where a run writes its own \(best/holiday.jpg, config.yaml, samples/, tb/\)"):
+        claim_run_dir(folder, resume=False)  # was an IndexError from runs.py
+    # through the command line, data.hq missing: one line each, and still nothing deleted
+    for flags in (["--overwrite"], []):
+        rc, err = _pretrain([f"data.hq={tmp_path / 'no-such-faces'}", f"out_dir={folder}", *flags])
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "holiday.jpg" in err, err
+        assert _snapshot(folder) == before
+
+
+def test_overwrite_clears_a_run_lrpo_wrote_but_refuses_first_when_a_user_file_was_added(tmp_path):
+    faces = write_tiny_faces(tmp_path / "faces")[0].parent
     run = tmp_path / "run"
-    _fake_checkpoint(run)
-    (run / "log.jsonl").write_text("{}\n")
+    argv = tiny_overrides(faces, run)
+    assert _pretrain(argv)[0] == 0
+    (run / "step_000003" / "notes.txt").write_text("the user's")
+    before = _snapshot(run)
+    rc, err = _pretrain([*argv, "steps=3", "--overwrite"])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "step_000003/notes.txt" in err, err
+    assert _snapshot(run) == before  # refused before anything was deleted
+    (run / "step_000003" / "notes.txt").unlink()
+    (tmp_path / "keep.txt").write_text("beside the run, not in it")
+    rc, err = _pretrain([*argv, "steps=3", "--overwrite"])
+    assert rc == 0, err
+    # the old run is gone (step_000006 and its log records), the new one is complete
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_000003"] and (run / "latest").read_text() == "step_000003\n"
+    # log_every=2: the losses at step 2, then the final validation at step 3; nothing of the old 6 steps
+    assert [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()] == [2, 3]
+    assert (tmp_path / "keep.txt").is_file()
+    # what the new run wrote is recorded, so the next --overwrite may clear it too
+    assert manifest.foreign_files(run) == []
+
+
+def test_a_bad_data_folder_deletes_nothing_even_with_overwrite(tmp_path):
+    faces = write_tiny_faces(tmp_path / "faces")[0].parent
+    run = tmp_path / "run"
+    assert _pretrain(tiny_overrides(faces, run))[0] == 0
+    before = _snapshot(run)
+    rc, err = _pretrain([*tiny_overrides(tmp_path / "missing", run), "--overwrite"])
+    assert rc == 2 and "missing" in err and _snapshot(run) == before, err
+
+
+def test_leftovers_of_killed_writers_are_lrpos_and_cleared(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(run, 1, {"w": torch.zeros(1)}, {}, {})
+    append_record(run / "log.jsonl", {"step": 1})
     (run / ".step_000002.tmp-abc").mkdir()  # a killed checkpoint writer's leftover
-    for keep in (".delta_notes", ".older", "notes.txt"):  # the user's own files
-        (run / keep).mkdir() if keep.startswith(".") else (run / keep).write_text("mine")
-    with pytest.raises(RunFolderError, match="already holds a run"):
-        claim_run_dir(run, resume=False)
-    claim_run_dir(run, resume=False, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == [".delta_notes", ".older", "notes.txt"]
+    (run / ".latest.x1y2").write_text("step_0")
+    assert claim_run_dir(run, resume=False, overwrite=True) is True
+    clear_run_dir(run)
+    assert sorted(p.name for p in run.iterdir()) == []
 
 
 def test_resume_comparison_ignores_new_defaults_free_keys_and_path_spellings(tmp_path, monkeypatch):

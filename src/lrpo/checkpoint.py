@@ -14,14 +14,23 @@ It is written under a temporary name in the same folder and renamed into place, 
 mid-write leaves either the previous checkpoint or a complete new one, never a torn one. The run
 folder's ``latest`` file (also replaced atomically) names the newest complete checkpoint.
 
-``meta.json`` also records the size and sha256 of the weights and ``state.pt`` (``config.yaml`` is
-left out: people edit it, and a damaged one fails to parse). :func:`find_checkpoint`, which every
-loader here goes through, checks them, the safetensors headers and the YAML before anything loads: a
-damaged checkpoint (truncated, overwritten, bit rot) is refused by name, and the message names the
-intact checkpoint before it and how to resume from it. (Weights replaced on purpose pass again once
-the ``files`` entry is removed from meta.json; checkpoints written before the entry existed are
-checked by structure only.) A full disk while saving removes the partial new checkpoint, leaves the
-previous one untouched and stops with :class:`DiskFullError`, one line saying so.
+``meta.json`` also records the size and sha256 of the weights, ``config.yaml`` and ``state.pt``.
+:func:`find_checkpoint`, which every loader here goes through, checks them, the safetensors headers
+and the YAML before anything loads: a damaged or edited checkpoint (truncated, overwritten, bit rot,
+a config edited by hand) is refused by name, and the message names the intact checkpoint before it
+and how to resume from it. (Files replaced on purpose pass again once the ``files`` entry is removed
+from meta.json; checkpoints written before the entry existed are checked by structure only.) A full
+disk while saving removes the partial new checkpoint, leaves the previous one untouched and stops
+with :class:`DiskFullError`, one line saying so.
+
+Everything in a checkpoint is data, never code: whoever wrote the folder wrote meta.json too, so the
+digests guard against damage, not against a hostile folder. ``state.pt`` is read with
+``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts, tuples; nothing that
+runs code); a file that needs more (an old or foreign pickle) is refused in one line, never
+unpickled. ``latest``, a run folder's ``step_*`` folders and every name in meta.json must resolve
+inside the run (or checkpoint) folder, or the checkpoint is refused by name. The files a save writes
+are recorded in the run folder's manifest (:mod:`lrpo.manifest`) with the digests computed for
+meta.json, so ``--overwrite`` deletes them and nothing else.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -45,7 +55,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from . import __version__
+from . import __version__, manifest
 from .faults import fault_point
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -63,6 +73,10 @@ class CorruptCheckpointError(CheckpointError):
         self.checkpoint = checkpoint
 
 
+class UnsafeStateError(CheckpointError):
+    """A ``state.pt`` that only full unpickling (which may run code) could read: refused, never loaded."""
+
+
 class DiskFullError(CheckpointError):
     """The disk filled up while a checkpoint was written; the previous checkpoint is intact."""
 
@@ -70,7 +84,8 @@ class DiskFullError(CheckpointError):
 # a full disk, or a full quota (which the user frees the same way)
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _CHUNK = 1 << 24  # bytes per write call
-_DIGESTED = ("model.safetensors", "ema.safetensors", "state.pt")  # what meta.json records sizes and digests of
+# what meta.json records sizes and digests of (config.yaml too: an edited config must not pass as the run's)
+_DIGESTED = ("model.safetensors", "ema.safetensors", "config.yaml", "state.pt")
 
 
 def _read_umask() -> int:
@@ -134,15 +149,18 @@ def save_file(tensors: dict[str, torch.Tensor], filename: str | os.PathLike, met
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` (a run folder's ``latest``) atomically and record it in the folder's manifest."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
+    data = text.encode()
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
-        _write_file(Path(tmp), text.encode(), label=path.name)
+        _write_file(Path(tmp), data, label=path.name)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    manifest.record_digests(path.parent, {path.name: (len(data), hashlib.sha256(data).hexdigest())})
 
 
 def _sha256(path: Path) -> str:
@@ -193,7 +211,10 @@ def save_checkpoint(
         files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.name in _DIGESTED}
         meta = {"kind": kind, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lrpo": __version__, "files": files}
         writing = "meta.json"
-        _write_file(tmp / writing, json.dumps(meta, indent=1).encode())
+        meta_bytes = json.dumps(meta, indent=1).encode()
+        _write_file(tmp / writing, meta_bytes)
+        written = {**{n: (f["bytes"], f["sha256"]) for n, f in files.items()},
+                   "meta.json": (len(meta_bytes), hashlib.sha256(meta_bytes).hexdigest())}
         if final.exists():  # re-saving the same step: move the old one aside first
             old = _move_aside(final, "old")
             os.replace(tmp, final)
@@ -203,6 +224,9 @@ def save_checkpoint(
         tmp = None
         _fsync_dir(run_dir)
         fault_point("checkpoint", f"{final.name}: renamed into place")
+        # the manifest first: a crash between the rename and this line leaves a checkpoint that
+        # --overwrite names as foreign (the safe side), never a recorded file lrpo did not write
+        manifest.record_digests(run_dir, {f"{final.name}/{n}": v for n, v in written.items()})
         writing = "latest"
         _atomic_write_text(run_dir / "latest", final.name + "\n")
     except BaseException as e:
@@ -238,11 +262,12 @@ def _remove_leftovers(run_dir: Path, final: Path) -> None:
 
 def _newest_other(run_dir: Path, final: Path) -> Path | None:
     """The checkpoint a resume would use if ``final`` were not written (for messages)."""
-    latest = run_dir / "latest"
-    if latest.is_file():
-        named = run_dir / latest.read_text().strip()
-        if named != final and (named / "model.safetensors").is_file():
-            return named
+    try:
+        named = _latest_target(run_dir)
+    except CheckpointError:
+        named = None
+    if named is not None and named != final and (named / "model.safetensors").is_file():
+        return named
     others = [p for p in list_checkpoints(run_dir) if p != final]
     return others[-1] if others else None
 
@@ -297,8 +322,7 @@ def find_checkpoint(path: str | os.PathLike, verify: bool = True) -> Path:
     elif not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint or run folder")
     else:
-        latest = path / "latest"
-        candidate = path / latest.read_text().strip() if latest.is_file() else None
+        candidate = _latest_target(path)
         if candidate is not None and (candidate / "model.safetensors").is_file():
             found = candidate
         else:
@@ -306,9 +330,36 @@ def find_checkpoint(path: str | os.PathLike, verify: bool = True) -> Path:
             if not steps:
                 raise CheckpointError(f"{path}: contains no checkpoint (expected model.safetensors or step_* folders)")
             found = steps[-1]
+        _check_inside(found, path, f"{path}'s checkpoint {found.name}")
     if verify:
         verify_checkpoint(found)
     return found
+
+
+def _latest_target(run_dir: Path) -> Path | None:
+    """The folder ``run_dir/latest`` names, which must be a plain folder name inside ``run_dir``."""
+    latest = run_dir / "latest"
+    if not latest.is_file():
+        return None
+    try:
+        name = latest.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        raise CheckpointError(f"{latest}: unreadable (expected the name of a checkpoint folder of {run_dir})") from None
+    if manifest.safe_relative(name) != name or "/" in name:
+        raise CheckpointError(f"{latest} names {manifest.ascii_name(name)!r}, which is not a checkpoint folder inside "
+                              f"{run_dir}; refused (a run's latest names one of its own step_* or best folders)")
+    candidate = run_dir / name
+    _check_inside(candidate, run_dir, f"{latest} names {name!r}, which")
+    return candidate
+
+
+def _check_inside(target: Path, folder: Path, what: str) -> None:
+    """Refuse ``target`` unless it resolves (links followed) to a place inside ``folder``."""
+    inside = folder.resolve()
+    resolved = target.resolve()
+    if resolved != inside and inside not in resolved.parents:
+        raise CheckpointError(f"{what} resolves to {resolved}, outside {folder}; refused (a checkpoint's files "
+                              f"must lie inside its folder)")
 
 
 # folder -> signature (name, size, mtime) of its files when they were last found intact
@@ -340,6 +391,9 @@ def checkpoint_problem(ckpt: str | os.PathLike) -> str | None:
             yaml.safe_load((ckpt / "config.yaml").read_text())
         except (yaml.YAMLError, UnicodeDecodeError):
             return "config.yaml is not valid YAML"
+    outside = _file_outside(ckpt, meta.get("files"))
+    if outside:
+        return outside
     files = meta.get("files")
     if not isinstance(files, dict):
         return None  # written before sizes and digests were recorded: the structure is all we know
@@ -350,10 +404,25 @@ def checkpoint_problem(ckpt: str | os.PathLike) -> str | None:
         if not f.is_file():
             return f"{name} is missing"
         size = f.stat().st_size
+        edited = " (edited since the run wrote it?)" if name == "config.yaml" else ""
         if size != want["bytes"]:
-            return f"{name} has {size} bytes, {want['bytes']} were written" + (" (truncated)" if size < want["bytes"] else "")
+            return f"{name} has {size} bytes, {want['bytes']} were written" + (edited or (" (truncated)" if size < want["bytes"] else ""))
         if _sha256(f) != want.get("sha256"):
-            return f"{name} differs from what was written (sha256 mismatch)"
+            return f"{name} differs from what was written (sha256 mismatch){edited}"
+    return None
+
+
+def _file_outside(ckpt: Path, files: Any) -> str | None:
+    """A name in meta.json's ``files``, or a file of the checkpoint, that leads outside its folder."""
+    names = list(files) if isinstance(files, dict) else []
+    for name in names:
+        if manifest.safe_relative(name) != name or "/" in name:
+            return f"meta.json names {manifest.ascii_name(str(name))!r}, which is not a file of the checkpoint folder"
+    inside = ckpt.resolve()
+    for name in (*names, *_DIGESTED, "meta.json"):
+        f = ckpt / name
+        if f.is_symlink() and f.resolve().parent != inside:
+            return f"{name} is a link to {f.resolve()}, outside the checkpoint folder"
     return None
 
 
@@ -466,13 +535,27 @@ def check_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], source: str
 
 
 def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:
+    """``state.pt`` as data: ``torch.load(weights_only=True)`` never runs code from the file.
+
+    A state that only full unpickling could rebuild (an old or foreign file, or one carrying code)
+    is refused with :class:`UnsafeStateError`, naming what it would have imported.
+    """
     ckpt = find_checkpoint(ckpt)
+    f = ckpt / "state.pt"
     try:
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{ckpt}/state.pt is missing: the checkpoint holds weights only and cannot be resumed") from None
+    except pickle.UnpicklingError as e:
+        unsafe = _unsafe_globals(f)
+        if unsafe:
+            raise UnsafeStateError(
+                f"{f} holds Python objects that only full unpickling could rebuild ({listing(unsafe, 4)}); lrpo reads "
+                f"training state as data and did not load it. Resume from a checkpoint this lrpo wrote, or start a "
+                f"new run (its weights may still serve as init_checkpoint)") from None
+        raise CorruptCheckpointError(f"{f} cannot be read ({_first_line(e)}). {_earlier_offer(ckpt)}", ckpt) from None
     except Exception as e:  # a damage the structural check cannot see (no digests recorded)
-        raise CorruptCheckpointError(f"{ckpt}/state.pt cannot be read ({type(e).__name__}: {e}). {_earlier_offer(ckpt)}", ckpt) from e
+        raise CorruptCheckpointError(f"{f} cannot be read ({type(e).__name__}: {_first_line(e)}). {_earlier_offer(ckpt)}", ckpt) from e
     if not isinstance(state, dict):
         raise CorruptCheckpointError(f"{ckpt}/state.pt holds a {type(state).__name__}, not a training state. {_earlier_offer(ckpt)}", ckpt)
     return state
@@ -480,3 +563,18 @@ def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:
 
 def load_meta(ckpt: str | os.PathLike) -> dict:
     return json.loads((find_checkpoint(ckpt) / "meta.json").read_text())
+
+
+def _unsafe_globals(f: Path) -> list[str]:
+    """The importable names a zip-format torch file's pickle refers to beyond what
+    ``weights_only=True`` allows (read from the pickle's opcodes, nothing is executed)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(f)))
+    except Exception:  # not a zip file, or a damaged one
+        return []
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message up to its first line break (torch's explain several lines)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

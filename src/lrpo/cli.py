@@ -39,7 +39,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                    help="resume exactly from a checkpoint folder, or (no value) from out_dir's latest (a run stopped "
                    "before its first checkpoint starts again from the beginning)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an out_dir that holds another run (its checkpoints and log are deleted first)")
+                   help="start over in an out_dir that holds another run: the files lrpo recorded writing there are "
+                   "deleted first, and nothing else (a folder holding other files is refused, naming them)")
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue although settings differ from the checkpoint's (recorded in the log)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -61,7 +62,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="resume exactly from an LRPO checkpoint, or (no value) from out_dir's latest (a run stopped "
                    "before its first checkpoint starts again from the beginning)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an out_dir that holds another run (its checkpoints and log are deleted first)")
+                   help="start over in an out_dir that holds another run: the files lrpo recorded writing there are "
+                   "deleted first, and nothing else (a folder holding other files is refused, naming them)")
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue although settings differ from the checkpoint's (recorded in the log)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate held-out faces every N epochs (0 = never)")

@@ -252,6 +252,9 @@ class LRPOConfig:
     out_dir: str = "runs/lrpo"
     init_checkpoint: str = ""  # pretrained policy (``lrpo pretrain`` run or checkpoint folder)
     init_ema: bool = True  # start from the checkpoint's EMA weights
+    # full unpickling of the model files init_checkpoint's policy names (.ckpt/.pth from a source you
+    # trust); only this run's own config or command line turns it on, never a checkpoint's config.yaml
+    trust_pickle: bool = False
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # network forward passes; log-probs are always fp32

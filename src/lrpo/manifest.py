@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Mapping
 
 MANIFEST_NAME = ".lrpo-manifest.jsonl"
 _CHUNK = 1 << 20
@@ -108,6 +108,22 @@ def record(folder: str | os.PathLike, paths: Iterable[str | os.PathLike], *, dig
             lines.append({"path": rel, "bytes": full.stat().st_size, "sha256": sha256_file(full)})
         else:
             lines.append({"path": rel, "bytes": None, "sha256": None})
+    _append(folder, lines)
+
+
+def record_digests(folder: str | os.PathLike, digests: Mapping[str, tuple[int, str]]) -> None:
+    """Append entries for files whose size and sha256 the caller has just computed (a checkpoint's
+    writer hashes its files for meta.json already): ``{relative path: (bytes, sha256)}``."""
+    lines = []
+    for rel, (size, digest) in digests.items():
+        clean = safe_relative(rel)
+        if clean is None:
+            raise ValueError(f"{rel}: not a path inside {folder}")
+        lines.append({"path": clean, "bytes": int(size), "sha256": str(digest)})
+    _append(Path(folder), lines)
+
+
+def _append(folder: Path, lines: list[dict]) -> None:
     if not lines:
         return
     text = "".join(json.dumps(rec, ensure_ascii=True) + "\n" for rec in lines)
@@ -137,11 +153,13 @@ def is_unchanged(folder: Path, entry: Entry) -> str | None:
     return None
 
 
-def foreign_files(folder: str | os.PathLike, ignore: Iterable[str] = ()) -> list[str]:
+def foreign_files(folder: str | os.PathLike, ignore: Iterable[str] = (), *, whole_folders: bool = True) -> list[str]:
     """Files, links and folders under ``folder`` that lrpo did not record (relative paths, sorted).
 
     ``ignore``: names at the top of the folder that the caller accounts for itself (lrpo's own hidden
     temporary names, say). A recorded file that changed since is foreign too: it is the user's now.
+    A folder lrpo recorded nothing in is one entry ``name/``, or with ``whole_folders=False`` each
+    file in it (an empty one stays ``name/``), so that a message can name the user's files.
     """
     folder = Path(folder)
     entries = read_manifest(folder) or {}
@@ -159,14 +177,30 @@ def foreign_files(folder: str | os.PathLike, ignore: Iterable[str] = ()) -> list
                 continue
             full = Path(root) / name
             if name in dirs and not full.is_symlink():
-                if rel not in recorded_dirs:
+                if rel not in recorded_dirs and (whole_folders or not any(full.iterdir())):
                     found.append(rel + "/")
-                    dirs.remove(name)  # one line for a whole foreign folder
+                    dirs.remove(name)  # one line for a whole foreign (or empty) folder
                 continue
             entry = entries.get(rel)
             if entry is None or is_unchanged(folder, entry) is not None:
                 found.append(rel)
     return sorted(found)
+
+
+def unrecorded(folder: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (paths inside ``folder``) that exist but are not files lrpo recorded there,
+    unchanged: writing one of them would replace a file that is not lrpo's."""
+    folder = Path(folder)
+    entries = read_manifest(folder) or {}
+    out = []
+    for name in names:
+        rel = safe_relative(name)
+        if rel is None or not os.path.lexists(folder / rel):
+            continue
+        entry = entries.get(rel)
+        if entry is None or _inside_without_links(folder, rel) or is_unchanged(folder, entry):
+            out.append(rel)
+    return out
 
 
 def describe(files: list[str], limit: int = 8) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import manifest
 from .config import DEGRADATION_PRESETS, SHIPPED_CONFIG_DIR, PretrainConfig, load_config
 from .data.images import list_images, save_rgb
 
@@ -80,6 +81,44 @@ def offline_reward_preset() -> str:
         return "no_weights"
 
 
+def claim_quickstart(out: Path, data: str | None, overwrite: bool) -> list[Path]:
+    """Refuse ``out`` when quickstart would clear or write over a file lrpo did not write there; the
+    run folders ``--overwrite`` must clear (after this returns, nothing is deleted yet)."""
+    from .runs import RunFolderError, claim_run_dir
+
+    stale = []
+    for part in ("pretrain", "lrpo"):  # before anything runs: both stages would refuse the folder later
+        try:
+            if claim_run_dir(out / part, resume=False, overwrite=overwrite):
+                stale.append(out / part)
+        except RunFolderError as e:
+            if overwrite or e.files:
+                raise
+            raise ValueError(f"{out} holds an earlier quickstart ({out / part} has checkpoints); "
+                             f"use --overwrite to start over there, or another --out") from None
+    if not data:
+        try:
+            manifest.claim_folder(out / "embedded_faces", what="--out")
+        except manifest.ForeignFilesError as e:
+            raise ValueError(str(e)) from None
+    for name in manifest.unrecorded(out, ["heldout.txt"]):
+        raise ValueError(f"{out / name} was not written by lrpo quickstart, which would replace it; move it elsewhere "
+                         f"or choose another --out")
+    return stale
+
+
+def _usable_faces(source: Path):
+    """The faces in ``source``: at least 8 readable ones, no two with the same stem."""
+    from .data.datasets import FaceImageSet
+    from .degradation.paired import _check_unique_stems
+
+    faces = FaceImageSet(source, resolution=None, skip_bad=True)  # fails early when nothing is usable
+    if len(faces) < 8:
+        raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 8")
+    _check_unique_stems(faces.paths)  # outputs are named by stem: a.jpg and a.png would collide at evaluation
+    return faces
+
+
 def run_quickstart(args: argparse.Namespace) -> int:
     """Pretrain -> LRPO -> evaluate base vs LRPO -> report.html, on a CPU in a few minutes."""
     from .runs import Interrupted
@@ -93,36 +132,29 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 def _quickstart(args: argparse.Namespace) -> int:
     from .config import LRPOConfig
-    from .data.datasets import FaceImageSet
-    from .degradation.paired import _check_unique_stems, make_paired_set
+    from .degradation.paired import make_paired_set
     from .eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
     from .pretrain.trainer import Pretrainer
     from .rl.trainer import LRPOTrainer
 
-    from .runs import claim_run_dir
+    from .runs import clear_run_dir
 
     out = Path(args.out)
     t0 = time.time()
-    overwrite = getattr(args, "overwrite", False)
-    for part in ("pretrain", "lrpo"):  # before anything runs: both stages would refuse the folder later
-        try:
-            claim_run_dir(out / part, resume=False, overwrite=False)
-        except ValueError:
-            if not overwrite:
-                raise ValueError(f"{out} holds an earlier quickstart ({out / part} has checkpoints); "
-                                 f"use --overwrite to start over there, or another --out") from None
-            claim_run_dir(out / part, resume=False, overwrite=True)
+    # before anything is written or deleted: every folder quickstart would clear or write over is
+    # lrpo's (a refusal names the user's files); the old runs are cleared once the faces are good
+    stale = claim_quickstart(out, args.data, getattr(args, "overwrite", False))
     if args.data:
         source = Path(args.data)
         print(f"[1/5] using faces from {source}")
-    else:
+        faces = _usable_faces(source)  # before the old runs are cleared
+    for run in stale:
+        clear_run_dir(run)
+    if not args.data:
         source = out / "embedded_faces"
-        embedded_faces(source, seed=args.seed)
+        manifest.record(source, embedded_faces(source, seed=args.seed))
         print(f"[1/5] wrote {len(list_images(source))} embedded public-domain faces to {source}")
-    faces = FaceImageSet(source, resolution=None, skip_bad=True)  # fails early when nothing is usable
-    if len(faces) < 8:
-        raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 8")
-    _check_unique_stems(faces.paths)  # outputs are named by stem: a.jpg and a.png would collide at evaluation
+        faces = _usable_faces(source)
     val_count = max(4, min(16, len(faces) // 5))
     common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}"]
 
@@ -130,7 +162,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         PretrainConfig, CONFIG_DIR / "cpu-quickstart.yaml",
         [*common, f"out_dir={out / 'pretrain'}", f"time_budget_min={args.minutes}"],
     )
-    print(f"[2/5] pretraining a {pre_cfg.policy.resolution}px pixel policy (up to {args.minutes:g} min)")
+    print(f"[2/5] pretraining a {pre_cfg.policy.resolution}px pixel policy ({pre_cfg.steps} steps, at most {args.minutes:g} min)")
     Pretrainer(pre_cfg, progress=not args.no_progress).run()
 
     preset = offline_reward_preset()
@@ -139,13 +171,14 @@ def _quickstart(args: argparse.Namespace) -> int:
         [*common, f"init_checkpoint={out / 'pretrain'}", f"out_dir={out / 'lrpo'}", f"time_budget_min={args.rl_minutes}",
          f"reward.preset={preset}"],
     )
-    print(f"[3/5] LRPO with the '{preset}' reward (up to {args.rl_minutes:g} min)")
+    print(f"[3/5] LRPO with the '{preset}' reward ({rl_cfg.epochs} epochs, at most {args.rl_minutes:g} min)")
     LRPOTrainer(rl_cfg, progress=not args.no_progress).run(eval_every=1)
 
     print("[4/5] degrading the held-out faces (mild preset, seed 0)")
     val_files = sorted(faces.paths)[:val_count]  # the faces both trainings held out
     val_list = out / "heldout.txt"
     val_list.write_text("".join(f"{p.resolve()}\n" for p in val_files))
+    manifest.record(out, [val_list])
     pairs = out / "heldout_pairs"
     make_paired_set(val_list, pairs, size=pre_cfg.data.resolution, seed=0, cfg=DEGRADATION_PRESETS["mild"], overwrite=True, progress=False)
 

@@ -1,7 +1,9 @@
 """The life of a run folder: one run per folder, resumes that are the same run, interrupts that keep the work.
 
 * :func:`claim_run_dir` — a fresh run refuses a folder holding another run's checkpoints, unless
-  told to ``overwrite`` (which clears that run first) or to resume it.
+  told to ``overwrite`` or to resume it; ``overwrite`` is refused, before anything is deleted, when
+  the folder holds files lrpo did not write (its manifest, :mod:`lrpo.manifest`, says which are
+  lrpo's). :func:`clear_run_dir` then deletes lrpo's files and nothing else.
 * :func:`config_changes` — on resume, the settings that change a run's trajectory must equal the
   checkpoint's; budgets, logging, device and the number of epochs/steps to go may change.
 * :class:`GracefulInterrupt` — the first SIGINT/SIGTERM asks the loop to stop at the next safe
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -18,20 +21,27 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from . import manifest
 
 __all__ = [
-    "GracefulInterrupt", "Interrupted", "RunFolderError", "check_resume", "claim_run_dir", "config_changes", "describe_changes",
-    "RUN_ARTIFACTS",
+    "GracefulInterrupt", "Interrupted", "RunFolderError", "check_resume", "claim_run_dir", "clear_run_dir", "config_changes",
+    "describe_changes", "record_written", "RUN_ARTIFACTS",
 ]
 
-# the hidden names lrpo.checkpoint gives a checkpoint while writing, replacing or deleting it
-_CHECKPOINT_TEMP = re.compile(r"^\.(step_\d+|best)\.(tmp|old|del)-")
-# what a run writes into its folder (cleared by --overwrite)
+# hidden names lrpo gives files and folders while writing, replacing or deleting them (checkpoint
+# folders, `latest`, the manifest) and the temporary log of a resume: never recorded, always lrpo's
+_LRPO_TEMP = re.compile(r"^(\.(step_\d+|best)\.(tmp|old|del)-.+|\.latest\..+|\.lrpo-manifest\.jsonl\.tmp|log\.jsonl\.tmp)$")
+# what a run writes at the top of its folder besides step_* (a fresh run must not write over a user's file there)
 RUN_ARTIFACTS = ("latest", "best", "log.jsonl", "config.yaml", "samples", "tb")
 
 
 class RunFolderError(ValueError):
-    """The output folder belongs to another run, or a resume would change the run."""
+    """The output folder belongs to another run, or a resume would change the run. ``files``: the
+    files lrpo did not write that made it refuse (relative to the folder), when that was the reason."""
+
+    def __init__(self, message: str, files: Iterable[str] = ()):
+        super().__init__(message)
+        self.files = list(files)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -44,49 +54,87 @@ class Interrupted(KeyboardInterrupt):
 
 def _latest_name(run_dir: Path) -> str | None:
     latest = run_dir / "latest"
-    return latest.read_text().strip() if latest.is_file() else None
+    if not latest.is_file():
+        return None
+    text = latest.read_bytes()[:200].decode("utf-8", errors="replace").strip()  # for messages: one short line
+    return manifest.ascii_name(text)
 
 
-def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> None:
-    """Make sure a fresh run may write into ``run_dir``.
+def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False) -> bool:
+    """Make sure a fresh run may write into ``run_dir``; True when :func:`clear_run_dir` must clear it first.
 
-    A folder with checkpoints (``step_*``, ``best``, ``latest``) holds another run: starting anew
-    there would mix two runs' checkpoints and logs, so it is refused unless ``overwrite`` (the old
-    run's files are removed first) or ``resume`` (continue that run).
+    Nothing is deleted here: the caller clears the folder once its own inputs are known to be good.
+    A folder holding a run (files lrpo recorded, checkpoints, a log) is refused unless ``overwrite``
+    (the old run's files are removed later) or ``resume`` (continue that run). ``overwrite`` is
+    refused too when the folder holds anything lrpo did not write, and a fresh run when a user's file
+    sits where the run would write: both name those files (:attr:`RunFolderError.files`).
     """
     from .checkpoint import list_checkpoints  # torch: imported only when a run starts
 
     run_dir = Path(run_dir)
     if resume or not run_dir.is_dir():
-        return
+        return False
+    temp = [p.name for p in run_dir.iterdir() if _LRPO_TEMP.match(p.name)]
+    foreign = manifest.foreign_files(run_dir, ignore=temp, whole_folders=False)
+    recorded = manifest.read_manifest(run_dir) or {}
     steps = list_checkpoints(run_dir)
-    latest = _latest_name(run_dir)
-    if not steps and latest is None and not (run_dir / "best").exists():
-        if (run_dir / "log.jsonl").exists() and overwrite:
-            (run_dir / "log.jsonl").unlink()
-        elif (run_dir / "log.jsonl").exists():
-            raise RunFolderError(
-                f"{run_dir} holds a log.jsonl of another run but no checkpoint; use --overwrite to start over there, "
-                f"or choose another out_dir"
-            )
-        return
-    if not overwrite:
-        what = f"latest checkpoint {latest}" if latest else f"{len(steps)} checkpoint(s), e.g. {steps[-1].name}"
+    names = [p.name for p in run_dir.iterdir()]
+    holds_run = bool(steps) or any(n in RUN_ARTIFACTS for n in names) or any(
+        os.path.lexists(run_dir / rel) for rel in recorded)
+    if overwrite and foreign:
         raise RunFolderError(
-            f"{run_dir} already holds a run ({what}). Continue it with --resume, start over with --overwrite "
-            f"(deletes its checkpoints and log), or choose another out_dir."
-        )
-    for p in steps:
-        shutil.rmtree(p)
-    for name in RUN_ARTIFACTS:
-        p = run_dir / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
-    for p in run_dir.iterdir():  # temporary folders a killed checkpoint writer left, and nothing else
-        if p.is_dir() and _CHECKPOINT_TEMP.match(p.name):
-            shutil.rmtree(p, ignore_errors=True)
+            f"{run_dir}: not cleared (--overwrite), nothing was deleted: it holds files lrpo did not write "
+            f"({manifest.describe(foreign)}){_legacy_hint(recorded, steps)}. lrpo deletes only what it wrote: move "
+            f"them elsewhere, or choose another out_dir", foreign)
+    if not holds_run:
+        return False
+    if not overwrite:
+        raise _held_error(run_dir, steps, foreign)
+    return True
+
+
+def _held_error(run_dir: Path, steps: list[Path], foreign: list[str]) -> RunFolderError:
+    """Why a fresh run (no --overwrite) may not start in ``run_dir``, which holds a run or a user's
+    files where a run writes (then ``files`` names them)."""
+    latest = _latest_name(run_dir)
+    if latest or steps:
+        what = f"latest checkpoint {latest}" if latest else f"{len(steps)} checkpoint(s), e.g. {steps[-1].name}"
+        return RunFolderError(f"{run_dir} already holds a run ({what}). Continue it with --resume, start over with "
+                              f"--overwrite (deletes its checkpoints and log), or choose another out_dir.")
+    clash = [f for f in foreign if f.rstrip("/").split("/")[0] in RUN_ARTIFACTS]
+    if clash:
+        return RunFolderError(f"{run_dir} holds files where a run writes its own ({manifest.describe(clash)}) that lrpo "
+                              f"did not write; a new run would write over them. Move them elsewhere or choose another "
+                              f"out_dir", clash)
+    mine = [n for n in RUN_ARTIFACTS if os.path.lexists(run_dir / n)]
+    return RunFolderError(f"{run_dir} holds the {', '.join(mine) or 'files'} of another run but no checkpoint; use "
+                          f"--overwrite to start over there, or choose another out_dir")
+
+
+def _legacy_hint(recorded: dict, steps: list[Path]) -> str:
+    if not recorded and steps:
+        return " (a run written before lrpo kept a record of its files: delete it yourself if it is yours)"
+    return ""
+
+
+def clear_run_dir(run_dir: str | Path) -> None:
+    """Delete what lrpo wrote into ``run_dir`` (its manifest's files, unchanged) and lrpo's temporary
+    leftovers; nothing else. Call it after :func:`claim_run_dir` returned True."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for p in run_dir.iterdir():  # what killed writers left under lrpo's hidden temporary names
+        if _LRPO_TEMP.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    manifest.remove_written(run_dir)
+
+
+def record_written(run_dir: str | Path, *paths: str | Path, grows: bool = False) -> None:
+    """Record files a run wrote into ``run_dir`` (``grows``: a log it keeps appending to, by name only)."""
+    manifest.record(run_dir, paths, digest=not grows)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

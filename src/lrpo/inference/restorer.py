@@ -20,34 +20,54 @@ from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_rg
 from ..diffusion.ddim import DDIMSampler
 from ..manifest import ascii_name
 from ..outputs import OutputFolder, fit_name, one_line, require_input
-from ..policies import Policy, build_policy_from_dict
+from ..policies import Policy, build_policy_from_dict, trusted_policy_section
 from .sampling import restore_images
 
 
-def load_policy(source: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> tuple[Policy, DiffusionConfig, Path]:
+def load_policy(source: str | Path, device: torch.device | str = "cpu", ema: bool = True, *,
+                trust_pickle: bool = False) -> tuple[Policy, DiffusionConfig, Path]:
     """Rebuild a policy and its diffusion schedule.
 
     ``source`` is a checkpoint (or run) folder, whose ``config.yaml`` rebuilds the model and whose
     (EMA) weights are loaded, or a policy YAML (``configs/policy-*.yaml``: ``policy`` and
     ``diffusion`` sections) describing a published model, e.g. DiffBIR v1 face on SD 2.1.
+    A policy YAML is the user's own config and is obeyed as written; a checkpoint's policy section
+    is data and cannot turn on full unpickling of model files: only ``trust_pickle`` (the user's
+    command line or run config) can (:func:`lrpo.policies.trusted_policy_section`).
     """
     source = Path(source)
     if source.is_file() and source.suffix in (".yaml", ".yml"):
-        raw = yaml.safe_load(source.read_text()) or {}
-        if "policy" not in raw:
-            raise ckpt_io.CheckpointError(f"{source}: a policy YAML needs a 'policy' section")
-        policy = build_policy_from_dict(raw["policy"], device)
-        diffusion = from_dict(DiffusionConfig, raw.get("diffusion", {}), prefix="diffusion")
+        raw = _read_policy_yaml(source)
+        section = raw["policy"]
+        if trust_pickle and isinstance(section, dict) and section.get("kind") == "sd21_controlnet":
+            section = {**section, "trust_pickle": True}
+        policy = build_policy_from_dict(section, device)
+        diffusion = from_dict(DiffusionConfig, raw.get("diffusion") or {}, prefix="diffusion")
         return policy.eval(), diffusion, source
     ckpt = ckpt_io.find_checkpoint(source)
     raw = ckpt_io.load_config_dict(ckpt)
-    if "policy" not in raw or "diffusion" not in raw:
+    if not isinstance(raw, dict) or "policy" not in raw or "diffusion" not in raw:
         raise ckpt_io.CheckpointError(f"{ckpt}/config.yaml has no 'policy' and 'diffusion' sections")
-    policy = build_policy_from_dict(raw["policy"], "cpu")
+    policy = build_policy_from_dict(trusted_policy_section(raw["policy"], ckpt / "config.yaml", trust_pickle=trust_pickle), "cpu")
     diffusion = from_dict(DiffusionConfig, raw["diffusion"], prefix="diffusion")
     use_ema = ema and (ckpt / "ema.safetensors").is_file()
     ckpt_io.load_weights(policy, ckpt, ema=use_ema)
     return policy.to(device).eval(), diffusion, ckpt
+
+
+def _read_policy_yaml(source: Path) -> dict:
+    """A policy YAML's sections; anything else (a ``!!python`` tag, bad YAML, no 'policy' mapping) is one line."""
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        why = str(getattr(e, "problem", None) or e).splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ckpt_io.CheckpointError(f"{source}: not a policy YAML lrpo can read{where}: {why} (plain YAML only: "
+                                      f"tags such as !!python are refused)") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("policy"), dict):
+        raise ckpt_io.CheckpointError(f"{source}: a policy YAML needs a 'policy' section (a mapping of settings)")
+    return raw
 
 
 @dataclass

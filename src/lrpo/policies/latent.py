@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -520,15 +521,21 @@ class PolicyFiles:
 
     @classmethod
     def read(cls, cfg: LatentPolicyConfig) -> "PolicyFiles":
+        from . import sd_loaders as L
         from .sd_loaders import read_checkpoint
 
         def read(path: str) -> dict[str, Tensor]:
+            if cfg.trust_pickle and Path(path).suffix != ".safetensors":
+                print(f"lrpo: warning: policy.trust_pickle is on: {path} is read with full unpickling, which runs "
+                      f"any code the file holds", file=sys.stderr)
             return read_checkpoint(Path(path).expanduser(), trust_pickle=cfg.trust_pickle)
 
         sd_path = Path(cfg.sd_checkpoint).expanduser()
         return cls(
             sd=None if sd_path.is_dir() else read(cfg.sd_checkpoint),
-            controlnet=read(cfg.controlnet_checkpoint) if cfg.controlnet_checkpoint else None,
+            controlnet=(None if not cfg.controlnet_checkpoint
+                        else L.read_reference_controlnet(Path(cfg.controlnet_checkpoint).expanduser())
+                        if cfg.controlnet_format == "reference" else read(cfg.controlnet_checkpoint)),
             swinir=read(cfg.swinir_checkpoint) if cfg.stage1 == "swinir" else None,
         )
 

@@ -30,7 +30,7 @@ from ..eval.metrics import psnr, ssim
 from ..inference.sampling import autocast_context, restore_images
 from ..policies.pixel_unet import PixelPolicy, build_policy
 from ..runlog import append_record, rewrite_log
-from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, config_changes
+from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, clear_run_dir, config_changes, record_written
 
 # settings a resume may change (budgets, logging, device, steps to go); anything else needs allow_changes
 RESUMABLE_KEYS = ("steps", "time_budget_min", "device", "out_dir", "log_every", "val_every", "val_steps", "ckpt_every",
@@ -78,9 +78,12 @@ class Pretrainer:
         self, cfg: PretrainConfig, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False,
         allow_changes: bool = False,
     ):
-        claim_run_dir(cfg.out_dir, resume=bool(resume), overwrite=overwrite)
         self.cfg = cfg
         self.allow_changes = allow_changes
+        if resume:  # a resume that would change the run stops before anything is read or built
+            self._resume_changes(ckpt_io.find_checkpoint(resume))
+        # refused before anything is deleted; cleared once the data and the model below are good
+        clear = claim_run_dir(cfg.out_dir, resume=bool(resume), overwrite=overwrite)
         self.interrupt = GracefulInterrupt("stopping after the step in flight, with a checkpoint; Ctrl-C again stops at once")
         self.resumed_from: int | None = None
         self.pending_records: list[dict] = []
@@ -108,6 +111,8 @@ class Pretrainer:
         self.pos = 0
         self.elapsed = 0.0  # training seconds, summed over resumed segments
         self.history: list[dict] = []
+        if clear:
+            clear_run_dir(self.out_dir)
         if resume:
             self.load(resume)
 
@@ -228,18 +233,24 @@ class Pretrainer:
             name=name,
         )
 
+    def _resume_changes(self, ckpt: Path) -> dict[str, list] | None:
+        """Refuse (unless allowed) a resume from ``ckpt`` that changes the run, from its config.yaml
+        alone; returns the log record of allowed changes."""
+        saved = ckpt_io.load_config_dict(ckpt)
+        changes = config_changes(saved if isinstance(saved, dict) else {}, to_dict(self.cfg), RESUMABLE_KEYS,
+                                 defaults=to_dict(PretrainConfig()), paths=("data.hq",))
+        return check_resume(ckpt, changes, self.allow_changes)
+
     def load(self, path: str | Path) -> None:
         ckpt = ckpt_io.find_checkpoint(path)
-        changes = config_changes(ckpt_io.load_config_dict(ckpt), to_dict(self.cfg), RESUMABLE_KEYS,
-                                 defaults=to_dict(PretrainConfig()), paths=("data.hq",))
-        allowed = check_resume(ckpt, changes, self.allow_changes)
+        allowed = self._resume_changes(ckpt)
         if allowed:
             self.pending_records.append({"step": None, "config_changes": allowed})
+        state = ckpt_io.load_state(ckpt)  # data only (weights_only): refused before any weight is touched
         ckpt_io.load_weights(self.policy, ckpt)
         from safetensors.torch import load_file
 
         self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
-        state = ckpt_io.load_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -267,6 +278,7 @@ class Pretrainer:
             return {"step": self.step, "checkpoint": str(ckpt_io.find_checkpoint(self.out_dir)), "complete": True, "nothing_to_do": True}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out_dir / "config.yaml")
+        record_written(self.out_dir, "config.yaml")
         for rec in self.pending_records:
             self.log(rec)
         self.pending_records = []

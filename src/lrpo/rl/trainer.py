@@ -51,7 +51,7 @@ from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
 from ..policies import policy_state_dict
 from ..runlog import append_record, rewrite_log
-from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, config_changes
+from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, clear_run_dir, config_changes, record_written
 from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
 from ..rewards import RewardInput, build_composite
 from .advantages import group_advantages, noise_level_weights, step_advantages
@@ -67,7 +67,7 @@ FIRST_STEP_STATS = ("first_clip_fraction", "first_max_abs_log_ratio")
 # from the checkpoint's config changes the run's trajectory and needs allow_changes
 # (and the engine: checkpoints hold whole tensors, optimiser state by name, whatever wrote them)
 RESUMABLE_KEYS = ("epochs", "time_budget_min", "time_budget_clock", "device", "out_dir", "ckpt_every", "keep_last", "log_images_every",
-                  "reward.device", "data.skip_bad", "engine")
+                  "reward.device", "data.skip_bad", "engine", "trust_pickle")
 
 
 class RolloutBatch(NamedTuple):
@@ -115,16 +115,17 @@ class LRPOTrainer:
     ):
         self.cfg = cfg
         self.ctx = dist_ctx or init_from_env()
+        self.allow_changes = allow_changes
         if resume:
             found = ckpt_io.find_checkpoint(resume)  # a folder without a checkpoint fails before anything loads
+            self._resume_changes(found)  # a resume that would change the run stops before anything is read
             # resuming another folder's checkpoint into out_dir starts a new run folder there: it must
             # not hold a third run (whose log and old checkpoints the resume would overwrite)
             forked = found.parent.resolve() != Path(cfg.out_dir).resolve()
         else:
             forked = True
-        if forked and not (overwrite and not self.ctx.is_main):  # only rank 0 clears; every rank may refuse
-            claim_run_dir(cfg.out_dir, resume=False, overwrite=overwrite)
-        self.allow_changes = allow_changes
+        # every rank may refuse; only rank 0 clears, once the data, rewards and policy below are good
+        clear = forked and claim_run_dir(cfg.out_dir, resume=False, overwrite=overwrite) and self.ctx.is_main
         self.interrupt = GracefulInterrupt("stopping: rollouts in flight are dropped, an update in flight is finished, "
                                            "then the last completed epoch is checkpointed; Ctrl-C again stops at once")
         self.saved_epoch: int | None = None  # epoch of the newest step_* checkpoint of this run
@@ -149,7 +150,8 @@ class LRPOTrainer:
         self.val_names = val.names if val is not None else []
         self.val_captions = self._captions_of(val, captions) if val is not None else []
 
-        self.policy, self.diffusion_cfg, self.init_ckpt = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema)
+        self.policy, self.diffusion_cfg, self.init_ckpt = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema,
+                                                                        trust_pickle=cfg.trust_pickle)
         self.policy.eval()  # for rollouts and updates alike (module docstring)
         trainable = {id(p) for p in self.policy.trainable_parameters() if p.requires_grad}
         for p in self.policy.parameters():  # frozen parts (stage 1) never receive gradients
@@ -160,7 +162,7 @@ class LRPOTrainer:
         self.params = self.engine.params()
         self.ref_policy = None
         if cfg.kl_beta > 0:
-            self.ref_policy, _, _ = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema)
+            self.ref_policy, _, _ = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema, trust_pickle=cfg.trust_pickle)
             self.ref_policy.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -193,6 +195,9 @@ class LRPOTrainer:
         self.epoch = 0
         self.history: list[dict] = []
         self._tb = None
+        self._recorded_tb: set[str] = set()
+        if clear:
+            clear_run_dir(self.out_dir)
         if resume:
             self.load(resume)
 
@@ -535,6 +540,7 @@ class LRPOTrainer:
             rows.append([to_uint8(batch.lq[start])] + [to_uint8(x) for x in batch.images[start : start + G]] + [to_uint8(batch.hq[start])])
         path = self.out_dir / "samples" / f"epoch_{epoch:04d}.png"
         save_rgb(path, image_grid(rows))
+        record_written(self.out_dir, path)
         return path
 
     def save(self, epoch: int, name: str | None = None) -> Path | None:
@@ -547,7 +553,8 @@ class LRPOTrainer:
             self.saved_epoch = epoch if name is None else self.saved_epoch  # the same on every process
             return None
         config = {
-            "policy": to_dict(self.policy.cfg),
+            # trust_pickle is the user's say for this run only: a checkpoint never carries it on
+            "policy": {k: v for k, v in to_dict(self.policy.cfg).items() if k != "trust_pickle"},
             "diffusion": {**to_dict(self.diffusion_cfg), "sample_steps": self.cfg.sample_steps, "eta": self.cfg.eval_eta},
             "lrpo": to_dict(self.cfg),
         }
@@ -568,14 +575,22 @@ class LRPOTrainer:
             self.saved_epoch = epoch
         return path
 
-    def load(self, path: str | Path) -> None:
-        ckpt = ckpt_io.find_checkpoint(path)
+    def _resume_changes(self, ckpt: Path) -> dict[str, tuple[Any, Any]]:
+        """The settings a resume from ``ckpt`` would change, read from its config.yaml alone; refuses
+        (unless allowed) before state.pt or any weights are read. ``minibatch_size`` is left to
+        :meth:`load`: with another number of processes the global minibatch is what must match."""
         if ckpt_io.load_meta(ckpt).get("kind") != "lrpo":
             raise ckpt_io.CheckpointError(f"{ckpt} is not an LRPO checkpoint; pass it as init_checkpoint instead of --resume")
         saved_cfg = ckpt_io.load_config_dict(ckpt).get("lrpo", {})
-        changes = config_changes(saved_cfg, to_dict(self.cfg), RESUMABLE_KEYS, defaults=to_dict(LRPOConfig()),
-                                 paths=("init_checkpoint", "data.hq", "data.captions"))
-        state = ckpt_io.load_state(ckpt)
+        changes = config_changes(saved_cfg if isinstance(saved_cfg, dict) else {}, to_dict(self.cfg), RESUMABLE_KEYS,
+                                 defaults=to_dict(LRPOConfig()), paths=("init_checkpoint", "data.hq", "data.captions"))
+        check_resume(ckpt, {k: v for k, v in changes.items() if k != "minibatch_size"}, self.allow_changes)
+        return changes
+
+    def load(self, path: str | Path) -> None:
+        ckpt = ckpt_io.find_checkpoint(path)
+        changes = self._resume_changes(ckpt)
+        state = ckpt_io.load_state(ckpt)  # data only (weights_only): nothing in it runs
         old_world = state.get("world_size", 1)
         if old_world != self.ctx.world_size:
             # minibatch_size is per process: what must not change is the global minibatch
@@ -639,6 +654,15 @@ class LRPOTrainer:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
                         self._tb.add_scalar(k, v, record["epoch"])
+                self._record_tb()
+
+    def _record_tb(self) -> None:
+        """Record TensorBoard's event files (which grow: by name) once each, so --overwrite may remove them."""
+        tb = self.out_dir / "tb"
+        new = [f for f in sorted(tb.rglob("*")) if f.is_file() and str(f) not in self._recorded_tb] if tb.is_dir() else []
+        if new:
+            record_written(self.out_dir, *new, grows=True)
+            self._recorded_tb.update(str(f) for f in new)
 
     def stop_requested(self) -> bool:
         """True on every process once any process got SIGINT/SIGTERM (they all stop together)."""
@@ -665,7 +689,10 @@ class LRPOTrainer:
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
+            record_written(self.out_dir, "config.yaml")
         self._tb = _tensorboard(self.out_dir) if self.ctx.is_main else None
+        if self._tb is not None:
+            self._record_tb()
         for rec in self.pending_records:
             self.log(rec)
         self.pending_records = []
