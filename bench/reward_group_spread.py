@@ -31,12 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrpo.rl.diagnostics import shift_one_pixel
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def shift_one_pixel(images: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] moved right by one pixel (the first column repeated)."""
-    return torch.cat([images[..., :1], images[..., :-1]], dim=-1)
 
 
 def jpeg_q98(images: torch.Tensor) -> torch.Tensor:

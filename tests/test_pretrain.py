@@ -277,3 +277,17 @@ def test_sigint_finishes_the_step_checkpoints_and_resume_is_exact(straight, monk
     for k, v in ref.policy.state_dict().items():
         assert torch.equal(v, resumed.policy.state_dict()[k]), k
     _assert_optimizer_states_equal(ref.optimizer.state_dict(), resumed.optimizer.state_dict())
+
+
+def test_a_resumed_runs_time_budget_counts_that_invocation(tiny_pretrain_cfg):
+    """time_budget_min means the same in pretrain as in train: minutes of this invocation. Before,
+    a resume whose budget was below the run's elapsed time stopped at once, with no step."""
+    first = tiny_pretrain_cfg("steps=2")
+    Pretrainer(first, progress=False).run()
+    run = Path(first.out_dir)
+    spent = ckpt_io.load_state(run)["elapsed"]
+    # a budget of a tenth of what the first 2 steps took: one step of this invocation exhausts it
+    resumed = Pretrainer(tiny_pretrain_cfg("steps=10", f"time_budget_min={spent / 600}"), resume=run, progress=False,
+                         allow_changes=True)
+    result = resumed.run()
+    assert result["step"] == 3

@@ -165,7 +165,7 @@ def test_load_policy_rebuilds_from_the_checkpoint_alone(tiny_run):
 
 
 def test_autocast_context_rejects_unknown_precision():
-    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
         autocast_context(torch.device("cpu"), "fp16")
 
 

@@ -171,9 +171,16 @@ class PretrainConfig:
     out_dir: str = "runs/pretrain"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; master weights stay fp32
+    # bf16 = autocast (master weights stay fp32); auto = bf16 where the processor has bf16 units
+    # (lrpo.precision), fp32 elsewhere; the log's first record says which was used
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # compile the validation's sampling forward: auto = when validation runs long enough to pay
+    # back (lrpo.policies.compiled); the training step stays eager
+    compile: Literal["auto", "off", "on"] = "auto"
     steps: int = 2000  # optimiser steps
-    time_budget_min: float = 0.0  # stop early after this many minutes (0 = no limit)
+    # stop (with a checkpoint) once this invocation has trained this many minutes (0 = no limit);
+    # a resume gets the budget anew, as in lrpo train
+    time_budget_min: float = 0.0
     batch_size: int = 16
     ema_decay: float = 0.999
     stage1_loss_weight: float = 1.0  # weight of the stage-1 L1 loss
@@ -257,7 +264,13 @@ class LRPOConfig:
     trust_pickle: bool = False
     seed: int = 0
     device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"  # network forward passes; log-probs are always fp32
+    # network forward passes: fp32, bf16 (autocast) or auto (bf16 where the processor has bf16
+    # units, lrpo.precision); log-probs, the PPO ratio and losses are always fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # compile the rollouts' and evaluations' sampling forward (lrpo.policies.compiled): auto = when
+    # the run is long enough to pay back; the update stays eager and, when compiled, recomputes
+    # log pi_old in its own mode so that the first ratio of an epoch is exactly 1
+    compile: Literal["auto", "off", "on"] = "auto"
     epochs: int = 10
     time_budget_min: float = 0.0  # stop (with a checkpoint) once this invocation has run this many minutes (0 = off)
     # the clock of time_budget_min: "wall" (elapsed time) or "cpu" (this process's CPU time, all
@@ -278,6 +291,9 @@ class LRPOConfig:
     noise_level_weights: bool = True  # weight step j's advantage by sigma_j / mean(sigma)
     # objective (SPEC section 6)
     clip_range: float = 1e-4  # PPO epsilon
+    # weight of the PPO policy-gradient term; 0 leaves only the GT-guided term: the supervised
+    # control every claim that the RL helps must beat (README "Does the RL add?")
+    pg_weight: float = 1.0
     reg_weight: float = 1e-3  # lambda of the GT-guided likelihood term (0 = "perception" model)
     reg_tau: float = 40.0
     reg_last_k: int = 5  # regularise the last K trained steps
@@ -303,6 +319,10 @@ class LRPOConfig:
     ckpt_every: int = 1  # epochs
     keep_last: int = 2
     log_images_every: int = 0  # epochs between sample grids (0 = never)
+    # log each epoch's update balance (gradient norms of the PG and lambda x GT terms on the first
+    # minibatch, their cosine) and the reward's within-group signal against a 1-pixel shift
+    # (lrpo.rl.diagnostics); costs one extra forward/backward and one extra reward pass per epoch
+    diagnostics: bool = True
     data: DataConfig = field(default_factory=DataConfig)
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -331,7 +351,7 @@ class LRPOConfig:
         for name in ("clip_range", "reg_tau", "adv_eps", "adv_clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("reg_weight", "kl_beta", "weight_decay", "grad_clip", "reg_last_k", "keep_last", "log_images_every",
+        for name in ("pg_weight", "reg_weight", "kl_beta", "weight_decay", "grad_clip", "reg_last_k", "keep_last", "log_images_every",
                      "time_budget_min"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -423,6 +443,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError("; ".join(errors))
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
         return value

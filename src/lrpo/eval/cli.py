@@ -55,11 +55,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     sampling.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic (default), 0.8 as DiffBIR")
     sampling.add_argument("--seed", type=int, default=0, help="base seed; image i uses SEED+i (default 0)")
-    sampling.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    sampling.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="network precision: auto = bf16 where the processor has bf16 units, else fp32 (default auto)")
     sampling.add_argument("--no-ema", action="store_true", help="use raw weights instead of EMA weights")
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--compile", choices=["auto", "off", "on"], default="auto",
+                     help="compile the methods' sampling forward: auto = when the set takes enough forwards to pay back")
     run.add_argument("--resolution", type=int, default=None,
                      help="side at which outputs and references are compared (default: the size of the first GT/LQ)")
     run.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by name)")
@@ -130,6 +133,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
     return EvalOptions(
         batch_size=args.batch_size,
         device=args.device,
+        compile=args.compile,
         resolution=args.resolution,
         reward_preset=None if args.reward_preset == "none" else args.reward_preset,
         sface_path=args.sface,

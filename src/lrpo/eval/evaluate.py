@@ -136,7 +136,8 @@ def metric_info(key: str) -> MetricInfo:
 # ---------------------------------------------------------------------------------------------
 # methods and options
 # ---------------------------------------------------------------------------------------------
-_KIND_ALIASES = {"ckpt": "checkpoint", "checkpoint": "checkpoint", "folder": "folder", "dir": "folder"}
+# "policy:NAME" is a published policy (lrpo.policies.published): its shipped YAML, restored as a checkpoint
+_KIND_ALIASES = {"ckpt": "checkpoint", "checkpoint": "checkpoint", "folder": "folder", "dir": "folder", "policy": "checkpoint"}
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class MethodSpec:
     steps: int = 50
     eta: float = 0.0
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"  # lrpo.precision
     ema: bool = True
 
     def __post_init__(self) -> None:
@@ -171,7 +172,7 @@ class MethodSpec:
             raise ValueError(f"method {self.name!r}: steps must be >= 1 and eta >= 0, got steps={self.steps}, eta={self.eta}")
 
     @classmethod
-    def parse(cls, text: str, steps: int = 50, eta: float = 0.0, seed: int = 0, precision: str = "fp32", ema: bool = True) -> "MethodSpec":
+    def parse(cls, text: str, steps: int = 50, eta: float = 0.0, seed: int = 0, precision: str = "auto", ema: bool = True) -> "MethodSpec":
         """``NAME=KIND:PATH[#key=value,...]`` -> MethodSpec.
 
         KIND is ``ckpt``/``checkpoint`` or ``folder``; ``NAME=`` may be left out (the path's last
@@ -181,7 +182,8 @@ class MethodSpec:
         m = re.match(r"^(?:(?P<name>[^=:#]+)=)?(?P<kind>[A-Za-z]+):(?P<rest>.+)$", text.strip())
         if not m or m.group("kind").lower() not in _KIND_ALIASES:
             raise ValueError(
-                f"--method {text!r}: expected NAME=ckpt:PATH or NAME=folder:PATH (optionally #steps=N,eta=X,seed=S)"
+                f"--method {text!r}: expected NAME=ckpt:PATH, NAME=folder:PATH or NAME=policy:PUBLISHED "
+                f"(optionally #steps=N,eta=X,seed=S)"
             )
         kind = _KIND_ALIASES[m.group("kind").lower()]
         path, settings = m.group("rest"), {}
@@ -192,6 +194,10 @@ class MethodSpec:
                 key, value = (s.strip() for s in part.split("="))
                 settings[key] = float(value) if key == "eta" else int(value)
         name = (m.group("name") or Path(path.rstrip("/\\")).name).strip()
+        if m.group("kind").lower() == "policy":
+            from ..policies.published import published_policy_config
+
+            path = str(published_policy_config(path.strip()))
         args = dict(steps=steps, eta=eta, seed=seed, precision=precision, ema=ema)
         args.update(settings)
         return cls(name, kind, path, **args)
@@ -216,6 +222,7 @@ class EvalOptions:
 
     batch_size: int = 8
     device: str = "auto"
+    compile: str = "auto"  # the methods' sampling forward (lrpo.policies.compiled): auto = when the set is large enough
     resolution: int | None = None
     reward_preset: str | Mapping[str, Any] | None = "offline"
     sface_path: str | None = None
@@ -618,7 +625,8 @@ class _BatchScorer:
 class _MethodRunner:
     """Yields a method's outputs (RGB uint8 at the evaluation resolution) batch by batch."""
 
-    def __init__(self, spec: MethodSpec, names: list[str], resolution: int, device: torch.device, out_dir: Path):
+    def __init__(self, spec: MethodSpec, names: list[str], resolution: int, device: torch.device, out_dir: Path,
+                 batch_size: int = 8, compile: str = "off"):
         self.spec, self.resolution = spec, resolution
         self.resized = 0
         self.restorer = None
@@ -637,6 +645,7 @@ class _MethodRunner:
             from ..inference.restorer import Restorer
 
             self.restorer = Restorer.from_checkpoint(spec.path, spec.steps, spec.eta, str(device), spec.precision, ema=spec.ema)
+            self.restorer.compile_for(len(names), batch_size, compile)
             self.save_dir = out_dir / OUTPUTS_DIR / spec.name
             self.save_dir.mkdir(parents=True, exist_ok=True)
 
@@ -757,7 +766,7 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
         t0 = time.perf_counter()
         runner = None  # free the previous method's model before loading the next (two SD policies do not fit)
         gc.collect()
-        runner = _MethodRunner(spec, names, resolution, device, out_dir)
+        runner = _MethodRunner(spec, names, resolution, device, out_dir, options.batch_size, options.compile)
         feats: list[np.ndarray] = []
         paths: list[str] = []
         for start in range(0, count, options.batch_size):

@@ -144,13 +144,17 @@ def curve_groups(records: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, d
     * ``"reward terms"``: ``reward_mean`` (as ``total``) and every ``reward/<term>_mean``;
     * ``"evaluation"``: held-out fidelity and reward terms (``eval_*``, ``val_*``);
     * ``"losses"``: every key containing ``loss`` and the PPO statistics (``approx_kl``,
-      ``clip_frac``, ``reg``, ``kl_ref``).
+      ``clip_frac``, ``reg``, ``kl_ref``);
+    * ``"update balance"``: the gradient norms of the PG and lambda x GT terms, their cosine and the
+      PG share (``diag_grad_*``, ``diag_pg_share``, lrpo.rl.diagnostics);
+    * ``"reward signal"``: the epoch's within-group reward spread, its noise and their ratio (``diag_*``).
 
     Returns:
         (x_key, {group: {series: (xs, ys)}}); empty groups are left out.
     """
     x_key = "step" if any("step" in r for r in records) else "epoch"
-    groups: dict[str, dict[str, tuple[list[float], list[float]]]] = {"reward terms": {}, "evaluation": {}, "losses": {}}
+    groups: dict[str, dict[str, tuple[list[float], list[float]]]] = {"reward terms": {}, "evaluation": {}, "losses": {},
+                                                                     "update balance": {}, "reward signal": {}}
     for rec in records:
         x = rec.get(x_key)
         if not isinstance(x, (int, float)):
@@ -176,6 +180,10 @@ def _classify(key: str) -> tuple[str | None, str]:
         return "evaluation", key
     if "loss" in key or key in ("approx_kl", "clip_frac", "clipfrac", "reg", "kl_ref"):
         return "losses", key
+    if key.startswith("diag_grad") or key == "diag_pg_share":
+        return "update balance", key[len("diag_"):]
+    if key.startswith("diag_"):
+        return "reward signal", key[len("diag_"):]
     return None, key
 
 

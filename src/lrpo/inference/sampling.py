@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -10,20 +10,14 @@ from torch import Tensor
 from ..diffusion.ddim import DDIMSampler
 from ..diffusion.rollout import Trajectory, initial_noise, rollout
 from ..policies.base import Policy
+from ..precision import autocast_context
+
+__all__ = ["autocast_context", "restore_images", "sample_generators", "sample_trajectories"]
 
 
 def sample_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per sample, so each output depends only on its own seed, not on batching."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast for the forward passes when asked; fp32 otherwise."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -34,18 +28,21 @@ def sample_trajectories(
     generators: list[torch.Generator],
     record: bool = True,
     precision: str = "fp32",
+    forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> Trajectory:
     """Roll out ``sampler`` from fresh noise for a condition batch [B, ...].
 
     The generators (one per sample, on CPU) draw x_T and then the sampler noise, so a trajectory
     is reproducible from its seed alone. The network may run in bf16; latents stay float32.
+    ``forward`` replaces ``policy(x_t, t, cond)`` (a compiled forward, :mod:`lrpo.policies.compiled`).
     """
     device = cond.device
     x_T = initial_noise(policy.sample_shape(cond), generators, device=device, dtype=torch.float32)
+    net = forward or policy
 
     def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
         with autocast_context(device, precision):
-            return policy(x_t, t, cond).float()
+            return net(x_t, t, cond).float()
 
     return rollout(model_fn, sampler, x_T, prediction=policy.prediction, generators=generators, record=record)
 
@@ -57,8 +54,9 @@ def restore_images(
     lq: Tensor,
     seeds: list[int],
     precision: str = "fp32",
+    forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """LQ [B,3,H,W] in [0,1] -> restored [B,3,R,R] in [0,1] at the policy's resolution."""
     cond = policy.condition(lq)
-    traj = sample_trajectories(policy, sampler, cond, sample_generators(seeds), record=False, precision=precision)
+    traj = sample_trajectories(policy, sampler, cond, sample_generators(seeds), record=False, precision=precision, forward=forward)
     return policy.decode(traj.sample, cond)

@@ -27,7 +27,9 @@ from ..diffusion.ddim import DDIMSampler
 from ..diffusion.schedules import add_noise, make_alphas_cumprod, training_target
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
-from ..inference.sampling import autocast_context, restore_images
+from ..inference.sampling import restore_images
+from ..policies.compiled import CompiledForward, compile_decision
+from ..precision import autocast_context, resolve_precision
 from ..policies.pixel_unet import PixelPolicy, build_policy
 from ..runlog import append_record, rewrite_log
 from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, clear_run_dir, config_changes, record_written
@@ -104,6 +106,8 @@ class Pretrainer:
         )
         self.alphas_cumprod = make_alphas_cumprod(cfg.diffusion).to(self.device, torch.float32)
         self.val_sampler = DDIMSampler(make_alphas_cumprod(cfg.diffusion), cfg.val_steps, eta=0.0)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.val_forward, self.compile_note = self._validation_forward()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.epoch = 0
@@ -153,7 +157,7 @@ class Pretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.policy.train()
-        with autocast_context(self.device, cfg.precision):
+        with autocast_context(self.device, self.precision):
             cond = self.policy.condition(lq)
             x0 = self.policy.encode(hq, cond)
             a_t = self.alphas_cumprod[t]
@@ -186,6 +190,15 @@ class Pretrainer:
         }
 
     # -- validation ------------------------------------------------------------------------------
+    def _validation_forward(self) -> tuple[CompiledForward | None, str]:
+        """The compiled sampling forward of the validations, when ``compile`` says so."""
+        cfg = self.cfg
+        if self.val is None:
+            return None, "compile: off (no validation set)"
+        passes = 1 + (cfg.steps // cfg.val_every if cfg.val_every else 0)
+        on, note = compile_decision(cfg.compile, passes * cfg.val_steps, self.device)
+        return (CompiledForward(self.policy, len(self.val.lq)) if on else None), note
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         if self.val is None:
@@ -193,7 +206,8 @@ class Pretrainer:
         self.policy.eval()
         with self.ema.applied_to(self.policy):
             lq = self.val.lq.to(self.device)
-            out = restore_images(self.policy, self.val_sampler, lq, seeds=list(range(len(lq))), precision=self.cfg.precision)
+            out = restore_images(self.policy, self.val_sampler, lq, seeds=list(range(len(lq))), precision=self.precision,
+                                 forward=self.val_forward)
             stage1 = ((self.policy.stage1_restore(lq) + 1) / 2).clamp(0, 1)
         hq = self.val.hq.to(self.device)
         return {
@@ -287,13 +301,16 @@ class Pretrainer:
 
     def _loop(self) -> dict[str, float]:
         cfg = self.cfg
+        # the budget counts this invocation, as lrpo train's does: `--resume RUN time_budget_min=12`
+        # trains 12 more minutes (the LR schedule still reads the whole run's time)
         budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else math.inf
+        started = self.elapsed
         bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", disable=not self.progress, dynamic_ncols=True)
         last_val: dict[str, float] = {}
         last_val_step = -1
         window: list[dict] = []
         tick = time.perf_counter()
-        while self.step < cfg.steps and self.elapsed < budget_s:
+        while self.step < cfg.steps and self.elapsed - started < budget_s:
             stats = self.train_step()
             now = time.perf_counter()
             self.elapsed += now - tick
@@ -334,7 +351,8 @@ class Pretrainer:
             print(f"skipped {len(self.skipped)} unreadable image(s):")
             for e in self.skipped:
                 print(f"  {e}")
-        return {"step": self.step, "checkpoint": str(final), "complete": self.step >= cfg.steps, **last_val}
+        return {"step": self.step, "checkpoint": str(final), "complete": self.step >= cfg.steps, "precision": self.precision,
+                "compile": self.compile_note, **last_val}
 
 
 def _format_val(step: int, v: dict[str, float]) -> str:

@@ -52,9 +52,12 @@ from ..inference.restorer import load_policy
 from ..policies import policy_state_dict
 from ..runlog import append_record, rewrite_log
 from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, clear_run_dir, config_changes, record_written
-from ..inference.sampling import autocast_context, sample_generators, sample_trajectories
+from ..inference.sampling import sample_generators, sample_trajectories
+from ..policies.compiled import CompiledForward, compile_decision
+from ..precision import autocast_context, capability, resolve_precision
 from ..rewards import RewardInput, build_composite
 from .advantages import group_advantages, noise_level_weights, step_advantages
+from .diagnostics import gradient_balance, group_signal_to_noise, shift_one_pixel
 from .guards import GuardMetrics, guard_violations
 from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_train_steps, ppo_clip_loss
 from .timesteps import parse_timestep_selection, selected_steps
@@ -170,6 +173,8 @@ class LRPOTrainer:
         alphas = make_alphas_cumprod(self.diffusion_cfg)
         self.sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eta)
         self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.sample_forward, self.compile_note = self._sampling_forward()
         self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
         self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, self.n_train, reg_last_k=cfg.reg_last_k)
         # steps one update trains per trajectory (all n_train, or those train_timesteps picks)
@@ -194,6 +199,7 @@ class LRPOTrainer:
         self.best: tuple[int, float] | None = None  # (epoch, held-out reward) of the best guarded epoch
         self.epoch = 0
         self.history: list[dict] = []
+        self.diag: dict[str, float] = {}
         self._tb = None
         self._recorded_tb: set[str] = set()
         if clear:
@@ -227,7 +233,8 @@ class LRPOTrainer:
             seeds = [derive_seed(g.seed, member) for g in chunk for member in range(G)]
             hq, lq = hq.to(self.device), lq.to(self.device)
             cond = self.policy.condition(lq)
-            traj = sample_trajectories(self.policy, self.sampler, cond, sample_generators(seeds), record=True, precision=cfg.precision)
+            traj = sample_trajectories(self.policy, self.sampler, cond, sample_generators(seeds), record=True,
+                                       precision=self.precision, forward=self.sample_forward)
             parts.append(
                 dict(
                     group_ids=torch.tensor([g.group_id for g in chunk for _ in range(G)]),
@@ -264,6 +271,9 @@ class LRPOTrainer:
         out = self.reward(RewardInput(images=batch.images, gt=batch.hq, lq=batch.lq, meta=meta))
         bad = [name for name, values in {"total": out.scores, **out.details}.items() if not torch.isfinite(values).all()]
         self._agree_finite(not bad, f"reward term {bad[0]!r}" if bad else "", epoch)
+        if self.cfg.diagnostics:
+            shifted = self.reward(RewardInput(images=shift_one_pixel(batch.images), gt=batch.hq, lq=batch.lq, meta=meta)).scores
+            self.diag.update(group_signal_to_noise(out.scores.float().cpu(), shifted.float().cpu(), batch.group_ids))
         return out.scores.float().cpu(), {k: v.float().cpu() for k, v in out.details.items()}
 
     # ------------------------------------------------------------------------------------------
@@ -306,16 +316,24 @@ class LRPOTrainer:
         max_abs_log_ratio; reg and gt_log_density when a step of ``steps`` is regularised (means over
         those samples); kl_ref when kl_beta > 0.
         """
+        terms, stats = self.step_terms(batch, idx, steps, adv, gt)
+        return sum(terms.values()), stats
+
+    def step_terms(
+        self, batch: RolloutBatch, idx: Tensor, steps: Tensor, adv: Tensor, gt: Tensor | None, module=None
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """The loss's weighted terms: "pg" (pg_weight x PPO), "reg" (lambda x GT-guided, when a step
+        is regularised) and "kl" (kl_beta x KL); ``module`` replaces the engine's forward."""
         cfg = self.cfg
         x_t = batch.latents[idx, steps]
         x_prev = batch.latents[idx, steps + 1]
         t = self.sampler.timesteps.to(self.device)[steps]
         cond = batch.cond[idx]
-        with autocast_context(self.device, cfg.precision):
-            out = self.engine.module(x_t, t, cond)  # (through DDP's wrapper: its gradient hooks)
+        with autocast_context(self.device, self.precision):
+            out = (module or self.engine.module)(x_t, t, cond)  # (through DDP's wrapper: its gradient hooks)
         st = self.sampler.step(out.float(), x_t, steps, prediction=self.policy.prediction, prev_sample=x_prev)
         ppo = ppo_clip_loss(st.log_prob, batch.log_probs[idx, steps], adv[idx, steps].to(st.log_prob.dtype), cfg.clip_range)
-        loss = ppo.loss
+        terms = {"pg": cfg.pg_weight * ppo.loss}
         stats = {
             "ppo_loss": ppo.loss.item(), "approx_kl": ppo.approx_kl.item(), "clip_fraction": ppo.clip_fraction.item(),
             "max_abs_log_ratio": ppo.max_abs_log_ratio.item(),
@@ -328,17 +346,38 @@ class LRPOTrainer:
                 g = gt[rows, idx[mask]]
                 m = gaussian_log_prob(g, st.mean[mask], st.std[mask])
                 reg = gt_likelihood_regularizer(m, cfg.reg_tau)
-                loss = loss + cfg.reg_weight * reg * mask.float().mean()
+                terms["reg"] = cfg.reg_weight * reg * mask.float().mean()
                 stats["reg"] = reg.item()
                 stats["gt_log_density"] = m.mean().item()
         if self.ref_policy is not None:
-            with torch.no_grad(), autocast_context(self.device, cfg.precision):
+            with torch.no_grad(), autocast_context(self.device, self.precision):
                 ref_out = self.ref_policy(x_t, t, cond)
             ref_mean = self.sampler.step(ref_out.float(), x_t, steps, prediction=self.policy.prediction, prev_sample=x_prev).mean
             kl = kl_to_reference(st.mean, ref_mean, st.std).mean()
-            loss = loss + cfg.kl_beta * kl
+            terms["kl"] = cfg.kl_beta * kl
             stats["kl_ref"] = kl.item()
-        return loss, stats
+        return terms, stats
+
+    def update_diagnostics(self, batch: RolloutBatch, idx: Tensor, chosen: Tensor | None, adv: Tensor, gt: Tensor | None) -> dict[str, float]:
+        """Gradient norms of the PG and lambda x GT terms on minibatch ``idx`` (one forward, two
+        gradients; nothing accumulates into .grad) and their cosine (lrpo.rl.diagnostics). Steps:
+        evenly spaced slots, the last included (the regularised end), at most max(2, timesteps per
+        forward) of them, so the forward stays the size of an update's."""
+        if not self.cfg.diagnostics or self.engine.kind == "fsdp" and self.ctx.enabled or len(idx) == 0:
+            return {}
+        k = min(self.n_slots, max(2, self.cfg.timesteps_per_forward))
+        slots = sorted({round(i * (self.n_slots - 1) / max(k - 1, 1)) for i in range(k)})
+        steps = self._steps_of(idx, slots, chosen)
+        # the module itself, not DDP's wrapper: DDP's hooks expect a backward, not autograd.grad
+        terms, _ = self.step_terms(batch, idx.repeat(len(slots)), steps.reshape(-1), adv, gt, module=self.policy)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+
+        def grads(term: Tensor | None) -> list[Tensor | None]:
+            if term is None or not term.requires_grad:
+                return [None] * len(params)
+            return list(torch.autograd.grad(term, params, retain_graph=True, allow_unused=True))
+
+        return gradient_balance(grads(terms.get("pg")), grads(terms.get("reg")))
 
     def optimizer_step(self) -> float:
         """Clip and step; the gradients are already summed over processes (by the engine's backward)."""
@@ -366,11 +405,17 @@ class LRPOTrainer:
         # [N, width] steps per trajectory (train_timesteps), or None: every trajectory trains every step
         chosen = selected_steps(self.timestep_selection, self.n_train, epoch, batch.seeds)
         chosen = chosen.to(self.device) if chosen is not None else None
+        if self.sample_forward is not None:  # the rollout ran a compiled graph: log pi_old in the update's mode
+            batch = self.recompute_log_probs(batch, chosen)
         bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{cfg.epochs} update", unit="opt", disable=not self.progress, leave=False)
+        first_done = False
         for _ in range(cfg.inner_epochs):
             order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)] if len(kept) else kept
             for b in range(n_mb):
                 idx = order[b * cfg.minibatch_size : (b + 1) * cfg.minibatch_size].to(self.device)
+                if b == 0 and not first_done:
+                    self.diag.update(self.update_diagnostics(batch, idx, chosen, adv, gt))
+                    first_done = True
                 share = self._sample_share(len(idx))
                 if cfg.update_mode == "per_timestep":
                     for j in range(self.n_slots):
@@ -399,6 +444,40 @@ class LRPOTrainer:
             out["first_clip_fraction"] = first["clip_fraction"]
             out["first_max_abs_log_ratio"] = first["max_abs_log_ratio"]
         return out
+
+    @torch.no_grad()
+    def recompute_log_probs(self, batch: RolloutBatch, chosen: Tensor | None) -> RolloutBatch:
+        """``batch`` with log pi_old of the steps this epoch trains recomputed by the update's own
+        (eager) forward. A compiled rollout rounds differently from the eager update (other fused
+        kernels), which would make the first ratio of an epoch differ from 1; every row of the
+        network's output depends only on its own input row, so this equals what the update computes."""
+        n = len(batch.seeds)
+        steps = chosen if chosen is not None else torch.arange(self.n_train, device=self.device).expand(n, -1)
+        rows = torch.arange(n, device=self.device).repeat_interleave(steps.shape[1])
+        cols = steps.reshape(-1)
+        log_probs = batch.log_probs.clone()
+        timesteps = self.sampler.timesteps.to(self.device)
+        chunk = self.cfg.minibatch_size * self.cfg.timesteps_per_forward
+        for s in range(0, len(rows), chunk):
+            i, j = rows[s : s + chunk], cols[s : s + chunk]
+            x_t = batch.latents[i, j]
+            with autocast_context(self.device, self.precision):
+                out = self.policy(x_t, timesteps[j], batch.cond[i])
+            st = self.sampler.step(out.float(), x_t, j, prediction=self.policy.prediction, prev_sample=batch.latents[i, j + 1])
+            log_probs[i, j] = st.log_prob.to(log_probs.dtype)
+        return batch._replace(log_probs=log_probs)
+
+    def _sampling_forward(self) -> tuple[CompiledForward | None, str]:
+        """The compiled rollout/evaluation forward when ``compile`` says so (lrpo.policies.compiled)."""
+        cfg = self.cfg
+        batch = cfg.rollout_groups_per_batch * cfg.group_size
+        local_groups = math.ceil(cfg.groups_per_epoch / self.ctx.world_size)
+        forwards = cfg.epochs * math.ceil(local_groups / cfg.rollout_groups_per_batch) * cfg.sample_steps
+        if cfg.engine == "fsdp" and self.ctx.enabled and cfg.compile != "off":
+            # the recomputation of log pi_old runs per process, and FSDP's forward is a collective
+            return None, "compile: off (not with engine=fsdp)"
+        on, note = compile_decision(cfg.compile, forwards, self.device)
+        return (CompiledForward(self.policy, batch) if on else None), note
 
     def _steps_of(self, idx: Tensor, slots: list[int], chosen: Tensor | None) -> Tensor:
         """[len(slots), len(idx)] step indices: slot s of each trajectory (the step itself for ``all``)."""
@@ -463,7 +542,8 @@ class LRPOTrainer:
         ctx = self.ema.applied_to(self.policy) if self.ema is not None else contextlib.nullcontext()
         with ctx:
             cond = self.policy.condition(lq)
-            traj = sample_trajectories(self.policy, self.eval_sampler, cond, sample_generators(list(range(len(lq)))), record=False, precision=self.cfg.precision)
+            traj = sample_trajectories(self.policy, self.eval_sampler, cond, sample_generators(list(range(len(lq)))), record=False,
+                                       precision=self.precision, forward=self.sample_forward)
             images = self.policy.decode(traj.sample, cond)
         out = self.reward(RewardInput(images=images, gt=hq, lq=lq, meta=_meta(self.val_names, self.val_captions)))
         res = {"eval_reward": float(out.scores.mean()), "eval_psnr": float(psnr(images, hq).mean()), "eval_ssim": float(ssim(images, hq).mean())}
@@ -479,6 +559,7 @@ class LRPOTrainer:
     # ------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
         times = EpochTimes()
+        self.diag: dict[str, float] = {}  # this process's diagnostics of the epoch (lrpo.rl.diagnostics)
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         batch = self.collect(epoch)
@@ -526,8 +607,16 @@ class LRPOTrainer:
             time_cpu_s=round(time.process_time() - cpu0, 2),
             update_sample_steps_per_s=round(kept * self.n_slots * self.cfg.inner_epochs / max(times.update, 1e-9), 2),
             rollout_traj_per_s=round(n_traj / max(times.rollout, 1e-9), 3),
+            precision=self.precision,
+            compiled=self.sample_forward is not None,
         )
+        rec.update(self.diag)  # (rank 0's are the ones logged)
         return rec
+
+    def numerics_note(self) -> str:
+        """What the forwards ran in, for the log and the summary (``auto`` resolved, and why)."""
+        how = f" (auto; {capability(self.device).describe()})" if self.cfg.precision == "auto" else ""
+        return f"precision {self.precision}{how}; {self.compile_note}"
 
     def save_sample_grid(self, batch: RolloutBatch, epoch: int, max_groups: int = 4) -> Path:
         """One row per group: LQ | its G candidates | GT, as a PNG under out_dir/samples/."""
