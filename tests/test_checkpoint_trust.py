@@ -256,3 +256,13 @@ def test_the_users_own_switch_is_obeyed(hostile_latent_run):
     with contextlib.suppress(Exception):  # the payload is not an SD checkpoint: loading fails after it ran
         load_policy(run, trust_pickle=True)
     assert marker.exists()
+
+
+def test_lrpo_evaluate_loads_through_the_same_guard(hostile_latent_run, capsys):
+    """lrpo evaluate builds each checkpoint method with Restorer.from_checkpoint."""
+    from lrpo.inference.restorer import Restorer
+
+    run, marker = hostile_latent_run
+    with pytest.raises(CheckpointFormatError):
+        Restorer.from_checkpoint(run, steps=1, eta=0.0, device="cpu")
+    assert not marker.exists() and "sets policy.trust_pickle: True; ignored" in capsys.readouterr().err

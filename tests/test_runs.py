@@ -110,3 +110,19 @@ def test_resume_comparison_ignores_new_defaults_free_keys_and_path_spellings(tmp
     now["data"]["captions"] = ""
     now["data"]["hq"] = "other"
     assert config_changes(saved, now, ["epochs"], defaults=defaults, paths=["data.hq"]) == {"data.hq": ("faces", "other")}
+
+
+def test_quickstart_refuses_to_write_over_a_users_files_before_anything_runs(tmp_path):
+    from lrpo.quickstart import claim_quickstart
+
+    out = tmp_path / "q"
+    (out / "embedded_faces").mkdir(parents=True)
+    (out / "embedded_faces" / "me.png").write_bytes(b"the user's face")
+    with pytest.raises(ValueError, match=r"holds files lrpo did not write \(me.png\)"):
+        claim_quickstart(out, None, overwrite=True)
+    (out / "embedded_faces" / "me.png").unlink()
+    (out / "heldout.txt").write_text("my list\n")
+    with pytest.raises(ValueError, match=r"heldout.txt was not written by lrpo quickstart"):
+        claim_quickstart(out, None, overwrite=True)
+    manifest.record(out, ["heldout.txt"])  # as quickstart records it
+    assert claim_quickstart(out, None, overwrite=True) == []
