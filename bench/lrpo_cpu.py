@@ -112,9 +112,11 @@ def parse_variants(text: str) -> dict[str, list[str]]:
     return runs
 
 
-def seed_table(per_face: dict[str, list[dict]], base: dict) -> dict:
+def seed_table(per_face: dict[str, list[dict]], base: dict, control: str | None = None) -> dict:
     """Per variant and metric: mean and std over seeds of the held-out mean, and a paired bootstrap
-    95 % interval over faces of (variant, averaged over its seeds) minus base. Faces where a metric
+    95 % interval over faces of (variant, averaged over its seeds) minus base; with ``control`` (a
+    variant: the comparison a claim needs, e.g. pg_weight=0 for the RL, fp32 for bf16) also minus the
+    control averaged over its seeds ("minus_control", "ci95_control"). Faces where a metric
     is NaN (LMD: no face detected) in the base or any run are left out of that metric in every row
     (the count is given as "faces"); with fewer than 2 left the metric's figures are None."""
     import numpy as np
@@ -137,6 +139,10 @@ def seed_table(per_face: dict[str, list[dict]], base: dict) -> dict:
             avg = sum(s[k][ok[k]] for s in seeds) / len(seeds)
             diff, low, high = paired_bootstrap_ci(avg, base[k][ok[k]])
             row[k] = {"mean": round(m, 4), "std": round(sd, 4), "minus_base": round(diff, 4), "ci95": [round(low, 4), round(high, 4)]}
+            if control is not None and name != control:
+                ctrl = sum(s[k][ok[k]] for s in per_face[control]) / len(per_face[control])
+                diff, low, high = paired_bootstrap_ci(avg, ctrl)
+                row[k].update(minus_control=round(diff, 4), ci95_control=[round(low, 4), round(high, 4)])
             if not ok[k].all():
                 row[k]["faces"] = int(ok[k].sum())
         table[name] = row
@@ -307,6 +313,9 @@ def main() -> int:
                     help="NAME=SPEC pairs: SPEC is 'config' (the config as it is), a number (reg_weight) or KEY=VALUE "
                     "overrides joined by '+', e.g. sel2=train_timesteps=random:2+update_mode=accumulate")
     ap.add_argument("--reference", default=None, help="the variant the others' gains are divided by (default: the first)")
+    ap.add_argument("--control", default=None, help="a variant every other one is also compared with, face by face (a "
+                    "paired 95 %% interval of variant minus control): pg_weight=0 for a claim about the RL, an fp32 run "
+                    "for a claim about bf16")
     args = ap.parse_args()
     os.environ.setdefault("LRPO_WEIGHTS", args.weights)
     out = Path(args.out)
@@ -320,6 +329,8 @@ def main() -> int:
     reference = args.reference or next(iter(runs))
     if reference not in runs:
         ap.error(f"--reference {reference!r}: not one of the variants ({', '.join(runs)})")
+    if args.control is not None and args.control not in runs:
+        ap.error(f"--control {args.control!r}: not one of the variants ({', '.join(runs)})")
     jobs = [(name, seed) for name in runs for seed in range(args.seeds)]
     run_dir = (lambda name, seed: out / name) if args.seeds == 1 else (lambda name, seed: out / name / f"seed_{seed}")
     if not args.skip_train:
@@ -372,7 +383,7 @@ def main() -> int:
             per_face[name].append(row)
             if seed == 0:
                 outputs[name] = images
-    table = seed_table(per_face, base_faces)
+    table = seed_table(per_face, base_faces, args.control)
 
     from lrpo.eval.report import read_log  # tolerates a torn last line
 
@@ -402,6 +413,7 @@ def main() -> int:
         "seeds": args.seeds,
         "eval_every": args.eval_every,
         "reference": reference,
+        "control": args.control,
         "variants": {name: extra for name, extra in runs.items()},
         "heldout_faces": len(hq),
         "results": table,

@@ -76,3 +76,15 @@ def test_gains_at_equal_cpu_and_ratios_only_to_a_positive_reference(bench):
     worse = {"ref": [(xs, np.array([0.0, -0.01, 0.0]))], "fast": curves["fast"]}
     g = bench.gains_at(worse, 2.0, "ref")
     assert g["fast"]["ratio_to_reference"] is None and g["fast"]["minus_reference"] == 0.04
+
+
+def test_seed_table_compares_each_variant_with_the_control_face_by_face(bench):
+    base = {"psnr": np.array([20.0, 21.0, 22.0])}
+    control = [{"psnr": np.array([21.0, 21.0, 22.0])}, {"psnr": np.array([21.0, 23.0, 22.0])}]  # seed mean: 21, 22, 22
+    lrpo = [{"psnr": np.array([21.5, 22.5, 22.5])}]
+    t = bench.seed_table({"ctrl": control, "lrpo": lrpo}, base, control="ctrl")
+    # lrpo - control per face: 0.5, 0.5, 0.5 -> +0.5 with a degenerate interval [0.5, 0.5]
+    assert t["lrpo"]["psnr"]["minus_control"] == 0.5 and t["lrpo"]["psnr"]["ci95_control"] == [0.5, 0.5]
+    assert "minus_control" not in t["ctrl"]["psnr"]  # the control is not compared with itself
+    # minus base: (1.5 + 1.5 + 0.5) / 3 = 1.1667
+    assert t["lrpo"]["psnr"]["minus_base"] == pytest.approx(3.5 / 3, abs=1e-4)
