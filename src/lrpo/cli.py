@@ -91,8 +91,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     _hint_dash_names(p)
     src = p.add_mutually_exclusive_group()  # one of them is required: cmd_restore says where a model comes from
     src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
-    src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'sd21-diffbir' (DiffBIR v1 face on "
-                     "SD 2.1; model files from `lrpo weights`, see configs/policy-sd21-diffbir.yaml)")
+    src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'lrpo-fidelity' or 'lrpo-perception' "
+                     "(the LRPO release's models), 'sd21-diffbir' (DiffBIR v1 face on SD 2.1, the base); model files "
+                     "from `lrpo weights`, see configs/policy-NAME.yaml")
     p.add_argument("--aligned", action="store_true", help="IN holds aligned face crops (no detection, no paste-back)")
     p.add_argument("--steps", type=int, default=None,
                    help="DDIM steps (default: the checkpoint's diffusion.sample_steps, 50 for lrpo pretrain runs)")
@@ -170,7 +171,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
-    src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'sd21-diffbir' (model files from `lrpo weights`)")
+    src.add_argument("--policy", metavar="NAME", help="a published policy by name: 'lrpo-fidelity', 'lrpo-perception' or "
+                     "'sd21-diffbir' (model files from `lrpo weights`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; "
                    "0.0.0.0 opens the demo to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one and prints it)")
@@ -475,13 +477,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _policy_source(name: str) -> Path:
-    from .quickstart import CONFIG_DIR
+    from .policies.published import published_policy_config
 
-    source = CONFIG_DIR / f"policy-{name}.yaml"
-    if not source.is_file():
-        known = sorted(p.stem[len("policy-"):] for p in CONFIG_DIR.glob("policy-*.yaml"))
-        raise ConfigError(f"--policy {name!r} is not known; known: {', '.join(known)}")
-    return source
+    return published_policy_config(name)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:

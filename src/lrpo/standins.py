@@ -32,6 +32,10 @@ The published files (what was checked, and where):
       DiffBIR's ControlNet names without prefix (time_embed, input_blocks with 4 + 4 input channels,
       zero_convs.0-11, middle_block, middle_block_out); XPixelGroup/DiffBIR diffbir/model/controlnet.py,
       cldm.py load_controlnet_from_ckpt (load_state_dict(strict=True)).
+  lrpo-fidelity        lrpo_fidelity.pth                    torch zip of a plain state dict (as diffbir-v1-face)
+  lrpo-perception      lrpo_perception.pth                  the same
+      The LRPO release saves its ControlNets with torch.save(controlnet.state_dict(), ...): the
+      v1_face.pth names and shapes (it fine-tunes that ControlNet); size and dtype unknown here.
   diffbir-swinir-face  face_swinir_v1.ckpt                  torch zip of {"state_dict": SwinIR state dict}, fp32
       configs/inference/swinir.yaml (embed 180, 8 x 6 blocks, 6 heads, window 8, unshuffle 8);
       DiffBIR's load_model_from_url unwraps "state_dict" and a "module." prefix, then loads strictly.
@@ -572,6 +576,11 @@ def write_diffbir_controlnet(path: Path, scale: Scale, gen: torch.Generator) -> 
     return save_torch(random_state_dict(controlnet_layout(unet_arch, vae_arch.latent_channels), gen), path)
 
 
+def write_lrpo_controlnet(path: Path, scale: Scale, gen: torch.Generator) -> Path:
+    """An LRPO release ControlNet: ``torch.save(controlnet.state_dict())``, the v1_face.pth layout."""
+    return write_diffbir_controlnet(path, scale, gen)
+
+
 def write_diffbir_swinir(path: Path, scale: Scale, gen: torch.Generator) -> Path:
     return save_torch({"state_dict": random_state_dict(swinir_layout(swinir_arch(scale)), gen)}, path)
 
@@ -637,6 +646,8 @@ STANDINS: dict[str, Callable[[Path, Scale, torch.Generator], Path]] = {
     "sd21-base": write_sd21,
     "diffbir-v1-face": write_diffbir_controlnet,
     "diffbir-swinir-face": write_diffbir_swinir,
+    "lrpo-fidelity": write_lrpo_controlnet,  # the release's trained ControlNets (own seeds: they differ)
+    "lrpo-perception": write_lrpo_controlnet,
     "face-reward-model": write_face_reward_model,
     "openclip-vit-h-14": write_openclip_vit_h_14,
     "vgg16-imagenet": write_vgg16,

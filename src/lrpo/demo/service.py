@@ -225,7 +225,7 @@ class DemoService:
         self.precision = precision
         self.limits = limits
         self.gate = JobGate(max_waiting)
-        self.policy, self.diffusion, self.source = load_policy(source, self.device, ema=ema)
+        self.policy, self.diffusion, self.source = load_policy(source, self.device, ema=ema, precision=precision)
         self.resolution = int(self.policy.cfg.resolution)
         self.train_degradation, self.defaults = self._read_run_settings(self.source, self.diffusion)
         self.detector, self.detector_error = self._make_detector(detector_path)

@@ -21,11 +21,12 @@ from ..diffusion.ddim import DDIMSampler
 from ..manifest import ascii_name
 from ..outputs import OutputFolder, fit_name, one_line, require_input
 from ..policies import Policy, build_policy_from_dict, trusted_policy_section
+from ..precision import resolve_precision
 from .sampling import restore_images
 
 
 def load_policy(source: str | Path, device: torch.device | str = "cpu", ema: bool = True, *,
-                trust_pickle: bool = False) -> tuple[Policy, DiffusionConfig, Path]:
+                trust_pickle: bool = False, precision: str | None = None) -> tuple[Policy, DiffusionConfig, Path]:
     """Rebuild a policy and its diffusion schedule.
 
     ``source`` is a checkpoint (or run) folder, whose ``config.yaml`` rebuilds the model and whose
@@ -34,6 +35,8 @@ def load_policy(source: str | Path, device: torch.device | str = "cpu", ema: boo
     A policy YAML is the user's own config and is obeyed as written; a checkpoint's policy section
     is data and cannot turn on full unpickling of model files: only ``trust_pickle`` (the user's
     command line or run config) can (:func:`lrpo.policies.trusted_policy_section`).
+    ``precision`` (auto|fp32|bf16; None: the file's): the latent policy's ``policy.precision``, set
+    before it is built, since it stores its frozen weights and runs every forward in it.
     """
     source = Path(source)
     if source.is_file() and source.suffix in (".yaml", ".yml"):
@@ -41,18 +44,26 @@ def load_policy(source: str | Path, device: torch.device | str = "cpu", ema: boo
         section = raw["policy"]
         if trust_pickle and isinstance(section, dict) and section.get("kind") == "sd21_controlnet":
             section = {**section, "trust_pickle": True}
-        policy = build_policy_from_dict(section, device)
+        policy = build_policy_from_dict(_with_precision(section, precision, device), device)
         diffusion = from_dict(DiffusionConfig, raw.get("diffusion") or {}, prefix="diffusion")
         return policy.eval(), diffusion, source
     ckpt = ckpt_io.find_checkpoint(source)
     raw = ckpt_io.load_config_dict(ckpt)
     if not isinstance(raw, dict) or "policy" not in raw or "diffusion" not in raw:
         raise ckpt_io.CheckpointError(f"{ckpt}/config.yaml has no 'policy' and 'diffusion' sections")
-    policy = build_policy_from_dict(trusted_policy_section(raw["policy"], ckpt / "config.yaml", trust_pickle=trust_pickle), "cpu")
+    section = trusted_policy_section(raw["policy"], ckpt / "config.yaml", trust_pickle=trust_pickle)
+    policy = build_policy_from_dict(_with_precision(section, precision, device), "cpu")
     diffusion = from_dict(DiffusionConfig, raw["diffusion"], prefix="diffusion")
     use_ema = ema and (ckpt / "ema.safetensors").is_file()
     ckpt_io.load_weights(policy, ckpt, ema=use_ema)
     return policy.to(device).eval(), diffusion, ckpt
+
+
+def _with_precision(section: Any, precision: str | None, device: torch.device | str) -> Any:
+    """A latent policy section with the user's precision (``auto`` resolved for ``device``)."""
+    if precision is None or not isinstance(section, dict) or section.get("kind") != "sd21_controlnet":
+        return section
+    return {**section, "precision": resolve_precision(precision, device)}
 
 
 def _read_policy_yaml(source: Path) -> dict:
@@ -108,9 +119,9 @@ class Restorer:
     ) -> "Restorer":
         """``steps`` / ``eta`` None: the checkpoint's (or policy file's) ``diffusion.sample_steps`` / ``eta``."""
         dev = resolve_device(device)
-        policy, diffusion, _ = load_policy(checkpoint, dev, ema=ema)
+        policy, diffusion, _ = load_policy(checkpoint, dev, ema=ema, precision=precision)
         sampler = DDIMSampler.from_config(diffusion, eta=eta, num_steps=steps)
-        return cls(policy, sampler, dev, precision)
+        return cls(policy, sampler, dev, resolve_precision(precision, dev))
 
     def restore(self, images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         """RGB uint8 faces (any sizes) -> restored RGB uint8 faces at each input's size."""

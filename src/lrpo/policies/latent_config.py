@@ -104,6 +104,10 @@ class LatentPolicyConfig:
     # DiffBIR IRControlNet (v1_face.pth); "" initialises the ControlNet from the UNet encoder
     # (zero convolutions at zero), as DiffBIR does before its own training
     controlnet_checkpoint: str = ""
+    # "reference": read the ControlNet file exactly as the LRPO release's inference does (a plain
+    # state dict, {"state_dict": ...}, "module." keys; torch.save only, weights_only) and refuse
+    # any other form by name; "any": also lrpo / ControlNet training saves and safetensors
+    controlnet_format: Literal["any", "reference"] = "any"
     stage1: Literal["swinir", "none"] = "swinir"  # "none": the resized LQ is the condition image
     swinir_checkpoint: str = ""  # DiffBIR face_swinir_v1.ckpt
     # cached empty-prompt context [1, 77, 1024]; "" = beside sd_checkpoint (written on first use)

@@ -439,6 +439,71 @@ def controlnet_state_dict_from_file(sd: Mapping[str, Tensor]) -> dict[str, Tenso
     return dict(sd)
 
 
+# What the reference's inference (diffbir/inference/loop.py, ``--version v1_refl``) reads: torch.load,
+# ``sd["state_dict"]`` if present, a ``module.`` prefix stripped, then load_state_dict(strict=True).
+REFERENCE_CONTROLNET_FORMS = "a plain state dict, {'state_dict': state dict}, either with every key under 'module.'"
+# other layouts met in practice, named in the refusal (key prefix -> what saves it)
+_OTHER_CONTROLNET_FORMS = {
+    "controlnet.": "lrpo's own training save",
+    "control_model.": "ControlNet's training save (a whole ControlLDM)",
+    "model.diffusion_model.": "a whole LDM checkpoint (SD UNet), not a ControlNet",
+    "_orig_mod.": "a torch.compile'd module's save",
+}
+
+
+def read_reference_controlnet(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A trained LRPO ControlNet (``lrpo_fidelity.pth``), read exactly as the reference's inference
+    reads it (:data:`REFERENCE_CONTROLNET_FORMS`), ``weights_only`` always; any other form is
+    refused with one line naming it. Key names and shapes are checked by the strict load after."""
+    from ..rewards.checkpoint_io import CheckpointFormatError, load_torch_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if path.suffix == ".safetensors":
+        raise CheckpointFormatError(f"{path}: a safetensors file; the reference's inference reads torch.save files only "
+                                    f"({REFERENCE_CONTROLNET_FORMS}); set policy.controlnet_format=any to read it")
+    try:
+        obj = load_torch_file(path, trust_pickle=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointFormatError(f"could not read {path} as a torch.save file of tensors (weights_only): "
+                                    f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return reference_controlnet_state_dict(obj, source=str(path))
+
+
+def reference_controlnet_state_dict(obj: object, *, source: str) -> dict[str, Tensor]:
+    """The state dict inside ``obj`` if it is one of :data:`REFERENCE_CONTROLNET_FORMS`, else a
+    :class:`~lrpo.rewards.checkpoint_io.CheckpointFormatError` naming what was found."""
+    from ..rewards.checkpoint_io import CheckpointFormatError
+
+    def refuse(found: str) -> CheckpointFormatError:
+        return CheckpointFormatError(f"{source}: {found}; expected what the reference's inference loads: {REFERENCE_CONTROLNET_FORMS}")
+
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+        if not isinstance(obj, Mapping):
+            raise refuse(f"its 'state_dict' entry is a {type(obj).__name__}, not a state dict")
+    if not isinstance(obj, Mapping):
+        raise refuse(f"the file holds a {type(obj).__name__}, not a state dict")
+    if not obj:
+        raise refuse("the state dict is empty")
+    if not all(isinstance(k, str) for k in obj):
+        raise refuse("some keys are not strings")
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        what = "a dict of other entries (" + listing(sorted(obj)) + ")" if len(bad) == len(obj) else f"non-tensor entries {listing(bad)}"
+        raise refuse(f"{what} (the reference loads the state dict strictly)")
+    under_module = [k.startswith("module.") for k in obj]
+    if any(under_module) and not all(under_module):
+        raise refuse(f"{sum(under_module)} of {len(obj)} keys start with 'module.' (all or none may)")
+    sd = {k[len("module."):]: v for k, v in obj.items()} if all(under_module) else dict(obj)
+    for prefix, what in _OTHER_CONTROLNET_FORMS.items():
+        first = next((k for k in sd if k.startswith(prefix)), None)
+        if first is not None:
+            raise refuse(f"keys under {prefix!r} ({what}; e.g. {first!r})")
+    return sd
+
+
 def load_diffbir_controlnet(sd: Mapping[str, Tensor], controlnet: nn.Module, *, layers_per_block: int, source: str) -> LoadReport:
     """Load a DiffBIR IRControlNet state dict (v1_face.pth) into our ConcatControlNet, strictly."""
     bare = controlnet_state_dict_from_file(sd)
@@ -770,7 +835,10 @@ __all__ = [
     "load_swinir",
     "load_swinir_state_dict",
     "read_cached_context",
+    "REFERENCE_CONTROLNET_FORMS",
     "read_checkpoint",
+    "read_reference_controlnet",
+    "reference_controlnet_state_dict",
     "save_diffbir_controlnet",
     "swinir_arch_from_state_dict",
     "text_arch_from_ldm",
