@@ -3,7 +3,9 @@
 Where a caption comes from, first match wins:
   1. a captions table the user names (``data.captions=FILE`` / ``--captions FILE``): CSV with a
      header row ``name,caption`` or JSONL with one ``{"name": ..., "caption": ...}`` per line; a
-     name matches an image by file name (``00017.png``) or stem (``00017``);
+     name matches an image by file name (``00017.png``) or stem (``00017``). A ``.tar.gz`` / ``.tgz``
+     / ``.tar`` of ``NAME.txt`` files (the release's ``ffhq_captions.tar.gz``) is read in place, each
+     member by its stem, without extracting anything (:func:`read_caption_archive`);
   2. a sidecar ``NAME.txt`` beside the image (the reference's dataset reads
      ``gt_path.replace('.png', '.txt')``; DiffusionReward ships FFHQ captions that way);
   3. the default caption, only when the user set one (``data.default_caption``).
@@ -16,13 +18,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .datasets import _preview  # the first names of a list, "... and N more"
 
-__all__ = ["CaptionError", "Captions", "read_caption_table", "require_captions", "sidecar_path"]
+__all__ = ["CaptionError", "Captions", "read_caption_archive", "read_caption_table", "require_captions", "sidecar_path"]
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+MAX_CAPTION_BYTES = 64 * 1024  # one NAME.txt member (FFHQ captions are a few hundred bytes)
+MAX_ARCHIVE_TEXT_BYTES = 512 * 1024 * 1024  # all members read from one archive together
 
 
 class CaptionError(ValueError):
@@ -50,7 +58,10 @@ def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CaptionError(f"captions table {path} does not exist (expected a CSV with columns name,caption or a JSONL file)")
+        raise CaptionError(f"captions table {path} does not exist (expected a CSV with columns name,caption, a JSONL file "
+                           f"or a .tar.gz of NAME.txt files)")
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return read_caption_archive(path)
     rows: list[tuple[int, object, object]] = []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         with open(path, encoding="utf-8") as f:
@@ -74,7 +85,8 @@ def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
             for row in reader:
                 rows.append((reader.line_num, row.get("name"), row.get("caption")))
     else:
-        raise CaptionError(f"captions table {path}: unknown format {path.suffix!r}; use .csv (name,caption), .tsv or .jsonl")
+        raise CaptionError(f"captions table {path}: unknown format {path.suffix!r}; use .csv (name,caption), .tsv, .jsonl "
+                           f"or a .tar.gz of NAME.txt files")
     table: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for lineno, name, caption in rows:
@@ -90,6 +102,45 @@ def read_caption_table(path: str | os.PathLike) -> dict[str, str]:
         table[key], first_line[key] = caption, lineno
     if not table:
         raise CaptionError(f"captions table {path} holds no captions")
+    return table
+
+
+def read_caption_archive(path: str | os.PathLike) -> dict[str, str]:
+    """Captions from a tar archive (gzip or plain) of ``NAME.txt`` files; returns stem -> caption.
+
+    Members are read in place (streamed out of the archive, never extracted: no file is written and
+    no member name is used as a path). Only regular ``.txt`` members count; folders, links, other
+    files and macOS ``._NAME.txt`` companions are passed over. Errors name the archive and the
+    member: a caption over :data:`MAX_CAPTION_BYTES`, an empty one, one stem in two members.
+    """
+    path = Path(path).expanduser()
+    table: dict[str, str] = {}
+    member_of: dict[str, str] = {}
+    total = 0
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            for member in archive:
+                base = member.name.rsplit("/", 1)[-1]
+                if not member.isfile() or not base.lower().endswith(".txt") or base.startswith("._"):
+                    continue
+                if member.size > MAX_CAPTION_BYTES:
+                    raise CaptionError(f"{path}: member {member.name!r} holds {member.size} bytes; a caption file is at most "
+                                       f"{MAX_CAPTION_BYTES} (is it a captions archive?)")
+                total += member.size
+                if total > MAX_ARCHIVE_TEXT_BYTES:
+                    raise CaptionError(f"{path}: its .txt members hold over {MAX_ARCHIVE_TEXT_BYTES} bytes; not a captions archive")
+                data = archive.extractfile(member)
+                text = (data.read(MAX_CAPTION_BYTES + 1) if data is not None else b"").decode("utf-8", errors="replace").strip()
+                key = _key(base[: -len(".txt")])
+                if not text:
+                    raise CaptionError(f"{path}: member {member.name!r} holds an empty caption")
+                if key in table:
+                    raise CaptionError(f"{path}: members {member_of[key]!r} and {member.name!r} both caption {key!r}")
+                table[key], member_of[key] = text, member.name
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # a truncated or corrupt gzip stream
+        raise CaptionError(f"captions archive {path} cannot be read as a tar(.gz) archive: {e}") from None
+    if not table:
+        raise CaptionError(f"captions archive {path} holds no NAME.txt members")
     return table
 
 
@@ -125,7 +176,8 @@ class Captions:
     def how_to_give(self) -> str:
         return (
             "give one caption per image as a sidecar NAME.txt beside each image, as a table "
-            "(data.captions=FILE, CSV 'name,caption' or JSONL; `--captions FILE` for lrpo evaluate), "
+            "(data.captions=FILE, CSV 'name,caption', JSONL or a .tar.gz of NAME.txt files such as "
+            "ffhq_captions.tar.gz; `--captions FILE` for lrpo evaluate), "
             "or one caption for all with data.default_caption=\"...\" (`--default-caption`)"
         )
 

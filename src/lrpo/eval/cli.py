@@ -99,7 +99,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                          "(its learned prompts; RN50 from --clipiqa or the registry), all or none; repeatable. Default: every "
                          "one whose file `lrpo weights` finds; a missing file is reported, not an error")
     metrics.add_argument("--captions", metavar="FILE",
-                         help="captions for the face reward: CSV 'name,caption' or JSONL (sidecar NAME.txt files are read anyway)")
+                         help="captions for the face reward: CSV 'name,caption', JSONL, or a .tar.gz of NAME.txt files read in place "
+                         "(the release's ffhq_captions.tar.gz); sidecar NAME.txt files are read anyway")
     metrics.add_argument("--default-caption", metavar="TEXT", help="caption for images that have none (default: none; missing ones are errors)")
     report = parser.add_argument_group("report")
     report.add_argument("--table", action="store_true",
