@@ -44,11 +44,30 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PRETRAIN_ARM = "<pretrain>"  # first item of a variant's overrides: continued supervised pretraining, not lrpo train
+# the controls a claim about the RL needs, from one base at equal CPU time (--arms standard)
+STANDARD_ARMS = "lrpo=config,pg0=pg_weight=0,reg0=reg_weight=0,sft=pretrain"
+
+
+def pretrain_command(base: str, faces: str, out: Path, minutes: float, extra: list[str]) -> list[str]:
+    """``lrpo pretrain --resume BASE`` into ``out`` at a constant small learning rate, stopped on CPU time."""
+    from lrpo.checkpoint import find_checkpoint
+
+    config = find_checkpoint(base) / "config.yaml"
+    over = [f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "time_budget_clock=cpu", "steps=1000000",
+            "optim.lr_schedule=constant", "optim.warmup_steps=0", "optim.lr=1e-4", "val_every=0", *extra]
+    return [sys.executable, "-m", "lrpo.cli", "pretrain", "--config", str(config), "--resume", str(base), "--allow-changes",
+            "--no-progress", *over]
+
+
 def train(base: str, faces: str, out: Path, minutes: float, extra: list[str], config: str, threads: int, eval_every: int) -> subprocess.Popen:
-    over = [f"init_checkpoint={base}", f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "time_budget_clock=cpu",
-            "epochs=1000", *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "lrpo.cli", "train", "--config", config, "--eval-every", str(eval_every), "--no-progress", *over]
+    if extra[:1] == [PRETRAIN_ARM]:
+        cmd = pretrain_command(base, faces, out, minutes, extra[1:])
+    else:
+        over = [f"init_checkpoint={base}", f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "time_budget_clock=cpu",
+                "epochs=1000", *extra]
+        cmd = [sys.executable, "-m", "lrpo.cli", "train", "--config", config, "--eval-every", str(eval_every), "--no-progress", *over]
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -76,11 +95,14 @@ def evaluate(ckpt: Path, hq: torch.Tensor, lq: torch.Tensor, reward, landmarks) 
 
 
 def variant_overrides(spec: str) -> list[str]:
-    """'config' or '' -> none; a number -> reg_weight=NUMBER; else KEY=VALUE pairs joined by '+'
-    (a '+' splits only where a new KEY= follows, so values such as random:2+reg stay whole)."""
+    """'config' or '' -> none; a number -> reg_weight=NUMBER; 'pretrain[+KEY=VALUE...]' -> continued
+    supervised pretraining (:data:`PRETRAIN_ARM` first, then the pretrain overrides); else KEY=VALUE
+    pairs joined by '+' (a '+' splits only where a new KEY= follows, so values such as random:2+reg stay whole)."""
     spec = spec.strip()
     if spec in ("", "config"):
         return []
+    if spec == "pretrain" or spec.startswith("pretrain+"):
+        return [PRETRAIN_ARM, *variant_overrides(spec[len("pretrain+"):])] if spec != "pretrain" else [PRETRAIN_ARM]
     try:
         return [f"reg_weight={float(spec)}"]
     except ValueError:
@@ -312,6 +334,9 @@ def main() -> int:
     ap.add_argument("--variants", default="lrpo_reg=config,lrpo_noreg=0",
                     help="NAME=SPEC pairs: SPEC is 'config' (the config as it is), a number (reg_weight) or KEY=VALUE "
                     "overrides joined by '+', e.g. sel2=train_timesteps=random:2+update_mode=accumulate")
+    ap.add_argument("--arms", choices=["standard"], default=None,
+                    help=f"standard: the controls a claim about the RL needs, {STANDARD_ARMS!r}, with pg0 as --control "
+                    "(replaces --variants; sft continues the base's supervised training at lr 1e-4, constant)")
     ap.add_argument("--reference", default=None, help="the variant the others' gains are divided by (default: the first)")
     ap.add_argument("--control", default=None, help="a variant every other one is also compared with, face by face (a "
                     "paired 95 %% interval of variant minus control): pg_weight=0 for a claim about the RL, an fp32 run "
@@ -322,6 +347,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.eval_every < 1 or args.seeds < 1 or args.parallel < 1:
         ap.error("--eval-every, --seeds and --parallel must be >= 1 (the curves are made of the held-out evaluations)")
+    if args.arms == "standard":
+        args.variants, args.control = STANDARD_ARMS, args.control or "pg0"
     try:
         runs = parse_variants(args.variants)
     except ValueError as e:

@@ -88,3 +88,15 @@ def test_seed_table_compares_each_variant_with_the_control_face_by_face(bench):
     assert "minus_control" not in t["ctrl"]["psnr"]  # the control is not compared with itself
     # minus base: (1.5 + 1.5 + 0.5) / 3 = 1.1667
     assert t["lrpo"]["psnr"]["minus_base"] == pytest.approx(3.5 / 3, abs=1e-4)
+
+
+def test_the_standard_arms_name_the_controls_and_the_supervised_arm_resumes_the_base(bench, tiny_run, tmp_path):
+    runs = bench.parse_variants(bench.STANDARD_ARMS)
+    assert runs == {"lrpo": [], "pg0": ["pg_weight=0"], "reg0": ["reg_weight=0"], "sft": [bench.PRETRAIN_ARM]}
+    assert bench.variant_overrides("pretrain+optim.lr=5e-5") == [bench.PRETRAIN_ARM, "optim.lr=5e-5"]
+    cmd = bench.pretrain_command(str(tiny_run), "faces", tmp_path / "sft", 12.0, ["optim.lr=5e-5"])
+    at = cmd.index("--resume")
+    assert cmd[at + 1] == str(tiny_run) and "--allow-changes" in cmd and cmd[cmd.index("--config") + 1].endswith("config.yaml")
+    # stopped on its own CPU time at a constant lr; the variant's own override comes last and wins
+    assert {"time_budget_min=12.0", "time_budget_clock=cpu", "optim.lr_schedule=constant"} <= set(cmd)
+    assert cmd[-1] == "optim.lr=5e-5"

@@ -291,3 +291,14 @@ def test_a_resumed_runs_time_budget_counts_that_invocation(tiny_pretrain_cfg):
                          allow_changes=True)
     result = resumed.run()
     assert result["step"] == 3
+
+
+def test_cpu_clock_budget_counts_this_processs_cpu(tiny_pretrain_cfg, monkeypatch):
+    """time_budget_clock=cpu stops on CPU seconds: with a CPU clock that advances 1 s per call (the
+    start reads 0), the checks before steps read 1, 2, 3 s: a 3-second budget allows 2 steps."""
+    from lrpo.pretrain import trainer as pretrain_mod
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(pretrain_mod, "_cpu_seconds", lambda: float(next(ticks)))
+    cfg = tiny_pretrain_cfg("steps=50", "time_budget_min=0.05", "time_budget_clock=cpu")
+    assert Pretrainer(cfg, progress=False).run()["step"] == 2

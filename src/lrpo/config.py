@@ -181,6 +181,9 @@ class PretrainConfig:
     # stop (with a checkpoint) once this invocation has trained this many minutes (0 = no limit);
     # a resume gets the budget anew, as in lrpo train
     time_budget_min: float = 0.0
+    # the budget's clock: "wall" (training time, validations and checkpoints left out) or "cpu" (this
+    # process's CPU time, all threads: runs sharing cores get equal compute, as in lrpo train)
+    time_budget_clock: Literal["wall", "cpu"] = "wall"
     batch_size: int = 16
     ema_decay: float = 0.999
     stage1_loss_weight: float = 1.0  # weight of the stage-1 L1 loss
