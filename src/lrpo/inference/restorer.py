@@ -22,6 +22,7 @@ from ..manifest import ascii_name
 from ..outputs import OutputFolder, fit_name, one_line, require_input
 from ..policies import Policy, build_policy_from_dict, trusted_policy_section
 from ..precision import resolve_precision
+from ..policies.compiled import CompiledForward, compile_decision
 from .sampling import restore_images
 
 
@@ -86,8 +87,19 @@ class Restorer:
     policy: Policy
     sampler: DDIMSampler
     device: torch.device
-    precision: str = "fp32"
+    precision: str = "auto"  # lrpo.precision: auto = bf16 where the processor has bf16 units
     detector: Any = None  # a FaceDetector (inference.detect) for whole photos; built on first use
+    forward: Any = None  # a compiled sampling forward (compile_for), or None: the policy itself
+
+    def compile_for(self, faces: int, batch_size: int, setting: str = "auto") -> str:
+        """Compile the sampling forward for a job of ``faces`` faces in batches of ``batch_size``
+        when ``setting`` (auto | off | on) says so (lrpo.policies.compiled); returns why."""
+        if hasattr(self.policy, "restore_faces"):
+            return "compile: off (the latent policy samples through its own code)"
+        forwards = -(-faces // batch_size) * self.sampler.num_steps
+        on, note = compile_decision(setting, forwards, self.device)
+        self.forward = CompiledForward(self.policy, batch_size) if on else None
+        return note
 
     @property
     def resolution(self) -> int:
@@ -130,7 +142,7 @@ class Restorer:
         if hasattr(self.policy, "restore_faces"):  # the latent policy: DiffBIR's colour fix included
             out = self.policy.restore_faces(self.sampler, lq, seeds).float().cpu()
         else:
-            out = restore_images(self.policy, self.sampler, lq, seeds, self.precision).float().cpu()
+            out = restore_images(self.policy, self.sampler, lq, seeds, self.precision, forward=self.forward).float().cpu()
         return [to_uint8(_resize_tensor(o, im.shape[0], im.shape[1])) for o, im in zip(out, images)]
 
 
