@@ -8,7 +8,7 @@ sampling makes the calls of the reference's ``v1_refl`` path; ``--precision`` is
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +260,45 @@ def test_train_continues_the_published_model(registry, tmp_path, capsys):
     policy, _, _ = load_policy(tmp_path / "run", "cpu")
     assert policy.cfg.controlnet_format == "reference"
     assert policy.cfg.controlnet_checkpoint == str(registry / "lrpo_fidelity.pth")
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/published_models.py: the comparison in one command
+# ----------------------------------------------------------------------------------------------
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("published_models", REPO / "bench" / "published_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_tiny_compares_the_three_models_on_named_sets(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LRPO_WEIGHTS", str(tmp_path / "unused"))  # the bench points it at its stand-ins; restored after
+    monkeypatch.setenv("LRPO_CACHE", str(tmp_path / "cache"))
+    assert _bench().main(["--tiny", "--table", "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(doc["sets"]) == {"celeba-test", "lfw-test"}
+    for s in doc["sets"].values():
+        assert set(s["summary"]) == {"input", "lrpo-fidelity", "lrpo-perception", "sd21-diffbir"}
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert all(f"| {m} |" in table for m in ("lrpo-fidelity", "lrpo-perception", "sd21-diffbir"))
+
+
+def test_bench_runs_the_release_settings_and_names_missing_files(tmp_path, monkeypatch, capsys):
+    bench = _bench()
+    argv = bench.evaluate_argv(["celeba-test=D"], {"lrpo-fidelity": "policy:lrpo-fidelity"}, "OUT", steps=50, eta=0.8, seed=0,
+                               precision="auto", device="auto", table=True, extra=["--limit", "4"])
+    assert argv == ["evaluate", "--set", "celeba-test=D", "--method", "lrpo-fidelity=policy:lrpo-fidelity#steps=50,eta=0.8",
+                    "--seed", "0", "--precision", "auto", "--device", "auto", "--out", "OUT", "--table", "--limit", "4"]
+    assert MethodSpec.parse(argv[4]).steps == 50 and MethodSpec.parse(argv[4]).eta == 0.8
+    monkeypatch.setenv("LRPO_WEIGHTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("LRPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert bench.main(["--set", f"celeba-test={tmp_path}", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("published_models: model files missing: sd21-base, lrpo-fidelity, diffbir-swinir-face, lrpo-perception, "
+                   "diffbir-v1-face; fetch them with `lrpo weights fetch sd21-base lrpo-fidelity diffbir-swinir-face "
+                   "lrpo-perception diffbir-v1-face` (or put them on $LRPO_WEIGHTS); nothing was run")
+    assert not (tmp_path / "out").exists()
