@@ -23,6 +23,13 @@ torch, numpy, pillow, safetensors, pyyaml, tqdm, huggingface_hub; diffusers is c
                   && export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 \\
                   && python3 bench/gpu_check.py --out $OUT/gpu_check.json 2>&1 | tee $OUT/gpu_check.log
 
+First, when the real files of the published model are on the device ($LRPO_WEIGHTS: sd21-base,
+diffbir-swinir-face, lrpo-fidelity; `lrpo weights fetch --all-for restore`), the phase
+"published_restore" times `lrpo restore --aligned --policy lrpo-fidelity` per 512 face (bf16, 50
+DDIM steps, eta 0.8: the release's inference) after one warm-up face; without them (or without a
+GPU, or with stand-ins smaller than the real sizes) it is recorded as skipped with the reason, in
+no time. Its share comes out of the budget of the phases after it.
+
 Here, on the CPU (tiny networks, every code path but CUDA memory, seconds):
     python bench/gpu_check.py --tiny --out /tmp/gpu_check.json        # 10 DDIM steps, compile backend aot_eager
 """
@@ -31,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,6 +54,74 @@ BUDGET_S = 450  # this process; with the wheel install the command stays under 8
 # each phase's share of the budget (s); compile runs last and gets what is left up to its share
 SHARES = {"flops": 20, "rollout": 70, "collect": 40, "update": 110, "trainer_update": 40, "compile": 330}
 COMPILE_GUESS_S = 60  # a first compilation is not started with less than this left
+PUBLISHED_SHARE_S = 120  # published_restore: load the real files (~5.5 GB) and time the faces
+PUBLISHED_FACES = 3  # timed 512 faces after one warm-up
+FULL_UNET_WIDTHS = (320, 640, 1280, 1280)  # SD 2.1's: files of other sizes are stand-ins, not the release
+
+
+def _missing_files(names: list[str]) -> list[str]:
+    from lrpo import weights
+
+    missing = []
+    for name in names:
+        try:
+            weights.resolve(name)
+        except weights.MissingWeightsError:
+            missing.append(name)
+    return missing
+
+
+def published_restore(device: str, share_s: float = PUBLISHED_SHARE_S, faces: int = PUBLISHED_FACES,
+                      steps: int | None = None, require_full: bool = True) -> dict:
+    """Seconds per 512 face of ``restore --policy lrpo-fidelity`` (its YAML's 50 steps, eta 0.8, bf16)
+    on ``device``, or {"status": "skipped: <reason>"} without the real files or a GPU."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from lrpo.inference.restorer import Restorer
+    from lrpo.policies.published import published_policy_config
+
+    source = published_policy_config("lrpo-fidelity")
+    section = yaml.safe_load(source.read_text())["policy"]
+    names = [v.split(":", 1)[1] for v in section.values() if isinstance(v, str) and v.startswith("registry:")]
+    if require_full and not device.startswith("cuda"):
+        return {"status": "skipped: no CUDA device (the figure is per face on one GPU)"}
+    missing = _missing_files(names)
+    if missing:
+        return {"status": f"skipped: the published files are not on this machine ({', '.join(missing)}; "
+                          f"`lrpo weights fetch --all-for restore` or $LRPO_WEIGHTS)"}
+    t0 = time.perf_counter()
+    restorer = Restorer.from_checkpoint(source, steps=steps, eta=None, device=device, precision="bf16")
+    load_s = time.perf_counter() - t0
+    widths = tuple(restorer.policy.cfg.unet.block_out_channels)
+    if require_full and widths != FULL_UNET_WIDTHS:
+        return {"status": f"skipped: the files on this machine are not the real sizes (UNet widths {widths}: stand-ins?)"}
+    rng = np.random.default_rng(0)
+    size = int(restorer.policy.cfg.resolution)
+    timed: list[float] = []
+    for i in range(faces + 1):  # the first is the warm-up (kernels, caches)
+        if time.perf_counter() - t0 > share_s:
+            break
+        face = (rng.random((size, size, 3)) * 255).astype(np.uint8)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        restorer.restore([face], [i])
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        timed.append(time.perf_counter() - start)
+    out = {"status": "done" if len(timed) > 1 else "skipped: no face timed within the phase's share",
+           "seconds_per_face": round(statistics.median(timed[1:]), 3) if len(timed) > 1 else None,
+           "warmup_seconds": round(timed[0], 3) if timed else None, "timed_faces": max(len(timed) - 1, 0),
+           "load_seconds": round(load_s, 1), "resolution": size, "steps": len(restorer.sampler),
+           "eta": restorer.sampler.eta, "precision": restorer.policy.cfg.precision}
+    if device.startswith("cuda"):
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        del restorer
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return out
 
 
 def _verdict(value: float | None, target: float, floor: float) -> str:
@@ -112,6 +189,9 @@ def print_summary(doc: dict) -> None:
     if worst:
         same = doc["ratio_same_batch"]
         sdt.log(f"  same batch as the rollout ({same['batch']}): max|log ratio| with grad {worst['grad']:.3g}, without {worst['no_grad']:.3g}")
+    pub = doc.get("published_restore", {})
+    sdt.log(f"  restore --policy lrpo-fidelity, 512 face: " + (f"{pub['seconds_per_face']} s/face ({pub['steps']} steps, "
+            f"{pub['precision']}, load {pub['load_seconds']} s)" if pub.get("seconds_per_face") else str(pub.get("status"))))
     ratio = s["first_step_ratio"]
     sdt.log(f"  first-step ratio exactly 1 everywhere: {ratio['all_exact']} (worst max|log ratio| {ratio['worst_max_abs_log_ratio']})")
     sdt.log(f"  TFLOP per face: {s['tflop_per_face']['total']} (SPEC 1.09); phases: "
@@ -131,7 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     plan.compile = not args.no_compile
     plan.shares = dict(SHARES)
     plan.compile_guess_s = COMPILE_GUESS_S if not args.tiny else 0.0
-    report = sdt.run(args, plan, sdt.Budget(args.budget_s), extra=lambda doc: doc.update(summary=summarize(doc)))
+    start = time.perf_counter()
+    device = sdt.setup_run(args)[0]
+    sdt.log("[published_restore]")
+    try:
+        published = published_restore(str(device), share_s=min(PUBLISHED_SHARE_S, args.budget_s / 3))
+    except Exception as e:  # noqa: BLE001 - the trainer phases still run
+        published = {"status": f"error: {type(e).__name__}: {str(e)[:300]}"}
+    published["seconds"] = round(time.perf_counter() - start, 2)
+    sdt.log(f"  {published}")
+    budget = sdt.Budget(max(args.budget_s - published["seconds"], 1.0))
+
+    def finalize(doc: dict) -> None:
+        doc["published_restore"] = published
+        doc.update(summary=summarize(doc))
+
+    report = sdt.run(args, plan, budget, extra=finalize)
     print(report.text(), flush=True)
     print_summary(report.doc)
     if "stopped" in report.doc:  # compile workers may hold the interpreter at exit: leave now

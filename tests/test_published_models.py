@@ -302,3 +302,23 @@ def test_bench_runs_the_release_settings_and_names_missing_files(tmp_path, monke
                    "diffbir-v1-face; fetch them with `lrpo weights fetch sd21-base lrpo-fidelity diffbir-swinir-face "
                    "lrpo-perception diffbir-v1-face` (or put them on $LRPO_WEIGHTS); nothing was run")
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_phase_times_the_published_restore_or_says_why_not(registry, tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.published_restore("cpu") == {"status": "skipped: no CUDA device (the figure is per face on one GPU)"}
+    monkeypatch.setenv("LRPO_WEIGHTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert gpu_check.published_restore("cpu", require_full=False)["status"] == (
+        "skipped: the published files are not on this machine (sd21-base, lrpo-fidelity, diffbir-swinir-face; "
+        "`lrpo weights fetch --all-for restore` or $LRPO_WEIGHTS)")
+    monkeypatch.setenv("LRPO_WEIGHTS", str(registry))
+    # the code path of the GPU run on the tiny stand-ins: the shipped YAML at 512, 2 steps, one timed face
+    got = gpu_check.published_restore("cpu", faces=1, steps=2, require_full=False)
+    assert got["status"] == "done" and got["timed_faces"] == 1 and got["seconds_per_face"] > 0, got
+    assert (got["resolution"], got["steps"], got["eta"], got["precision"]) == (512, 2, 0.8, "bf16")
