@@ -138,20 +138,24 @@ class Restorer:
     def restore(self, images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         """RGB uint8 faces (any sizes) -> restored RGB uint8 faces at each input's size."""
         r = self.policy.cfg.resolution
-        lq = torch.stack([_resize_tensor(to_tensor(im), r) for im in images]).to(self.device)
+        diffbir = hasattr(self.policy, "restore_faces")  # the latent policy resizes in and out as DiffBIR does
+        lq = torch.stack([_resize_tensor(to_tensor(im), r, antialias=diffbir or None) for im in images]).to(self.device)
         if hasattr(self.policy, "restore_faces"):  # the latent policy: DiffBIR's colour fix included
             out = self.policy.restore_faces(self.sampler, lq, seeds).float().cpu()
         else:
             out = restore_images(self.policy, self.sampler, lq, seeds, self.precision, forward=self.forward).float().cpu()
-        return [to_uint8(_resize_tensor(o, im.shape[0], im.shape[1])) for o, im in zip(out, images)]
+        return [to_uint8(_resize_tensor(o, im.shape[0], im.shape[1], antialias=diffbir or None)) for o, im in zip(out, images)]
 
 
-def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None) -> torch.Tensor:
+def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None, antialias: bool | None = None) -> torch.Tensor:
+    """Bicubic; ``antialias`` None: only when shrinking. True in both directions is DiffBIR's
+    resize (upscaling then uses PIL's bicubic, a = -0.5, not torch's plain a = -0.75)."""
     w = h if w is None else w
     if x.shape[-2:] == (h, w):
         return x
     smaller = h * w < x.shape[-2] * x.shape[-1]
-    y = F.interpolate(x[None], size=(h, w), mode="bicubic", align_corners=False, antialias=smaller)[0]
+    y = F.interpolate(x[None], size=(h, w), mode="bicubic", align_corners=False,
+                      antialias=smaller if antialias is None else antialias)[0]
     return y.clamp(0, 1)
 
 

@@ -441,12 +441,13 @@ class LatentPolicy(nn.Module):
         return self.vae_encode(self._resize(images))
 
     @torch.no_grad()
-    def decode(self, x0: Tensor, cond: Tensor) -> Tensor:
-        """Latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1] float32."""
+    def decode(self, x0: Tensor, cond: Tensor, clamp: bool = True) -> Tensor:
+        """Latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1] float32 (``clamp=False``: the
+        decoder's (x + 1) / 2 as it is, which DiffBIR's colour fix takes)."""
         z = x0.to(self.device) / self.cfg.latent_scale
         with self._autocast():
             x = torch.cat([self.vae.decode(c, return_dict=False)[0].float() for c in self._chunks(z)])
-        return ((x + 1) / 2).clamp(0, 1)
+        return ((x + 1) / 2).clamp(0, 1) if clamp else (x + 1) / 2
 
     def sample_shape(self, cond: Tensor) -> tuple[int, ...]:
         return (cond.shape[0], self.cfg.unet.latent_channels, cond.shape[-2], cond.shape[-1])
@@ -625,12 +626,12 @@ def restore_faces(policy: LatentPolicy, sampler, lq: Tensor, seeds: list[int], p
     s1 = policy.stage1_image(lq)
     cond = policy.vae_encode(s1)
     traj = sample_trajectories(policy, sampler, cond, sample_generators(seeds), record=False, precision=precision)
-    out = policy.decode(traj.sample, cond)
     if color_fix is None:
         color_fix = policy.cfg.color_fix == "wavelet"
-    if color_fix:
-        out = wavelet_color_fix(out, s1).clamp(0, 1)
-    return out
+    if not color_fix:
+        return policy.decode(traj.sample, cond)
+    # as DiffBIR's pipeline: wavelet_reconstruction((decoded + 1) / 2, stage-1 image), unclamped, then clamp
+    return wavelet_color_fix(policy.decode(traj.sample, cond, clamp=False), s1).clamp(0, 1)
 
 
 __all__ = [
