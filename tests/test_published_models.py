@@ -330,3 +330,14 @@ def test_gpu_check_phase_times_the_published_restore_or_says_why_not(registry, t
     got = gpu_check.published_restore("cpu", faces=1, steps=2, require_full=False)
     assert got["status"] == "done" and got["timed_faces"] == 1 and got["seconds_per_face"] > 0, got
     assert (got["resolution"], got["steps"], got["eta"], got["precision"]) == (512, 2, 0.8, "bf16")
+
+
+def test_demo_serves_the_published_model_in_the_precision_asked(registry, tmp_path, capsys):
+    from lrpo.demo.service import DemoService
+
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        service = DemoService(_yaml_at(tmp_path, "lrpo-fidelity"), device="cpu", precision=precision,
+                              detector_path=str(tmp_path / "no_detector"), reward_names=[])
+        assert service.policy.cfg.controlnet_format == "reference" and service.policy.unet.conv_in.weight.dtype == dtype
+    assert main(["demo", "--policy", "lrpo"]) == 2
+    assert "--policy 'lrpo' is not known; known: lrpo-fidelity, lrpo-perception" in capsys.readouterr().err
