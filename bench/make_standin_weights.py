@@ -4,7 +4,8 @@ Random weights in each file's published container, key names, dtypes and shapes,
 registry's file names, so that LRPO_WEIGHTS=OUT makes every loader find them:
 
     python bench/make_standin_weights.py /work/standins/tiny --scale tiny   # ~60 MB, seconds
-    python bench/make_standin_weights.py /work/standins/real                # ~15 GB, the published sizes
+    python bench/make_standin_weights.py /work/standins/real                # ~18 GB, the published sizes
+    python bench/make_standin_weights.py OUT --only lrpo-fidelity lrpo-perception   # the release's two LRPO ControlNets
     python bench/make_standin_weights.py OUT --only sd21-base clip-rn50 --seed 1
 
 Prints one line per file (size, seconds) and the peak resident memory of this process.

@@ -341,3 +341,20 @@ def test_demo_serves_the_published_model_in_the_precision_asked(registry, tmp_pa
         assert service.policy.cfg.controlnet_format == "reference" and service.policy.unet.conv_in.weight.dtype == dtype
     assert main(["demo", "--policy", "lrpo"]) == 2
     assert "--policy 'lrpo' is not known; known: lrpo-fidelity, lrpo-perception" in capsys.readouterr().err
+
+
+def test_real_size_standins_of_the_lrpo_files_have_the_published_layout():
+    import math
+
+    from lrpo.standins import STANDINS, controlnet_layout, sd21_archs
+
+    unet, vae, _ = sd21_archs("real")
+    layout = controlnet_layout(unet, vae.latent_channels)
+    params = sum(math.prod(e.shape) for e in layout.values())
+    # DiffBIR v1 face's ControlNet, which LRPO fine-tunes: 363 M parameters, all fp32 = 1.45 GB
+    assert 360e6 < params < 366e6 and {e.dtype for e in layout.values()} == {torch.float32}
+    for name in ("lrpo-fidelity", "lrpo-perception"):
+        entry = weights.get_entry(name)
+        assert name in STANDINS and entry.min_mb <= params * 4 / 1e6 <= entry.max_mb
+    assert layout.keys() >= {"input_blocks.0.0.weight", "zero_convs.11.0.weight", "middle_block_out.0.weight"}
+    assert tuple(layout["input_blocks.0.0.weight"].shape) == (320, 8, 3, 3)  # noisy latent + condition latent
