@@ -126,10 +126,14 @@ def record_digests(folder: str | os.PathLike, digests: Mapping[str, tuple[int, s
 def _append(folder: Path, lines: list[dict]) -> None:
     if not lines:
         return
-    text = "".join(json.dumps(rec, ensure_ascii=True) + "\n" for rec in lines)
-    manifest = folder / MANIFEST_NAME
     # O_NOFOLLOW: a manifest replaced by a link would make lrpo append to a file elsewhere
-    fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    _write_lines(folder / MANIFEST_NAME, lines, os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW)
+
+
+def _write_lines(path: Path, lines: list[dict], flags: int) -> None:
+    """One JSON object a line, written and fsynced through a descriptor opened with ``flags``."""
+    text = "".join(json.dumps(rec, ensure_ascii=True) + "\n" for rec in lines)
+    fd = os.open(path, os.O_WRONLY | flags, 0o666)
     try:
         os.write(fd, text.encode())
         os.fsync(fd)
@@ -268,11 +272,6 @@ def _inside_without_links(folder: Path, rel: str) -> str | None:
 def _rewrite(folder: Path, entries: dict[str, Entry]) -> None:
     tmp = folder / (MANIFEST_NAME + ".tmp")
     tmp.unlink(missing_ok=True)
-    text = "".join(json.dumps({"path": e.path, "bytes": e.bytes, "sha256": e.sha256}) + "\n" for e in entries.values())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    lines = [{"path": e.path, "bytes": e.bytes, "sha256": e.sha256} for e in entries.values()]
+    _write_lines(tmp, lines, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
     os.replace(tmp, folder / MANIFEST_NAME)
