@@ -561,6 +561,23 @@ def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def require_state_fields(state: dict[str, Any], ckpt: str | os.PathLike, fields: dict[str, type]) -> None:
+    """Refuse a ``state.pt`` (plain data, but from a folder that may come from anyone) whose entries a
+    resume reads are not of the kind this lrpo writes: counters non-negative ints, RNG states uint8
+    tensors, the optimiser a dict. One line naming the entry, what it holds and what was expected."""
+    f = Path(ckpt) / "state.pt"
+    for key, kind in fields.items():
+        value = state.get(key)
+        ok = isinstance(value, kind) and not (kind is int and (isinstance(value, bool) or value < 0))
+        if ok and kind is Tensor:
+            ok = value.dtype == torch.uint8 and value.dim() == 1
+        if not ok:
+            held = "nothing" if key not in state else f"a {type(value).__name__}" + (f" ({value!r:.40})" if isinstance(value, (int, float, str)) else "")
+            want = {int: "a non-negative int", Tensor: "an RNG state (1-D uint8 tensor)", dict: "a dict"}.get(kind, kind.__name__)
+            raise CorruptCheckpointError(f"{f}: its {key!r} entry holds {held}, expected {want}; the state was not resumed. "
+                                         f"{_earlier_offer(Path(ckpt))}", Path(ckpt))
+
+
 def load_meta(ckpt: str | os.PathLike) -> dict:
     return json.loads((find_checkpoint(ckpt) / "meta.json").read_text())
 

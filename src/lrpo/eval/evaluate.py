@@ -49,6 +49,7 @@ from torch import Tensor
 
 from ..data.datasets import LQOnlySet, PairedSet
 from ..data.images import list_images, load_rgb, resize_square, save_rgb, to_tensor, to_uint8
+from .. import manifest
 from ..weights import MissingWeightsError
 from .metrics import psnr, ssim
 
@@ -647,6 +648,7 @@ class _MethodRunner:
             self.restorer = Restorer.from_checkpoint(spec.path, spec.steps, spec.eta, str(device), spec.precision, ema=spec.ema)
             self.restorer.compile_for(len(names), batch_size, compile)
             self.save_dir = out_dir / OUTPUTS_DIR / spec.name
+            self.out_dir = out_dir
             self.save_dir.mkdir(parents=True, exist_ok=True)
 
     def outputs(self, names: list[str], indices: list[int], lq_u8: list[np.ndarray], lq_paths: list[Path]) -> tuple[list[np.ndarray], list[str]]:
@@ -662,6 +664,7 @@ class _MethodRunner:
         for n, im in zip(names, images):
             target = self.save_dir / f"{n}.png"
             save_rgb(target, im)
+            manifest.record(self.out_dir, [target])
             paths.append(str(target))
         return images, paths
 
@@ -743,10 +746,11 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     paired = gt_paths is not None
     published = read_published(options.published) if options.published else None  # a bad file fails before any work
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     methods = _with_input(methods, options.include_input)
     count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
     names = list(dataset.names[:count])
+    _check_out(out_dir, names, methods)
+    out_dir.mkdir(parents=True, exist_ok=True)
     device = _resolve_device(options.device)
     t_start = time.perf_counter()
     scorers, reward_label = _build_scorers(options, paired, device, resolution)
@@ -831,6 +835,7 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
     metrics_path = out_dir / METRICS_FILE
     metrics_path.write_text(json.dumps(record, indent=1, allow_nan=False))
     per_image_path = write_per_image_csv(out_dir / PER_IMAGE_FILE, rows, keys)
+    manifest.record(out_dir, [metrics_path, per_image_path])
     if options.table or published:
         from .table import latex_table, markdown_table, table_columns
 
@@ -841,12 +846,27 @@ def _evaluate(dataset, lq_paths, gt_paths, info, methods, out_dir, options: Eval
         (out_dir / "table.md").write_text(markdown_table(summary, cols, baseline=baseline, published=published)
                                           + "\n" + definitions_markdown(record["definitions"], cols))
         (out_dir / "table.tex").write_text(latex_table(summary, cols, baseline=baseline, published=published))
+        manifest.record(out_dir, ["table.md", "table.tex"])
     report_path = None
     if options.report:
         from .report import write_report
 
         report_path = write_report(out_dir, grid_count=options.grid_count, worst_count=options.worst_count)
+        manifest.record(out_dir, [report_path])
     return EvalResult(out_dir, summary, rows, notes, metrics_path, per_image_path, report_path)
+
+
+def _check_out(out_dir: Path, names: list[str], methods: list[MethodSpec]) -> None:
+    """Refuse, before anything is written, an --out holding a file or link at a name this evaluation
+    writes that an earlier ``lrpo evaluate`` did not write there (unchanged, by its manifest): lrpo
+    never writes over or through a file of the user's."""
+    planned = [METRICS_FILE, PER_IMAGE_FILE, REPORT_FILE, "table.md", "table.tex"]
+    planned += [f"{OUTPUTS_DIR}/{m.name}/{n}.png" for m in methods if m.kind == "checkpoint" for n in names]
+    taken = manifest.unrecorded(out_dir, planned)
+    if taken:
+        raise ValueError(f"--out {manifest.ascii_name(str(out_dir))} holds {manifest.describe(taken)}, which an earlier lrpo "
+                         f"evaluate did not write there (or which changed since); nothing was written: choose another "
+                         f"--out or move them")
 
 
 def _definitions(keys: Sequence[str], options: EvalOptions) -> dict[str, dict[str, Any]]:

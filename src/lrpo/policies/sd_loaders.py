@@ -167,7 +167,7 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     Lightning checkpoint's callbacks and hyper-parameters are skipped without unpickling them
     (:func:`lrpo.rewards.checkpoint_io.load_torch_file`).
     """
-    from ..rewards.checkpoint_io import CheckpointFormatError, load_torch_file, unwrap_state_dict
+    from ..rewards.checkpoint_io import CheckpointFormatError, load_error_line, load_torch_file, unwrap_state_dict
 
     path = Path(path)
     if not path.is_file():
@@ -180,7 +180,7 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         obj = load_torch_file(path, trust_pickle=trust_pickle, mmap=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
         hint = "" if trust_pickle else " (if it holds pickled objects and comes from a trusted source, set trust_pickle)"
-        raise CheckpointFormatError(f"could not read {path} as a model file: {err}{hint}") from err
+        raise CheckpointFormatError(f"could not read {path} as a model file: {load_error_line(path, err)}{hint}") from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if isinstance(obj, Mapping):  # extra non-tensor entries (epoch counters ...) are not weights

@@ -262,6 +262,8 @@ class Pretrainer:
         if allowed:
             self.pending_records.append({"step": None, "config_changes": allowed})
         state = ckpt_io.load_state(ckpt)  # data only (weights_only): refused before any weight is touched
+        ckpt_io.require_state_fields(state, ckpt, {"step": int, "epoch": int, "generator": torch.Tensor,
+                                                   "torch_rng": torch.Tensor, "optimizer": dict})
         ckpt_io.load_weights(self.policy, ckpt)
         from safetensors.torch import load_file
 
@@ -271,14 +273,30 @@ class Pretrainer:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.step, self.epoch, self.pos = state["step"], state["epoch"], state["pos"]
-        self.perm = state["perm"]
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.perm, self.pos = self._resume_order(ckpt, state.get("perm"), state.get("pos"), changed=bool(allowed))
         self.elapsed = state.get("elapsed", 0.0)
         self.history = state.get("history", [])
         self.resumed_from = self.step
         for rec in self.pending_records:
             rec["step"] = self.step
         rewrite_log(self.out_dir / "log.jsonl", self.history)
+
+    def _resume_order(self, ckpt: Path, perm: Any, pos: Any, changed: bool) -> tuple[torch.Tensor, int]:
+        """The data order a resume continues: ``state.pt``'s permutation, which must be one of this
+        run's training faces (state.pt is data from a folder that may come from anyone). After an
+        allowed change of the data (--allow-changes) it may not be: the next batch then starts a
+        fresh epoch's permutation."""
+        n = len(self.train_set)
+        fits = (isinstance(perm, torch.Tensor) and perm.dim() == 1 and len(perm) == n and not perm.is_floating_point()
+                and torch.equal(perm.sort().values, torch.arange(n)) and isinstance(pos, int) and 0 <= pos <= n)
+        if fits:
+            return perm, pos
+        if changed:
+            return torch.empty(0, dtype=torch.long), 0  # next_indices draws the next permutation at once
+        raise ckpt_io.CorruptCheckpointError(
+            f"{ckpt / 'state.pt'}: its data order (perm, pos) is not a permutation of this run's {n} training faces; "
+            f"the state was not resumed. {ckpt_io._earlier_offer(ckpt)}", ckpt)
 
     # -- the loop ----------------------------------------------------------------------------------
     def log(self, record: dict) -> None:

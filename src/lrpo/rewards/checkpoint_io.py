@@ -37,6 +37,7 @@ __all__ = [
     "autocast_factory",
     "freeze",
     "is_torchscript_archive",
+    "load_error_line",
     "load_state_dict_strict",
     "load_torch_file",
     "read_state_dict",
@@ -111,6 +112,23 @@ def load_torch_file(path: str | os.PathLike, *, trust_pickle: bool = False, mmap
             return load()
 
 
+def load_error_line(path: str | os.PathLike, err: BaseException) -> str:
+    """Why ``torch.load`` refused ``path``, in one line: the names a weights_only refusal would have
+    imported (read from the pickle's opcodes; nothing runs), else the error's first line (torch
+    explains a refusal over several lines)."""
+    if isinstance(err, pickle.UnpicklingError):
+        try:
+            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except Exception:  # noqa: BLE001 - not a zip file (a legacy or raw pickle), or a damaged one
+            unsafe = []
+        if unsafe:
+            shown = ", ".join(unsafe[:4]) + (f", ... ({len(unsafe) - 4} more)" if len(unsafe) > 4 else "")
+            return f"it holds Python objects that only full unpickling could rebuild ({shown}); read as tensors only, not loaded"
+        return "it is not a file of tensors that torch.load(weights_only=True) can read; not loaded"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Tensor]:
     """The tensors stored in ``path`` as a flat ``{name: tensor}`` dict, on the CPU.
 
@@ -134,7 +152,7 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
             obj = load_torch_file(path, trust_pickle=trust_pickle)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
         hint = "" if trust_pickle else " (if it holds pickled objects from a trusted source, pass trust_pickle=True)"
-        raise CheckpointFormatError(f"could not read {path} as a model file: {err}{hint}") from err
+        raise CheckpointFormatError(f"could not read {path} as a model file: {load_error_line(path, err)}{hint}") from err
     return unwrap_state_dict(obj, source=str(path))
 
 

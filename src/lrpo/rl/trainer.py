@@ -680,6 +680,7 @@ class LRPOTrainer:
         ckpt = ckpt_io.find_checkpoint(path)
         changes = self._resume_changes(ckpt)
         state = ckpt_io.load_state(ckpt)  # data only (weights_only): nothing in it runs
+        ckpt_io.require_state_fields(state, ckpt, {"epoch": int, "torch_rng": torch.Tensor, "optimizer": dict})
         old_world = state.get("world_size", 1)
         if old_world != self.ctx.world_size:
             # minibatch_size is per process: what must not change is the global minibatch
