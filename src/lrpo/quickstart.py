@@ -24,6 +24,11 @@ ASTRONAUT_FACE_BOX = (20, 240, 112, 332)
 CONFIG_DIR = SHIPPED_CONFIG_DIR  # the shipped presets
 
 
+# what the base -> lrpo rows do not show: which of LRPO's two terms made the change
+CONTROL_NOTE = ("lrpo - base is the whole method (policy-gradient + GT-guided term), not the RL alone: the control "
+                "without the policy-gradient term (pg_weight=0) was not run here; bench/lrpo_cpu.py --arms standard runs it")
+
+
 def embedded_faces(out_dir: Path, count: int = 48, size: int = 128, seed: int = 0) -> list[Path]:
     """Write ``count`` augmented public-domain face crops as PNG into ``out_dir``; return paths."""
     import cv2
@@ -198,5 +203,6 @@ def _quickstart(args: argparse.Namespace) -> int:
         row = summary.get(method) or {}
         shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("reward/total", "psnr", "ssim", "id_cos") if isinstance(row.get(k), float))
         print(f"  {method:6s} {shown}")
+    print(f"  ({CONTROL_NOTE})")
     print(f"report: {result.report_path}")
     return 0
