@@ -3,7 +3,10 @@ Debian Chromium driven by Playwright (its pip package only: no browser is downlo
 Chromium is launched through ``executable_path``).
 
 The page must restore an uploaded photo (whole photo when the YuNet file is found, else an aligned
-face) at the expected size, list G scored candidates in the Group tab, show a refusal as a message,
+face) at the expected size, show it before | after (before on the left) in a large comparison that
+zooms (to a face when one is clicked) with face crops at a readable size, offer the models of the
+server's list (switching to a run under --runs by name), list G scored candidates in the Group tab
+(the upload taken as already degraded unless a degradation is chosen), show a refusal as a message,
 and draw the curves and the sample grid of a run in the Run tab.
 """
 
@@ -76,12 +79,45 @@ def _wait_until(page, fn: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def _check_comparison(page, faces: bool) -> None:
+    """Before on the left of the slider's line, a view at least 500 px, zoom by button and by a face."""
+    geometry = page.evaluate("""() => {
+      const box = document.getElementById('restore-compare').getBoundingClientRect();
+      const tag = (c) => document.querySelector('.tag.' + c).getBoundingClientRect().left;
+      return {width: box.width, height: box.height, clip: document.getElementById('restore-before-layer').style.clipPath,
+              before: tag('before'), after: tag('after'), scale: Number(document.getElementById('restore-compare').dataset.scale)};
+    }""")
+    assert geometry["clip"] == "inset(0px 50% 0px 0px)", geometry  # the before layer is cut on its right: it shows on the left
+    assert geometry["before"] < geometry["after"] and max(geometry["width"], geometry["height"]) >= 500, geometry
+    fit = geometry["scale"]
+    page.click("#restore-zoom-in")
+    assert float(page.get_attribute("#restore-compare", "data-scale")) == pytest.approx(fit * 1.5, rel=1e-3)
+    page.click("#restore-zoom-fit")
+    assert float(page.get_attribute("#restore-compare", "data-scale")) == pytest.approx(fit, rel=1e-3)
+    if faces:
+        assert page.locator("#restore-faces tbody tr").count() >= 1
+        assert "yes" in page.inner_text("#restore-faces tbody tr >> nth=0")
+        crop = page.locator("#restore-faces img.crop >> nth=0").bounding_box()
+        assert crop["width"] >= 192 and crop["height"] >= 192, crop  # readable, not a thumbnail
+        page.click("#restore-boxes .face-box >> nth=0")  # click the face in the picture: the view zooms to it
+        zoomed = float(page.get_attribute("#restore-compare", "data-scale"))
+        assert zoomed > 2 * fit, (zoomed, fit)
+        box = page.locator("#restore-boxes .face-box >> nth=0").bounding_box()
+        view = page.locator("#restore-compare").bounding_box()
+        centre = (box["x"] + box["width"] / 2 - view["x"], box["y"] + box["height"] / 2 - view["y"])
+        assert centre == pytest.approx((view["width"] / 2, view["height"] / 2), abs=2)  # centred on the face
+        page.click("#restore-zoom-fit")
+        page.click("#restore-faces img.crop >> nth=1")  # or its crop in the table
+        assert float(page.get_attribute("#restore-compare", "data-scale")) == pytest.approx(zoomed, rel=1e-3)
+
+
 def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
     browser_path = _chromium()
     playwright = pytest.importorskip("playwright.sync_api", reason='the browser test needs playwright (pip install "lrpo[test]")')
 
     detector = yunet_dir()
     runs = write_fake_run(tmp_path / "runs" / "lrpo")
+    shutil.copytree(tiny_run, runs.parent / "tiny")  # a second model in the selector: run:tiny
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LRPO_WEIGHTS": str(detector or tmp_path / "none")}
     args = ["--checkpoint", str(tiny_run), "--port", "0", "--runs", str(runs.parent), "--device", "cpu"]
     if detector is not None:
@@ -113,6 +149,14 @@ def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
             page.goto(url)
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
 
+            # the model selector: the start model, the run with a checkpoint, the published names
+            options = page.evaluate("[...document.querySelectorAll('#model-select option')].map(o => [o.value, o.disabled])")
+            names = [n for n, _ in options]
+            assert names[:2] == ["start", "run:tiny"] and {"policy:lrpo-fidelity", "policy:lrpo-perception"} <= set(names)
+            assert page.input_value("#model-select") == "start"
+            if dict(options)["policy:lrpo-fidelity"]:  # disabled: the reason is on the page
+                assert "lrpo weights fetch" in page.text_content("#model-missing-list")
+
             # Restore: upload, options, wait for the restored image, check its size
             page.set_input_files("#restore-file", str(photo_path))
             page.set_checked("#restore-aligned", aligned)
@@ -124,10 +168,16 @@ def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
                                  "document.getElementById('restore-result').naturalHeight]")
             assert tuple(size) == expected
             assert page.get_attribute("#restore-download", "href").startswith("data:image/png;base64,")
-            if not aligned:
-                assert page.locator("#restore-faces tbody tr").count() >= 1
-                assert "yes" in page.inner_text("#restore-faces tbody tr >> nth=0")
+            _check_comparison(page, faces=not aligned)
+            assert page.inner_text("#restore-summary").startswith("model ") and "given at start" in page.inner_text("#restore-summary")
             page.screenshot(path=str(tmp_path / "restore.png"), full_page=True)
+
+            # switching the model by name: the result says which model made it
+            page.select_option("#model-select", "run:tiny")
+            page.click("#restore-run")
+            _wait_until(page, "() => document.getElementById('restore-summary').textContent.startsWith('model tiny (run')")
+            assert page.inner_text("#restore-after-tag") == "after · tiny (run, step_000004)"
+            _wait_until(page, "() => document.getElementById('model-info').textContent.startsWith('loaded: tiny (run')", 10)
 
             # a file that is not an image: a message in the page, never a traceback
             page.set_input_files("#restore-file", str(bad_path))
@@ -136,16 +186,27 @@ def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
             message = page.inner_text("#restore-error")
             assert "not an image the demo opens" in message and "Traceback" not in message
 
-            # Group: G candidates, each with its terms, total and advantage
+            # Group, by default: the upload is the LQ as it is, no GT, GT terms n/a
             page.click("#tab-group")
             page.set_input_files("#group-file", str(photo_path))
+            assert page.input_value("#group-degradation") == "none"
+            page.fill("#group-G", "2")
+            page.fill("#group-steps", "2")
+            page.click("#group-run")
+            page.wait_for_selector(".candidate", timeout=60_000)
+            titles = page.locator(".card .title").all_inner_texts()
+            assert titles[0] == "LQ (your upload, real)" and not any(t.startswith("GT") for t in titles), titles
+            first = page.inner_text(".candidate >> nth=0")
+            assert "sharpness" in first and "n/a (no GT)" in first and "tiny (run" in first
+
+            # Group with a degradation: the upload is the GT; G candidates, each with its terms, total and advantage
             page.fill("#group-G", "3")
             page.fill("#group-steps", "3")
             page.select_option("#group-degradation", "mild")
             page.click("#group-run")
             page.wait_for_selector(".candidate", timeout=60_000)
-            cards = page.locator(".candidate")
-            assert cards.count() == 3
+            _wait_until(page, "() => document.querySelectorAll('.candidate').length === 3")
+            assert page.locator(".card .title").all_inner_texts()[:2] == ["LQ (degraded, group seed)", "GT (your upload)"]
             totals = [float(t) for t in page.locator(".candidate .score-total").all_inner_texts()]
             assert len(totals) == 3 and all(np.isfinite(totals))
             advantages = page.locator(".candidate .advantage").all_inner_texts()

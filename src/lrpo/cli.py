@@ -168,7 +168,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="a local web page: restore photos, score a group of candidates, read a run's curves",
         description="Serve the demo page (pip install \"lrpo[demo]\"). Tabs: Restore (a photo or an aligned face), "
         "Group (G candidates of one face with every reward term, the total and the advantage), Run (curves and sample "
-        "grids of the runs under --runs, read-only). Listens on loopback unless --host says otherwise; one job at a time.",
+        "grids of the runs under --runs, read-only). A model selector offers the --checkpoint, every run under --runs with a "
+        "checkpoint and the published policies whose model files are here. Listens on loopback unless --host says "
+        "otherwise; one job at a time.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="checkpoint folder, a run folder (its latest checkpoint), or a policy YAML")
@@ -181,7 +183,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="a Host name the demo answers to besides localhost, the loopback addresses and --host itself "
                    "(any IP address for 0.0.0.0); repeatable. Other names are refused (DNS rebinding)")
     p.add_argument("--runs", metavar="DIR", default=None,
-                   help="training out_dir (or a folder of them) the Run tab may read (default: the --checkpoint run folder)")
+                   help="training out_dir (or a folder of them) the Run tab may read and whose checkpoints the model selector "
+                   "offers (default: the --checkpoint run folder)")
     p.add_argument("--detector", metavar="PATH", default=None,
                    help="YuNet ONNX file or its folder (default: registry 'yunet' via $LRPO_WEIGHTS / the cache)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

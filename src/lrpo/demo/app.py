@@ -3,10 +3,12 @@
 Routes (every answer of ``/api`` is JSON, errors as ``{"error": message}``, never a traceback)::
 
     GET  /                    the page (static/index.html, demo.js, demo.css)
-    GET  /api/info            checkpoint, defaults, reward terms and presets, detector, limits, runs
+    GET  /api/info            the loaded model and the models to choose from, defaults, reward terms and
+                              presets, detector, limits, runs
     GET  /api/example/NAME    the embedded public-domain examples: photo.png, face.png
     POST /api/restore?...     body: the image file -> restored image, faces, timings
     POST /api/group?...       body: one face -> G scored candidates with advantages
+                              (both take model=NAME, a name from /api/info's list: loaded in the job)
     GET  /api/run?name=RUN    curves, guard events, sample grid names of a run under --runs
     GET  /api/run/grid?name=RUN&file=epoch_NNNN.png   one sample grid (PNG)
 
@@ -159,7 +161,7 @@ def create_app(service: DemoService, allowed_hosts: "HostAllowList | tuple[str, 
         return serve_static
 
     async def info(request: Request) -> Response:
-        return JSONResponse(service.info())
+        return JSONResponse(await run_in_threadpool(service.info))  # lists run folders: off the event loop
 
     async def example(request: Request) -> Response:
         name = request.path_params["name"]

@@ -31,6 +31,7 @@ from ..data.images import resize_square, to_tensor, to_uint8
 from ..diffusion.ddim import DDIMSampler
 from ..inference.restorer import Restorer, load_policy
 from ..weights import MissingWeightsError
+from .models import MAX_MODEL_NAME, ModelCatalog
 from .safety import DemoError, JobGate, UploadLimits
 
 __all__ = ["DemoService", "GroupRequest", "RestoreRequest", "RewardTerm", "check_restore_size", "image_uri",
@@ -90,6 +91,7 @@ class RestoreRequest:
     steps: int | None = None  # None: the checkpoint's diffusion.sample_steps
     eta: float | None = None  # None: the checkpoint's diffusion.eta
     seed: int = 0
+    model: str | None = None  # a name from the demo's model list; None: the loaded one
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> "RestoreRequest":
@@ -100,7 +102,16 @@ class RestoreRequest:
             steps=_number(params, "steps", int, None, 1, MAX_STEPS),
             eta=_number(params, "eta", float, None, 0.0, 2.0),
             seed=_number(params, "seed", int, 0, 0, 2**62),
+            model=_model_name(params),
         )
+
+
+def _model_name(params: Mapping[str, str]) -> str | None:
+    """The ``model`` parameter as sent (checked against the list in the job, where the model loads)."""
+    name = str(params.get("model", ""))
+    if len(name) > MAX_MODEL_NAME:
+        raise DemoError(f"model must be a name from the demo's list (at most {MAX_MODEL_NAME} characters)")
+    return name or None
 
 
 def check_restore_size(width: int, height: int, req: RestoreRequest) -> None:
@@ -122,12 +133,15 @@ def check_restore_size(width: int, height: int, req: RestoreRequest) -> None:
 class GroupRequest:
     group_size: int | None = None  # None: the run's group_size (4 for other checkpoints)
     seed: int = 0
-    degradation: str = "run"  # "run" (the checkpoint's), a DEGRADATION_PRESETS name, or "none" (input is LQ, no GT)
+    # "none" (the default: the upload is already degraded, a real LQ face; there is no GT), or a degradation
+    # that makes the upload the GT: "run" (the checkpoint's training degradation) or a DEGRADATION_PRESETS name
+    degradation: str = "none"
     preset: str | None = None  # a composite preset; or
     weights: dict[str, float] | None = None  # term -> weight (normalised to sum 1)
     steps: int | None = None
     eta: float | None = None
     caption: str | None = None  # what caption-scoring terms (the face reward) compare the face with
+    model: str | None = None  # a name from the demo's model list; None: the loaded one
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> "GroupRequest":
@@ -149,12 +163,13 @@ class GroupRequest:
         return cls(
             group_size=_number(params, "G", int, None, 2, MAX_GROUP_SIZE),
             seed=_number(params, "seed", int, 0, 0, 2**62),
-            degradation=str(params.get("degradation", "run")).strip() or "run",
+            degradation=str(params.get("degradation", "none")).strip() or "none",
             preset=preset,
             weights=weights,
             steps=_number(params, "steps", int, None, 1, MAX_STEPS),
             eta=_number(params, "eta", float, None, 0.0, 2.0),
             caption=caption,
+            model=_model_name(params),
         )
 
 
@@ -186,6 +201,15 @@ def probe_reward_terms(device: torch.device | str = "cpu", names: list[str] | No
         except (MissingWeightsError, ImportError, RuntimeError, ValueError, TypeError, KeyError, OSError) as e:
             terms[name] = RewardTerm(name, None, False, _first_line(e))
     return terms
+
+
+def _release_memory(device: torch.device) -> None:
+    """Give back the memory of a model just let go (its tensors are freed once unreferenced)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _first_line(e: BaseException) -> str:
@@ -223,18 +247,52 @@ class DemoService:
     ):
         self.device = resolve_device(device)
         self.precision = precision
+        self.ema = ema
         self.limits = limits
         self.gate = JobGate(max_waiting)
-        self.policy, self.diffusion, self.source = load_policy(source, self.device, ema=ema, precision=precision)
-        self.resolution = int(self.policy.cfg.resolution)
-        self.train_degradation, self.defaults = self._read_run_settings(self.source, self.diffusion)
-        self.detector, self.detector_error = self._make_detector(detector_path)
-        self.terms = probe_reward_terms(self.device, reward_names)
         self.runs = None
         if runs_root is not None:
             from .runview import RunBrowser
 
             self.runs = RunBrowser(runs_root)
+        self._load(source)
+        self.models = ModelCatalog(self.source, self.runs)
+        self.model_name = self.models.start_name
+        self._loaded_key: tuple[str, str] = (self.model_name, str(self.source))
+        self.detector, self.detector_error = self._make_detector(detector_path)
+        self.terms = probe_reward_terms(self.device, reward_names)
+
+    # -- the model: one loaded at a time, switched by name in the job worker ---------------------
+    def _load(self, source: str | Path) -> None:
+        """Load ``source`` and set everything that depends on the model (attributes set after it loaded)."""
+        policy, diffusion, resolved = load_policy(source, self.device, ema=self.ema, precision=self.precision)
+        degradation, defaults = self._read_run_settings(resolved, diffusion)
+        self.policy, self.diffusion, self.source = policy, diffusion, resolved
+        self.resolution = int(policy.cfg.resolution)
+        self.train_degradation, self.defaults = degradation, defaults
+
+    def use_model(self, name: str | None) -> None:
+        """Make the model called ``name`` (from :attr:`models`' list; None: the current one) the loaded one.
+
+        Called inside the job gate, so one job loads at a time and none runs on a half-switched
+        model. The model loaded last stays loaded: a request for it (same checkpoint) loads nothing.
+        The previous model is let go before the next loads (two SD models need not fit at once);
+        when the next fails to load, the previous is loaded again and the failure is one line.
+        """
+        if name is None:
+            return
+        choice = self.models.lookup(name)
+        if choice.key == self._loaded_key:
+            return
+        previous = (self.model_name, self._loaded_key, self.source)
+        self.policy = None
+        _release_memory(self.device)
+        try:
+            self._load(choice.source)
+        except (CheckpointError, ConfigError, MissingWeightsError, ValueError, RuntimeError, OSError, KeyError) as e:
+            self._load(previous[2])
+            raise DemoError(f"model {name!r} could not be loaded ({_first_line(e)}); still using {previous[0]!r}") from None
+        self.model_name, self._loaded_key = choice.name, choice.key
 
     @staticmethod
     def _read_run_settings(source: Path, diffusion: DiffusionConfig) -> tuple[DegradationConfig | None, Defaults]:
@@ -281,8 +339,11 @@ class DemoService:
                           "available": all(self.terms.get(k) is not None and self.terms[k].available for k in spec)}
                    for name, spec in PRESETS.items()}
         default_preset = self.default_preset()
-        degradations = (["run"] if self.train_degradation is not None else []) + sorted(DEGRADATION_PRESETS) + ["none"]
+        # "none" first: an upload is a real LQ face unless the user picks a degradation
+        degradations = ["none"] + (["run"] if self.train_degradation is not None else []) + sorted(DEGRADATION_PRESETS)
         return {
+            "model": self.model_name,
+            "models": [c.to_json() for c in self.models.choices()],
             "source": str(self.source),
             "resolution": self.resolution,
             "device": str(self.device),
@@ -310,6 +371,7 @@ class DemoService:
         """One photo (or aligned crop) -> the restored image, its faces and the time taken."""
         from ..inference.photo import PhotoOptions
 
+        self.use_model(req.model)
         h, w = image.shape[:2]
         steps = self.defaults.steps if req.steps is None else req.steps
         eta = self.defaults.eta if req.eta is None else req.eta
@@ -346,31 +408,22 @@ class DemoService:
             "timings": {k: round(float(v), 3) for k, v in timings.items()},
             "seconds": round(seconds, 3),
             "steps": steps, "eta": eta, "seed": req.seed,
+            "model": self.model_name,
             "notes": notes,
         }
 
     # -- Group -----------------------------------------------------------------------------
     def composite(self, req: GroupRequest, has_gt: bool):
-        """The composite reward the request asks for, from the terms built at start."""
-        from ..rewards import PRESETS, CompositeReward, check_weights
+        """The composite reward the request asks for, from the terms built at start, and the terms left
+        out for want of a GT (name -> why).
 
-        if req.weights:
-            total = math.fsum(req.weights.values())
-            if total <= 0:
-                raise DemoError("the reward weights sum to 0; give at least one term a weight above 0")
-            weights = {k: v / total for k, v in req.weights.items() if v > 0}  # normalised: they must sum to 1
-        else:
-            name = req.preset or self.default_preset()
-            if name is None:
-                raise DemoError("no reward preset can be built here; give weights for the available terms")
-            if name not in PRESETS:
-                raise DemoError(f"unknown reward preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-            weights = {k: float(v["weight"]) for k, v in PRESETS[name].items()}
-        try:
-            check_weights(weights)
-        except ValueError as e:
-            raise DemoError(str(e)) from None
-        components = {}
+        Without a GT (the upload is a real LQ face) the terms that compare with one are left out and
+        the others' weights normalised to sum 1 again; when none is left, the request is refused.
+        """
+        from ..rewards import CompositeReward, check_weights
+
+        weights = self._requested_weights(req)
+        components, left_out = {}, {}
         for key, w in weights.items():
             term = self.terms.get(key)
             if term is None:
@@ -378,10 +431,37 @@ class DemoService:
             if not term.available:
                 raise DemoError(f"reward term {key!r} is not available here: {term.error}")
             if term.needs_gt and not has_gt:
-                raise DemoError(f"reward term {key!r} compares with the undegraded face, and degradation 'none' has none: "
-                                "choose a degradation, or only terms that need no ground truth (e.g. sharpness)")
+                left_out[key] = "needs a GT: the upload is treated as already degraded (choose a degradation to make it the GT)"
+                continue
             components[key] = (term.reward, w)
-        return CompositeReward(components)
+        if not components:
+            names = ", ".join(left_out)
+            raise DemoError(f"{names} {'compares' if len(left_out) == 1 else 'compare'} with the undegraded face, and an "
+                            "upload treated as already degraded (real LQ) has none: choose a degradation (the upload then "
+                            "is the GT), or terms that need no ground truth (e.g. sharpness)")
+        total = math.fsum(w for _, w in components.values())
+        components = {k: (r, w / total) for k, (r, w) in components.items()}
+        try:
+            check_weights({k: w for k, (_, w) in components.items()})
+        except ValueError as e:
+            raise DemoError(str(e)) from None
+        return CompositeReward(components), left_out
+
+    def _requested_weights(self, req: GroupRequest) -> dict[str, float]:
+        """The weights of the request's preset, or its own weights normalised to sum 1."""
+        from ..rewards import PRESETS
+
+        if req.weights:
+            total = math.fsum(req.weights.values())
+            if total <= 0:
+                raise DemoError("the reward weights sum to 0; give at least one term a weight above 0")
+            return {k: v / total for k, v in req.weights.items() if v > 0}  # normalised: they must sum to 1
+        name = req.preset or self.default_preset()
+        if name is None:
+            raise DemoError("no reward preset can be built here; give weights for the available terms")
+        if name not in PRESETS:
+            raise DemoError(f"unknown reward preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        return {k: float(v["weight"]) for k, v in PRESETS[name].items()}
 
     def default_preset(self) -> str | None:
         """``offline`` when its files are here, else ``no_weights`` (as the quickstart chooses)."""
@@ -399,6 +479,7 @@ class DemoService:
         from ..rewards import RewardInput
         from ..rl.advantages import group_advantages
 
+        self.use_model(req.model)
         G = self.defaults.group_size if req.group_size is None else req.group_size
         steps = self.defaults.group_steps if req.steps is None else req.steps
         eta = self.defaults.group_eta if req.eta is None else req.eta
@@ -413,7 +494,7 @@ class DemoService:
         else:
             raise DemoError(f"degradation must be run, none or one of {', '.join(sorted(DEGRADATION_PRESETS))}; got {req.degradation!r}")
         has_gt = cfg is not None
-        reward = self.composite(req, has_gt)  # before any sampling: a bad choice costs nothing
+        reward, left_out = self.composite(req, has_gt)  # before any sampling: a bad choice costs nothing
         if reward.caption_terms and not req.caption:
             raise DemoError(f"{', '.join(reward.caption_terms)} scores the face against its caption: type one "
                             "(e.g. 'a smiling woman with short brown hair')")
@@ -447,10 +528,14 @@ class DemoService:
                 "total": float(out.scores[j]),
                 "advantage": float(adv.advantages[j]),
             })
+        if left_out:
+            notes.append(f"no GT (the upload is treated as already degraded): {', '.join(left_out)} not available; "
+                         f"the total is {' + '.join(f'{w:.3g} x {k}' for k, w in reward.weights.items())} (weights normalised to sum 1)")
         if adv.num_dropped_groups:
             notes.append("every candidate scored the same: the group carries no learning signal and training would drop it")
         return {
             "lq": image_uri(to_uint8(lq[0])), "gt": image_uri(face) if has_gt else None,
+            "upload_is": "gt" if has_gt else "lq", "unavailable_terms": left_out, "model": self.model_name,
             "degradation": req.degradation, "degradation_params": _params_dict(params[0] if isinstance(params, list) else params),
             "weights": reward.weights, "terms": term_names, "candidates": candidates,
             "std": adv.std, "dropped": bool(adv.num_dropped_groups),
