@@ -182,7 +182,7 @@ def test_restore_refuses_earlier_outputs_unless_overwrite(tiny_run, crops, tmp_p
     with single_thread():
         assert _restore(crops, out, tiny_run) == 0
         recorded = read_manifest(out)
-        assert sorted(recorded) == [KIND_FILE, "face_00.png", "face_01.png"]
+        assert sorted(recorded) == [KIND_FILE, "cmp/face_00.png", "cmp/face_01.png", "face_00.png", "face_01.png"]
         assert (out / KIND_FILE).read_text() == "lrpo restore\n"
         assert all(e.sha256 == sha256_file(out / p) for p, e in recorded.items())
         first = _tree(out)

@@ -68,16 +68,22 @@ def test_layout_and_faces_jsonl(restorer, tmp_path, scene):
     # the photo without a face is copied as it is
     assert np.array_equal(load_rgb(out / "restored_imgs" / "c_empty.png"), np.full((50, 70, 3), 90, np.uint8))
     assert load_rgb(out / "restored_imgs" / "a.png").shape == photo.shape
-    for sub in ("cropped_faces", "restored_faces", "cmp"):
+    for sub in ("cropped_faces", "restored_faces"):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["a_00.png", "a_01.png"], sub
     assert load_rgb(out / "cropped_faces" / "a_00.png").shape == (16, 16, 3)  # the policy's resolution
-    cmp = load_rgb(out / "cmp" / "a_00.png")
-    assert cmp.shape == (16, 32, 3)
-    assert np.array_equal(cmp[:, :16], load_rgb(out / "cropped_faces" / "a_00.png"))
-    assert np.array_equal(cmp[:, 16:], load_rgb(out / "restored_faces" / "a_00.png"))
+    # cmp/: the whole photo, input | restored at the input's size; only photos with a face
+    assert sorted(p.name for p in (out / "cmp").iterdir()) == ["a.png"]
+    cmp = load_rgb(out / "cmp" / "a.png")
+    assert cmp.shape == (photo.shape[0], 2 * photo.shape[1], 3)
+    assert np.array_equal(cmp[:, :photo.shape[1]], photo)
+    assert np.array_equal(cmp[:, photo.shape[1]:], load_rgb(out / "restored_imgs" / "a.png"))
     lines = [json.loads(line) for line in (out / "faces.jsonl").read_text().splitlines()]
     assert len(lines) == 3
-    assert set(lines[0]) == {"photo", "face", "box", "landmarks", "score", "size", "restored", "reason", "seam", "seam_input", "seed"}
+    assert set(lines[0]) == {"photo", "face", "box", "landmarks", "score", "size", "restored", "reason", "seam", "seam_input", "seed",
+                             "scale", "paste", "sharpness", "color_shift"}
+    # 40 px between the eyes; a 16 px crop holds 126 x 16 / 512 = 3.94 px: scale 10.2
+    assert lines[0]["scale"] == pytest.approx(40 / (125.92 * 16 / 512), abs=0.01) and lines[0]["paste"] == "correction"
+    assert lines[0]["sharpness"] > 0 and lines[0]["color_shift"] >= 0 and lines[2]["sharpness"] is None
     assert [(d["photo"], d["face"], d["restored"], d["seed"]) for d in lines] == [("a.png", 0, True, 0), ("a.png", 1, True, 1), ("a.png", 2, False, None)]
     assert "--min-face-size" in lines[2]["reason"] and lines[2]["seam"] is None and lines[2]["size"] == pytest.approx(6, abs=0.01)
     assert len(lines[0]["box"]) == 4 and np.array(lines[0]["landmarks"]).shape == (5, 2)

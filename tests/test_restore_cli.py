@@ -47,7 +47,8 @@ def _restore(in_dir: Path, out_dir: Path, ckpt: Path, *extra: str) -> int:
 
 
 def _outputs(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: load_rgb(p) for p in sorted(folder.iterdir()) if not p.name.startswith(".lrpo-")}  # lrpo's records
+    # lrpo's records and cmp/ (input | restored) aside
+    return {p.name: load_rgb(p) for p in sorted(folder.iterdir()) if not p.name.startswith(".lrpo-") and p.name != "cmp"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def test_restore_keeps_inputs_that_share_a_stem_apart(tiny_run, tmp_path):
     cv2.imwrite(str(folder / "face.jpg"), load_rgb(faces[1])[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     save_rgb(folder / "other.png", load_rgb(faces[1]))
     assert _restore(folder, tmp_path / "out", tiny_run) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST_NAME, KIND_FILE, "face_jpg.png", "face_png.png", "other.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST_NAME, KIND_FILE, "cmp", "face_jpg.png", "face_png.png", "other.png"]
 
 
 def test_restore_refuses_to_overwrite_its_inputs(tiny_run, lq_folder, capsys):
@@ -222,7 +223,7 @@ def test_restore_one_photo_file(tiny_run, photo_folder, tmp_path, monkeypatch):
 
 def test_restore_aligned_crops_of_a_single_file(tiny_run, lq_folder, tmp_path):
     assert _restore(lq_folder / "img_0.png", tmp_path / "out", tiny_run) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST_NAME, KIND_FILE, "img_0.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST_NAME, KIND_FILE, "cmp", "img_0.png"]
 
 
 @pytest.mark.parametrize(

@@ -77,9 +77,11 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
         help="restore the faces of photos (or, with --aligned, aligned face crops)",
         description="Whole photos (default): detect every face (YuNet, `lrpo weights`), align it to the FFHQ "
         "template at the policy's resolution, restore it, paste it back through a feathered mask. Writes "
-        "OUT/restored_imgs/<name>.png, cropped_faces/, restored_faces/, cmp/ (crop | restoration) and faces.jsonl "
-        "(one line per detected face). Face j of a photo (largest first) uses seed SEED+j. --aligned: IN holds "
-        "aligned face crops, restored into OUT/<name>.png at the input's size; image i (sorted) uses seed SEED+i. "
+        "OUT/restored_imgs/<name>.png, cropped_faces/, restored_faces/, cmp/<name>.png (input | restored) and faces.jsonl "
+        "(one line per detected face, with why one was left alone). Faces larger than the policy's resolution keep "
+        "their own detail above it (--face-policy; docs/restoring-photos.md). Face j of a photo (largest first) uses seed SEED+j. --aligned: IN holds "
+        "aligned face crops, restored into OUT/<name>.png at the input's size (cmp/: input | restored); image i (sorted) "
+        "uses seed SEED+i. "
         "IN is an image, a folder or a text file listing images; unreadable files are named and skipped.",
     )
     p.add_argument("in_dir", metavar="IN", help="an image, a folder of images, or a text file listing image paths "
@@ -106,6 +108,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
                    help="network precision: auto = bf16 where the processor has bf16 units, else fp32 (default auto)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--face-policy", choices=["auto", "always", "never-larger"], default="auto",
+                   help="faces larger than the policy's resolution: auto = restore at it and keep their own finer detail "
+                   "(default); always = shrink, restore, enlarge back; never-larger = leave them alone")
     photo = p.add_argument_group("whole photos (not with --aligned)")
     photo.add_argument("--min-face-size", type=float, default=None, metavar="PX",
                        help="leave faces alone whose eyes are fewer than PX pixels apart in the input (default 8)")
@@ -119,7 +124,9 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     photo.add_argument("--color-match", action="store_true", help="match each restored face's colour to its input")
     photo.add_argument("--draw-box", action="store_true", help="outline detected faces in restored_imgs (green: restored)")
     photo.add_argument("--mask", choices=["ellipse", "square"], default=None, help="paste mask shape (default ellipse)")
-    photo.add_argument("--det-threshold", type=float, default=None, metavar="T", help="YuNet score threshold (default 0.5)")
+    photo.add_argument("--det-threshold", type=float, default=None, metavar="T",
+                       help="YuNet score a face needs to be restored (default 0.8); lower-scoring faces from 0.5 (or T) up "
+                       "are listed in faces.jsonl as doubtful")
     photo.add_argument("--detector", metavar="PATH", default=None,
                        help="YuNet ONNX file or its folder (default: registry 'yunet' via $LRPO_WEIGHTS / the cache)")
 
@@ -371,24 +378,32 @@ def _restore(args: argparse.Namespace) -> int:
     out = output_folder(args.in_dir, input_paths(args.in_dir), args.out_dir, args.overwrite)  # checked before the model loads
     if args.aligned:
         restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
-        summary = restore_folder(restorer, args.in_dir, out, args.batch_size, args.seed, progress=not args.no_progress)
-        print(f"restored {len(summary.written)} image(s) into {ascii_name(str(args.out_dir))}" if summary.written
-              else f"no image was written to {ascii_name(str(args.out_dir))}")
+        summary = restore_folder(restorer, args.in_dir, out, args.batch_size, args.seed, progress=not args.no_progress,
+                                 face_policy=args.face_policy)
+        out_name = ascii_name(str(args.out_dir))
+        print(f"restored {len(summary.written)} image(s) into {out_name}; look at {out_name}/cmp (input | restored)"
+              if summary.written else f"no image was written to {out_name}")
+        if summary.larger:
+            how = {"auto": "restored at it, their own detail above it kept", "always": "shrunk to it, restored and enlarged back",
+                   "never-larger": "copied as they are"}[args.face_policy]
+            print(f"note: {summary.larger} input(s) are larger than the policy's {restorer.resolution} px: {how} "
+                  f"(--face-policy {args.face_policy})")
         if summary.not_square:
             print(f"note: {len(summary.not_square)} input(s) are not square (first: {ascii_name(summary.not_square[0])}); aligned "
                   "crops are. Without --aligned, the faces of whole photos are detected, aligned and pasted back")
         _print_failed(summary.failed, summary.unwritten)
         return 1 if summary.failed or summary.unwritten else 0  # skipped files are a failure a script must see
-    from .inference.detect import SCORE_THRESHOLD, FaceDetector
+    from .inference.detect import RESTORE_THRESHOLD, SCORE_THRESHOLD, FaceDetector
     from .inference.photo import MIN_FACE_SIZE, PhotoOptions, load_upsampler, restore_photos, summary_lines
 
     options = PhotoOptions(
         min_face_size=MIN_FACE_SIZE if args.min_face_size is None else args.min_face_size, only_center_face=args.only_center_face,
         max_faces=args.max_faces, upscale=1.0 if args.upscale is None else args.upscale, color_match=args.color_match,
-        draw_box=args.draw_box, mask=args.mask or "ellipse",
+        draw_box=args.draw_box, mask=args.mask or "ellipse", face_policy=args.face_policy,
+        det_threshold=RESTORE_THRESHOLD if args.det_threshold is None else args.det_threshold,
         background_upsampler=load_upsampler(args.bg_upsampler) if args.bg_upsampler else None,
     ).validate()
-    detector = FaceDetector(args.detector, SCORE_THRESHOLD if args.det_threshold is None else args.det_threshold)
+    detector = FaceDetector(args.detector, min(SCORE_THRESHOLD, options.det_threshold))  # doubtful candidates are listed too
     restorer = Restorer.from_checkpoint(source, args.steps, args.eta, args.device, args.precision, ema=not args.no_ema)
     restorer.detector = detector
     summary = restore_photos(restorer, args.in_dir, out, options, args.batch_size, args.seed, progress=not args.no_progress)

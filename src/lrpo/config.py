@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -637,9 +638,18 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if hasattr(cfg, "validate"):
             cfg.validate()
     except ConfigError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{e}") from None
+        raise ConfigError(f"{_blame(str(e), path, overrides or [])}{e}") from None
     return cfg
+
+
+def _blame(message: str, path: Path | None, overrides: list[str]) -> str:
+    """Where the value an error is about came from: the last command-line override whose key the
+    message names (``optim.lr=abc``), else the YAML file."""
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
+            return f"command-line override {item!r}: "
+    return f"{path}: " if path is not None else ""
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -10,6 +10,19 @@ detection scale) are faces of 30 px and more in such a photo.
 Face size, the measure ``--min-face-size`` compares against: the distance between the two eye
 landmarks in photo pixels (it does not change with rotation, unlike the box, and is what the
 alignment scales by: the template's eyes are 126 px apart in a 512 px crop).
+
+Which detections are faces (calibrated on ../shared/data/whole and scikit-image photos, annotated in
+bench/results/face_detections_annotated.json; docs/restoring-photos.md has the figures). YuNet lists
+candidates from ``SCORE_THRESHOLD`` up; a candidate is restored only when it passes two checks,
+else it is listed in faces.jsonl as doubtful, with its score and why:
+
+1. score >= ``RESTORE_THRESHOLD`` (``--det-threshold``): no annotated non-face scored above 0.73
+   (a light patch 0.73, a windmill 0.70); the issue's dog heads and clock scored 0.65-0.77.
+2. landmark geometry: the RMS distance, in 512 px template pixels, between the five landmarks
+   after the alignment's similarity fit and the template (:func:`landmark_residual`) is at most
+   ``MAX_LANDMARK_RESIDUAL``. Frontal faces fit within 22 px (99 % within 19.3 px over 176 faces
+   scoring >= 0.8); a profile (37 px) or a hand or galaxy YuNet half-believes (30-52 px) does not,
+   and its aligned crop would be a distorted face anyway.
 """
 
 from __future__ import annotations
@@ -20,14 +33,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import weights
+from .align import alignment_matrix, apply_affine, template_for
 
-__all__ = ["DetectedFace", "FaceDetector", "select_faces"]
+__all__ = ["DetectedFace", "FaceDetector", "landmark_residual", "select_faces"]
 
-# Score threshold, as the identity reward and the landmark metric use it: YuNet scores real faces
-# of old, blurred, partly hidden or background people from 0.53 up in ../shared/data/whole (OpenCV
-# Zoo's demo uses 0.9, which would miss them), and nothing there that is not a face scores above
-# 0.5. Boxes overlapping above IoU 0.3 are merged; at most 5000 candidates enter NMS.
+# Candidate threshold, as the identity reward and the landmark metric use it: YuNet's candidates from
+# 0.5 are listed in faces.jsonl (blurred background faces score 0.36-0.53, non-faces up to 0.73).
+# Boxes overlapping above IoU 0.3 are merged; at most 5000 candidates enter NMS.
 SCORE_THRESHOLD = 0.5
+RESTORE_THRESHOLD = 0.8  # score a candidate needs to be restored (--det-threshold); see the module docstring
+MAX_LANDMARK_RESIDUAL = 30.0  # px of a 512 px crop: landmark_residual above this is not a frontal face
 NMS_THRESHOLD = 0.3
 TOP_K = 5000
 MAX_SIDE = 2048  # longest side detection runs at; larger photos are shrunk for detection only
@@ -43,6 +58,11 @@ class DetectedFace:
     def eye_distance(self) -> float:
         """Pixels between the two eye landmarks: the face size ``--min-face-size`` refers to."""
         return float(np.hypot(*(self.landmarks[1] - self.landmarks[0])))
+
+    @property
+    def residual(self) -> float:
+        """:func:`landmark_residual` of the landmarks: how far they are from a frontal face's."""
+        return landmark_residual(self.landmarks)
 
     @property
     def centre(self) -> np.ndarray:
@@ -103,20 +123,41 @@ class FaceDetector:
         return f"FaceDetector(path={str(self.path)!r}, max_side={self.max_side})"
 
 
+def landmark_residual(landmarks: np.ndarray) -> float:
+    """RMS distance (px of a 512 px crop) between the five landmarks mapped by their alignment
+    (least-squares similarity) and the FFHQ template: 0 for a face shaped like the template."""
+    m = alignment_matrix(landmarks, 512)
+    return float(np.sqrt(((apply_affine(m, landmarks) - template_for(512)) ** 2).sum(1).mean()))
+
+
+def doubt(face: DetectedFace, threshold: float = RESTORE_THRESHOLD, max_residual: float = MAX_LANDMARK_RESIDUAL) -> str | None:
+    """Why a candidate is doubtful as a face (None: it passes both checks of the module docstring)."""
+    if face.score < threshold:
+        return f"doubtful face: score {face.score:.2f} < --det-threshold {threshold:g}"
+    if face.residual > max_residual:
+        return (f"doubtful face: its landmarks do not fit a frontal face (residual {face.residual:.0f} px of 512 "
+                f"> {max_residual:g}; a profile or not a face)")
+    return None
+
+
 def select_faces(
     faces: list[DetectedFace], image_shape: tuple[int, ...], min_face_size: float = 0.0,
-    only_center_face: bool = False, max_faces: int | None = None,
+    only_center_face: bool = False, max_faces: int | None = None, threshold: float = 0.0,
+    max_residual: float = float("inf"),
 ) -> list[str | None]:
     """Which faces to restore: None for a face to restore, else the reason it is left alone.
 
-    In this order: faces whose eye distance is below ``min_face_size`` (or 1 px) are left alone; of the rest,
-    ``only_center_face`` keeps the one whose box centre is nearest the photo's centre;
+    In this order: faces whose eye distance is below ``min_face_size`` (or 1 px) and doubtful faces
+    (:func:`doubt`: score below ``threshold``, landmark residual above ``max_residual``) are left alone;
+    of the rest, ``only_center_face`` keeps the one whose box centre is nearest the photo's centre;
     ``max_faces`` then keeps the first N of ``faces``' order (largest first).
     """
     reasons: list[str | None] = [None] * len(faces)
     for i, f in enumerate(faces):
         if f.eye_distance < 1.0:  # no similarity can be fitted to it, whatever the threshold
             reasons[i] = f"degenerate landmarks (eyes {f.eye_distance:.2f} px apart)"
+        elif doubt(f, threshold, max_residual):
+            reasons[i] = doubt(f, threshold, max_residual)
         elif f.eye_distance < min_face_size:
             reasons[i] = f"smaller than --min-face-size ({f.eye_distance:.1f} < {min_face_size:g} px between the eyes)"
     kept = [i for i, r in enumerate(reasons) if r is None]

@@ -2,8 +2,9 @@
 
 One photo goes through four stages (each timed):
 
-1. detect   YuNet boxes, scores and five landmarks (:mod:`.detect`); faces below the size
-            threshold, off-centre (``only_center_face``) or beyond ``max_faces`` are left alone.
+1. detect   YuNet boxes, scores and five landmarks (:mod:`.detect`); doubtful faces (score below
+            ``det_threshold``, landmarks far from a frontal face's), faces below the size threshold,
+            off-centre (``only_center_face``) or beyond ``max_faces`` are left alone, each with its reason.
 2. align    M = least-squares similarity from the landmarks to the FFHQ template at the policy's
             resolution; the ``R x R`` crop is warped from the face's region only (:mod:`.align`).
 3. restore  the policy on the crops, batched across photos by :func:`restore_photos`; face j of a
@@ -12,13 +13,28 @@ One photo goes through four stages (each timed):
 4. paste    the background upscaled (Lanczos, or the user's upsampler), then each restored crop
             (gray when the photo is; optionally colour-matched to its input crop) warped back with
             A = S_u M^-1 through its feathered mask, faces in turn (:mod:`.paste`); the seam
-            figure of each face measured there.
+            figure, sharpness and colour shift of each face measured there.
+
+Face policy (``face_policy``; docs/restoring-photos.md). A policy of resolution R resolves a face
+whose crop the alignment does not shrink: eyes at most 126 R / 512 px apart in the photo (16 px
+for R = 64); ``scale`` = eye distance / that = photo pixels per crop pixel.
+
+  auto          (default) a face at scale <= 1 is pasted whole: its crop holds all its detail. A
+                larger one is restored at R and only the policy's correction is pasted, output =
+                background + alpha A(restored - aligned input) (paste.paste_face with a reference):
+                it keeps the input's (or the upsampler's) detail above what R resolves, so it is
+                never shrunk to R and enlarged back. (Pasting the correction for small faces too
+                would keep the input's top octave, which the crop's round trip blurs: the noise a
+                restoration removes.)
+  always        the restoration replaces the face whatever its size (GFPGAN's way): a face at
+                scale s > 1 loses the detail between R and s R.
+  never-larger  faces at scale > 1 are left alone, with the reason in faces.jsonl.
 
 Output layout of :func:`restore_photos` (as GFPGAN and CodeFormer write it)::
 
     OUT/cropped_faces/<stem>_<jj>.png   aligned input crop of face jj
     OUT/restored_faces/<stem>_<jj>.png  its restoration, as pasted
-    OUT/cmp/<stem>_<jj>.png             the two side by side
+    OUT/cmp/<stem>.png                  input | restored photo side by side, at the input's size
     OUT/restored_imgs/<stem>.png        the restored photo
     OUT/faces.jsonl                     one line per detected face, restored or not
     OUT/.lrpo-manifest.jsonl            what lrpo wrote there (names, sizes, sha256): see lrpo.outputs
@@ -42,13 +58,17 @@ from ..data.images import ImageLoadError, load_rgb
 from ..manifest import ascii_name
 from ..outputs import OutputFolder, fit_name, one_line
 from .align import alignment_matrix, compose, invert_affine, scale_matrix, warp_region
-from .detect import DetectedFace, select_faces
-from .paste import MASK_SHAPES, color_match, draw_box, face_mask, is_gray, paste_face, seam_ratio, to_gray
+from .align import FFHQ_TEMPLATE_512, TEMPLATE_SIZE, apply_affine
+from .detect import MAX_LANDMARK_RESIDUAL, RESTORE_THRESHOLD, DetectedFace, select_faces
+from .paste import MASK_SHAPES, centre_figures, color_match, draw_box, face_mask, is_gray, paste_face, seam_ratio, to_gray
 from .restorer import input_paths, output_folder, output_names
 
 __all__ = ["FaceRecord", "PhotoOptions", "PhotoResult", "PhotoSummary", "STAGES", "restore_photo", "restore_photos"]
 
 STAGES = ("detect", "align", "restore", "paste")
+FACE_POLICIES = ("auto", "always", "never-larger")
+TEMPLATE_EYES = float(np.hypot(*(FFHQ_TEMPLATE_512[1] - FFHQ_TEMPLATE_512[0])))  # 125.92 px in a 512 px crop
+CENTRE_HALF = 0.75  # face centre: a square of half-side 0.75 x the eye distance around the landmarks' mean (eyes to mouth)
 MIN_FACE_SIZE = 8.0  # px between the eyes: the crop then spans ~32 px of the photo (template eyes: 126 of 512 px)
 
 # restore_fn(crops, seeds) -> restored crops: R x R x 3 uint8 each (Restorer.restore)
@@ -71,6 +91,9 @@ class PhotoOptions:
     draw_box: bool = False  # outline detected faces on restored_imgs (green restored, orange left alone)
     mask: str = "ellipse"  # "ellipse" | "square" (see paste.face_mask)
     background_upsampler: BackgroundUpsampler | None = None  # None: Lanczos
+    face_policy: str = "auto"  # FACE_POLICIES, see the module docstring
+    det_threshold: float = RESTORE_THRESHOLD  # score a face needs to be restored (detect.doubt)
+    max_landmark_residual: float = MAX_LANDMARK_RESIDUAL  # px of 512: landmarks further from a frontal face are doubtful
 
     def validate(self) -> "PhotoOptions":
         if self.min_face_size < 0:
@@ -81,6 +104,10 @@ class PhotoOptions:
             raise ValueError(f"--upscale must be in [0.05, 16], got {self.upscale}")
         if self.mask not in MASK_SHAPES:
             raise ValueError(f"--mask must be one of {MASK_SHAPES}, got {self.mask!r}")
+        if self.face_policy not in FACE_POLICIES:
+            raise ValueError(f"--face-policy must be one of {', '.join(FACE_POLICIES)}, got {self.face_policy!r}")
+        if not 0.0 < self.det_threshold < 1.0:
+            raise ValueError(f"--det-threshold is a score threshold in (0, 1), got {self.det_threshold}")
         return self
 
 
@@ -98,6 +125,14 @@ class FaceRecord:
     seed: int | None = None
     seam: float | None = None  # paste.seam_ratio on the output; None when not restored or not measurable
     seam_input: float | None = None  # the same figure on the input (upscaled), same region and mask: the reference
+    scale: float = 0.0  # photo px per crop px (eye distance / the template's at the policy's resolution); > 1: larger than the policy
+    paste: str | None = None  # "correction" (the policy's correction over the input) | "whole" (the restoration replaces the face)
+    sharpness: float | None = None  # paste.centre_figures: output / input in the face centre
+    color_shift: float | None = None  # Delta E of the face centre's mean colour, output vs input
+
+    @property
+    def doubtful(self) -> bool:
+        return bool(self.reason and self.reason.startswith("doubtful"))
 
     def to_json(self, photo: str) -> dict:
         return {
@@ -112,6 +147,10 @@ class FaceRecord:
             "seam": None if self.seam is None else round(self.seam, 4),
             "seam_input": None if self.seam_input is None else round(self.seam_input, 4),
             "seed": self.seed,
+            "scale": round(self.scale, 3),
+            "paste": self.paste,
+            "sharpness": None if self.sharpness is None else round(self.sharpness, 4),
+            "color_shift": None if self.color_shift is None else round(self.color_shift, 3),
         }
 
 
@@ -145,11 +184,17 @@ def prepare_photo(image: np.ndarray, detector: Detector, size: int, options: Pho
     """Stages 1 and 2: detect, choose, align. ``image``: RGB uint8 ``H x W x 3``."""
     t0 = time.perf_counter()
     found = detector.detect(image)
-    reasons = select_faces(found, image.shape, options.min_face_size, options.only_center_face, options.max_faces)
+    reasons = select_faces(found, image.shape, options.min_face_size, options.only_center_face, options.max_faces,
+                           options.det_threshold, options.max_landmark_residual)
     t1 = time.perf_counter()
     faces, matrices, crops = [], {}, {}
     for j, (f, why) in enumerate(zip(found, reasons)):
-        faces.append(FaceRecord(j, f.box, f.landmarks, f.score, f.eye_distance, why is None, why, seed + j if why is None else None))
+        scale = f.eye_distance / (TEMPLATE_EYES * size / TEMPLATE_SIZE)
+        if why is None and options.face_policy == "never-larger" and scale > 1.0:
+            why = (f"larger than the policy's {size} px (eyes {f.eye_distance:.0f} px apart, it resolves up to "
+                   f"{TEMPLATE_EYES * size / TEMPLATE_SIZE:.0f}; --face-policy never-larger)")
+        faces.append(FaceRecord(j, f.box, f.landmarks, f.score, f.eye_distance, why is None, why, seed + j if why is None else None,
+                                scale=scale))
         if why is None:
             m = alignment_matrix(f.landmarks, size)
             matrices[j] = m
@@ -175,16 +220,34 @@ def finish_photo(prep: PreparedPhoto, restored: dict[int, np.ndarray], options: 
         if prep.gray:
             face = to_gray(face)  # a gray photo stays gray whatever colours the policy invents
         pasted[j] = face
-        touched = paste_face(canvas, face, mask, compose(s_u, invert_affine(prep.matrices[j])), keep_region=True)
+        record = prep.faces[j]
+        record.paste = "whole" if options.face_policy == "always" or record.scale <= 1.0 else "correction"
+        reference = None if record.paste == "whole" else prep.crops[j]
+        touched = paste_face(canvas, face, mask, compose(s_u, invert_affine(prep.matrices[j])), keep_region=True, reference=reference)
         if touched is not None:
             (x0, y0, x1, y1), alpha, before = touched
-            prep.faces[j].seam = _finite(seam_ratio(canvas[y0:y1, x0:x1], alpha))
-            prep.faces[j].seam_input = _finite(seam_ratio(before, alpha))
+            record.seam = _finite(seam_ratio(canvas[y0:y1, x0:x1], alpha))
+            record.seam_input = _finite(seam_ratio(before, alpha))
+            _measure_centre(record, canvas, before, (x0, y0), s_u)
     if options.draw_box:
         for f in prep.faces:
             draw_box(canvas, f.box, (out_w / w, out_h / h), f.restored)
     timings = dict(prep.timings, paste=time.perf_counter() - t0)
     return PhotoResult(canvas, prep.faces, {j: prep.crops[j] for j in restored}, pasted, prep.gray, timings)
+
+
+def _measure_centre(record: FaceRecord, canvas: np.ndarray, before: np.ndarray, origin: tuple[int, int], s_u: np.ndarray) -> None:
+    """The face centre's sharpness and colour shift (paste.centre_figures), output vs the region before the paste."""
+    cx, cy = apply_affine(s_u, record.landmarks.mean(0, keepdims=True))[0] - np.array(origin)
+    half = CENTRE_HALF * record.size * float(s_u[0, 0])
+    h, w = before.shape[:2]
+    x0, y0 = max(0, int(round(cx - half))), max(0, int(round(cy - half)))
+    x1, y1 = min(w, int(round(cx + half)) + 1), min(h, int(round(cy + half)) + 1)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return
+    ox, oy = origin
+    sharp, shift = centre_figures(canvas[oy + y0:oy + y1, ox + x0:ox + x1], before[y0:y1, x0:x1])
+    record.sharpness, record.color_shift = _finite(sharp), _finite(shift)
 
 
 def _fit(face: np.ndarray, size: int) -> np.ndarray:
@@ -248,6 +311,12 @@ class PhotoSummary:
     faces_found: int = 0
     faces_restored: int = 0
     seams: list[float] = field(default_factory=list)
+    doubtful: list[str] = field(default_factory=list)  # "photo face j (score s)" per doubtful face, left alone
+    larger: int = 0  # restored faces larger than the policy's resolution (scale > 1)
+    skipped_larger: int = 0  # faces left alone by --face-policy never-larger
+    sharpness: list[tuple[float, float]] = field(default_factory=list)  # (scale, output / input) per restored face
+    face_policy: str = "auto"
+    resolution: int = 0  # the policy's
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES + ("io",), 0.0))
 
 
@@ -280,7 +349,8 @@ def restore_photos(
     detector = detector or restorer.face_detector()
     size = restorer.policy.cfg.resolution
     paths = input_paths(source)
-    writer = _PhotoWriter(output_folder(source, paths, out_dir, overwrite), options, PhotoSummary())
+    writer = _PhotoWriter(output_folder(source, paths, out_dir, overwrite), options,
+                          PhotoSummary(face_policy=options.face_policy, resolution=size))
     summary = writer.summary
     photo_bar = tqdm(total=len(paths), desc="photos", unit="photo", disable=not progress, dynamic_ncols=True, position=0)
     face_bar = tqdm(total=0, desc="faces", unit="face", disable=not progress, dynamic_ncols=True, position=1)
@@ -353,8 +423,7 @@ class _PhotoWriter:
             self.log = self.out.open_log("faces.jsonl")
         for f in result.faces:
             self.log.write(json.dumps(f.to_json(item.source)) + "\n")
-            if f.seam is not None:
-                summary.seams.append(f.seam)
+            self._count(item, f)
         self.log.flush()
         summary.faces_found += len(result.faces)
         summary.faces_restored += result.restored_count
@@ -362,13 +431,27 @@ class _PhotoWriter:
             summary.no_face.append(item.name)
         summary.timings["io"] += time.perf_counter() - t0
 
+    def _count(self, item: _Pending, f: FaceRecord) -> None:
+        summary = self.summary
+        if f.seam is not None:
+            summary.seams.append(f.seam)
+        if f.doubtful:
+            summary.doubtful.append(f"{ascii_name(item.source)} face {f.index} (score {f.score:.2f})")
+        if f.reason and "never-larger" in f.reason:
+            summary.skipped_larger += 1
+        if f.restored and f.scale > 1.0:
+            summary.larger += 1
+        if f.restored and f.sharpness is not None:
+            summary.sharpness.append((f.scale, f.sharpness))
+
     def _write_files(self, item: _Pending, result: PhotoResult) -> bool:
         """The photo's image files, each recorded; False (and a line in the summary) when one fails."""
         files: list[tuple[str, np.ndarray, np.ndarray | None]] = [(f"restored_imgs/{item.name}", result.image, item.alpha)]
         for j, crop in result.cropped_faces.items():
             tag = fit_name(f"{item.stem}_{j:02d}.png")
-            files += [(f"cropped_faces/{tag}", crop, None), (f"restored_faces/{tag}", result.restored_faces[j], None),
-                      (f"cmp/{tag}", np.concatenate([crop, result.restored_faces[j]], axis=1), None)]
+            files += [(f"cropped_faces/{tag}", crop, None), (f"restored_faces/{tag}", result.restored_faces[j], None)]
+        if result.faces:
+            files.append((f"cmp/{item.name}", comparison(item.prep.image, result, self.options.draw_box), None))
         written = []
         try:
             for rel, image, alpha in files:
@@ -385,6 +468,24 @@ class _PhotoWriter:
         if self.log is not None:
             self.log.close()
             self.out.record(["faces.jsonl"])  # complete now: its size and sha256 replace the name-only entry
+
+
+def comparison(image: np.ndarray, result: PhotoResult, boxes: bool = False) -> np.ndarray:
+    """``input | restored`` side by side at the input's size (the restored photo shrunk with an area
+    filter when upscaled), the detected faces outlined on both halves when ``boxes``."""
+    import cv2
+
+    h, w = image.shape[:2]
+    restored = result.image
+    if restored.shape[:2] != (h, w):
+        restored = cv2.resize(restored, (w, h), interpolation=cv2.INTER_AREA)
+    both = np.concatenate([image, restored], axis=1)
+    if boxes:
+        for f in result.faces:
+            x, y, bw, bh = f.box
+            for dx in (0, w):
+                draw_box(both, (x + dx, y, bw, bh), (1.0, 1.0), f.restored)
+    return both
 
 
 def _fit_alpha(alpha: np.ndarray | None, image: np.ndarray) -> np.ndarray | None:
@@ -415,7 +516,9 @@ def summary_lines(summary: PhotoSummary, out_dir: str | Path) -> list[str]:
         lines = [f"no photo was written to {out}"]
     else:
         lines = [f"restored {summary.faces_restored} of {summary.faces_found} detected face(s) in {len(summary.written)} "
-                 f"photo(s): {out}/restored_imgs (faces: {out}/faces.jsonl)"]
+                 f"photo(s): {out}/restored_imgs (faces: {out}/faces.jsonl)",
+                 f"look at {out}/cmp: each photo with a face, input | restored side by side at the input's size"]
+    lines += _face_lines(summary)
     if summary.no_face:
         shown = ", ".join(ascii_name(n) for n in summary.no_face[:5]) + (
             f" and {len(summary.no_face) - 5} more" if len(summary.no_face) > 5 else "")
@@ -427,6 +530,26 @@ def summary_lines(summary: PhotoSummary, out_dir: str | Path) -> list[str]:
     total = sum(t.values())
     if total > 0:
         lines.append("time: " + ", ".join(f"{k} {t[k]:.1f} s" for k in (*STAGES, "io")) + f" ({total:.1f} s)")
+    return lines
+
+
+def _face_lines(summary: PhotoSummary) -> list[str]:
+    """The summary's lines on doubtful faces, faces larger than the policy, and sharpness."""
+    lines, r = [], summary.resolution
+    if summary.doubtful:
+        shown = ", ".join(summary.doubtful[:3]) + (f" and {len(summary.doubtful) - 3} more" if len(summary.doubtful) > 3 else "")
+        lines.append(f"{len(summary.doubtful)} doubtful face(s) left alone (score below --det-threshold or not a frontal face; "
+                     f"reasons in faces.jsonl): {shown}")
+    if summary.skipped_larger:
+        lines.append(f"{summary.skipped_larger} face(s) larger than the policy's {r} px left alone (--face-policy never-larger)")
+    if summary.larger:
+        how = {"auto": "restored at its resolution; their own detail above it kept (--face-policy auto)",
+               "always": "shrunk to it, restored and enlarged back: they lose detail (--face-policy always)"}[summary.face_policy]
+        lines.append(f"{summary.larger} face(s) larger than the policy's {r} px: {how}")
+    if summary.sharpness:
+        ratio = np.asarray([v for _, v in summary.sharpness])
+        lines.append(f"sharpness of the face centres, output / input (1 = as sharp): median {np.median(ratio):.2f}, "
+                     f"min {ratio.min():.2f} over {len(ratio)} face(s)")
     return lines
 
 

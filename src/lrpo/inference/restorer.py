@@ -146,6 +146,19 @@ class Restorer:
             out = restore_images(self.policy, self.sampler, lq, seeds, self.precision, forward=self.forward).float().cpu()
         return [to_uint8(_resize_tensor(o, im.shape[0], im.shape[1], antialias=diffbir or None)) for o, im in zip(out, images)]
 
+    def keep_detail(self, images: list[np.ndarray], restored: list[np.ndarray]) -> list[np.ndarray]:
+        """Restorations of faces larger than the policy with the input's own detail above its resolution:
+        input + (restored - the input shrunk to the policy and enlarged back, as :meth:`restore` resizes).
+        The policy's correction covers what it resolves; the input's finer band passes unchanged."""
+        r, diffbir = self.policy.cfg.resolution, hasattr(self.policy, "restore_faces")
+        out = []
+        for im, rest in zip(images, restored):
+            x = to_tensor(im)
+            round_trip = to_uint8(_resize_tensor(_resize_tensor(x, r, antialias=diffbir or None), im.shape[0], im.shape[1],
+                                                 antialias=diffbir or None))
+            out.append(np.clip(im.astype(np.int16) + rest.astype(np.int16) - round_trip.astype(np.int16), 0, 255).astype(np.uint8))
+        return out
+
 
 def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None, antialias: bool | None = None) -> torch.Tensor:
     """Bicubic; ``antialias`` None: only when shrinking. True in both directions is DiffBIR's
@@ -191,20 +204,25 @@ class RestoreSummary:
     failed: list[ImageLoadError] = field(default_factory=list)
     not_square: list[str] = field(default_factory=list)  # inputs more than 10 % off square: whole photos?
     unwritten: list[str] = field(default_factory=list)  # one line per output that could not be written
+    larger: int = 0  # inputs larger than the policy's resolution (face_policy decides what they get)
+    face_policy: str = "auto"
 
 
 def restore_folder(
     restorer: Restorer, in_dir: str | Path, out_dir: str | Path | OutputFolder, batch_size: int = 8, seed: int = 0,
-    progress: bool = True, overwrite: bool = False,
+    progress: bool = True, overwrite: bool = False, face_policy: str = "auto",
 ) -> RestoreSummary:
     """Restore every aligned crop of ``in_dir`` (or the one image it names) into ``out_dir/<stem>.png``;
     unreadable files are reported and skipped. Image i uses seed ``seed + i`` (i in sorted order), so results do not depend on
     ``batch_size``. Inputs sharing a stem (``a.jpg``, ``a.png``) are written as ``a_jpg.png``, ``a_png.png``.
-    ``out_dir`` follows :mod:`lrpo.outputs` (created on the first output; earlier outputs need ``overwrite``)."""
+    ``out_dir`` follows :mod:`lrpo.outputs` (created on the first output; earlier outputs need ``overwrite``);
+    ``cmp/<name>`` holds input | restored. Inputs larger than the policy's resolution (``face_policy``, as for
+    photos): auto keeps their detail above it (:meth:`Restorer.keep_detail`), always shrinks, restores and
+    enlarges back, never-larger copies them as they are."""
     paths = input_paths(in_dir)
     out = output_folder(in_dir, paths, out_dir, overwrite)
     out_names = output_names(paths)
-    summary = RestoreSummary()
+    summary = RestoreSummary(face_policy=face_policy)
     bar = tqdm(total=len(paths), desc="restore", unit="img", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(paths), batch_size):
         batch, seeds, names = [], [], []
@@ -222,19 +240,37 @@ def restore_folder(
             seeds.append(seed + i)
             names.append(out_names[i])
         if batch:
-            _write_crops(out, names, restorer.restore(batch, seeds), summary)
+            _write_crops(out, names, batch, _restore_aligned(restorer, batch, seeds, face_policy, summary), summary)
             bar.update(len(batch))
     bar.close()
     return summary
 
 
-def _write_crops(out: OutputFolder, names: list[str], images: list[np.ndarray], summary: RestoreSummary) -> None:
-    """Write one batch's restorations; one that cannot be written is named in the summary, the rest go on."""
-    written = []
-    for name, img in zip(names, images):
+def _restore_aligned(restorer: Restorer, batch: list[np.ndarray], seeds: list[int], face_policy: str,
+                     summary: RestoreSummary) -> list[np.ndarray]:
+    """One batch of aligned crops under ``face_policy`` (see :func:`restore_folder`)."""
+    larger = [max(im.shape[:2]) > restorer.resolution for im in batch]
+    summary.larger += sum(larger)
+    todo = [i for i, big in enumerate(larger) if not (big and face_policy == "never-larger")]
+    outs = list(batch)
+    restored = restorer.restore([batch[i] for i in todo], [seeds[i] for i in todo]) if todo else []
+    for i, rest in zip(todo, restored):
+        outs[i] = restorer.keep_detail([batch[i]], [rest])[0] if larger[i] and face_policy == "auto" else rest
+    return outs
+
+
+def _write_crops(out: OutputFolder, names: list[str], inputs: list[np.ndarray], images: list[np.ndarray], summary: RestoreSummary) -> None:
+    """Write one batch's restorations and their cmp/ (input | restored); one that cannot be written is named in
+    the summary, the rest go on."""
+    written, restored = [], []
+    for name, inp, img in zip(names, inputs, images):
+        rel = name
         try:
-            written.append(out.write_image(name, img))
+            restored.append(out.write_image(rel, img))
+            written.append(restored[-1])
+            rel = f"cmp/{name}"
+            written.append(out.write_image(rel, np.concatenate([inp, img], axis=1)))
         except OSError as e:
-            summary.unwritten.append(one_line(e, out.folder / name))
+            summary.unwritten.append(one_line(e, out.folder / rel))
     out.record(written)
-    summary.written.extend(written)
+    summary.written.extend(restored)
