@@ -118,6 +118,7 @@ def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
     detector = yunet_dir()
     runs = write_fake_run(tmp_path / "runs" / "lrpo")
     shutil.copytree(tiny_run, runs.parent / "tiny")  # a second model in the selector: run:tiny
+    shutil.copytree(tiny_run, runs.parent / 'x"<b>y')  # a folder name with markup: shown as text
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LRPO_WEIGHTS": str(detector or tmp_path / "none")}
     args = ["--checkpoint", str(tiny_run), "--port", "0", "--runs", str(runs.parent), "--device", "cpu"]
     if detector is not None:
@@ -154,6 +155,8 @@ def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
             names = [n for n, _ in options]
             assert names[:2] == ["start", "run:tiny"] and {"policy:lrpo-fidelity", "policy:lrpo-perception"} <= set(names)
             assert page.input_value("#model-select") == "start"
+            assert page.text_content('#model-select option[value="run:x\\"<b>y"]') == 'x"<b>y (run, step_000004)'
+            assert page.locator("#model-select b").count() == 0  # not parsed as markup
             if dict(options)["policy:lrpo-fidelity"]:  # disabled: the reason is on the page
                 assert "lrpo weights fetch" in page.text_content("#model-missing-list")
 

@@ -225,3 +225,18 @@ def test_http_switches_by_name_and_refuses_paths(server, runs):
         assert status == 404 and "never a path" in r["error"] and "Traceback" not in r["error"], (bad, r)
     status, r = _call(server, "POST", "/api/group?G=2&steps=2&model=run%3Aa", face)
     assert status == 200 and r["upload_is"] == "lq" and r["gt"] is None and r["model"] == "run:a"
+
+
+def test_the_start_model_reached_through_a_link_is_not_loaded_again(runs, tmp_path):
+    """--checkpoint runs/linked (a link to run a) is run a: asking for run:a by name loads nothing."""
+    from lrpo.demo.service import DemoService
+
+    service = DemoService(runs / "linked", device="cpu", detector_path=str(tmp_path / "no_detector"), runs_root=runs,
+                          reward_names=["sharpness"])
+    assert service.model_name == "run:a"
+    loads = []
+    service._load = lambda source: loads.append(source)
+    service.use_model("run:a")
+    assert loads == []
+    service.use_model("run:b")
+    assert loads == [runs / "b"]

@@ -46,7 +46,7 @@ class ModelChoice:
     @property
     def key(self) -> tuple[str, str]:
         """What the loaded model is compared with: the name and the files it loads."""
-        return self.name, str(self.checkpoint or self.source)
+        return self.name, str(Path(self.checkpoint or self.source).resolve())
 
     def to_json(self) -> dict:
         return {"name": self.name, "label": self.label, "kind": self.kind, "available": self.available, "reason": self.reason}

@@ -258,7 +258,7 @@ class DemoService:
         self._load(source)
         self.models = ModelCatalog(self.source, self.runs)
         self.model_name = self.models.start_name
-        self._loaded_key: tuple[str, str] = (self.model_name, str(self.source))
+        self._loaded_key: tuple[str, str] = (self.model_name, str(Path(self.source).resolve()))  # as ModelChoice.key
         self.detector, self.detector_error = self._make_detector(detector_path)
         self.terms = probe_reward_terms(self.device, reward_names)
 

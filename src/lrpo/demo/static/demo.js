@@ -259,6 +259,7 @@ const viewer = {
     box.addEventListener("pointerup", end);
     box.addEventListener("pointercancel", end);
     box.addEventListener("dblclick", () => this.fit());
+    window.addEventListener("resize", () => { if (this.W && !$("restore-output").hidden) this.setImage(this.W, this.H); });
     $("restore-zoom-in").addEventListener("click", () => this.zoomAt(1.5));
     $("restore-zoom-out").addEventListener("click", () => this.zoomAt(1 / 1.5));
     $("restore-zoom-fit").addEventListener("click", () => this.fit());
