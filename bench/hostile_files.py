@@ -726,6 +726,8 @@ def main() -> int:
     ap.add_argument("--cases", nargs="*", default=list(ALL_CASES), choices=list(ALL_CASES))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
+    ap.add_argument("--append", action="store_true",
+                    help="merge into --out's outcomes (same command and case replaced): a sweep run a command at a time")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lrpo-hostile-"))
     t0 = time.perf_counter()
@@ -738,6 +740,10 @@ def main() -> int:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    if args.append and args.out.is_file():
+        fresh = {(o.command, o.case) for o in outcomes}
+        kept = [Outcome(**o) for o in json.loads(args.out.read_text())["outcomes"] if (o["command"], o["case"]) not in fresh]
+        outcomes = kept + outcomes
     tot = totals(outcomes)
     print(json.dumps(tot))
     report = {"command": "python bench/hostile_files.py" + (" --in-process" if args.in_process else ""),
