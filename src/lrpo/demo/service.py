@@ -472,6 +472,14 @@ class DemoService:
                 return name
         return None
 
+    def _group_degradation(self, name: str) -> DegradationConfig | None:
+        """The degradation that makes the upload the GT; None for "none" (the upload is the LQ itself)."""
+        if name == "run":
+            return self.train_degradation or DEGRADATION_PRESETS["spec"]
+        if name == "none" or name in DEGRADATION_PRESETS:
+            return DEGRADATION_PRESETS.get(name)
+        raise DemoError(f"degradation must be none, run or one of {', '.join(sorted(DEGRADATION_PRESETS))}; got {name!r}")
+
     def group(self, image: np.ndarray, req: GroupRequest) -> dict:
         """G candidates for one face, each scored by every term, the total and the advantage."""
         from ..degradation.pipeline import degrade_group
@@ -487,12 +495,7 @@ class DemoService:
             raise DemoError(f"G must be in [2, {MAX_GROUP_SIZE}], got {G}")
         if steps > self.diffusion.train_timesteps:
             raise DemoError(f"steps must be at most the schedule's {self.diffusion.train_timesteps} timesteps, got {steps}")
-        if req.degradation == "run":
-            cfg = self.train_degradation or DEGRADATION_PRESETS["spec"]
-        elif req.degradation in DEGRADATION_PRESETS or req.degradation == "none":
-            cfg = DEGRADATION_PRESETS.get(req.degradation)
-        else:
-            raise DemoError(f"degradation must be run, none or one of {', '.join(sorted(DEGRADATION_PRESETS))}; got {req.degradation!r}")
+        cfg = self._group_degradation(req.degradation)
         has_gt = cfg is not None
         reward, left_out = self.composite(req, has_gt)  # before any sampling: a bad choice costs nothing
         if reward.caption_terms and not req.caption:
@@ -528,11 +531,7 @@ class DemoService:
                 "total": float(out.scores[j]),
                 "advantage": float(adv.advantages[j]),
             })
-        if left_out:
-            notes.append(f"no GT (the upload is treated as already degraded): {', '.join(left_out)} not available; "
-                         f"the total is {' + '.join(f'{w:.3g} x {k}' for k, w in reward.weights.items())} (weights normalised to sum 1)")
-        if adv.num_dropped_groups:
-            notes.append("every candidate scored the same: the group carries no learning signal and training would drop it")
+        notes += _group_notes(left_out, reward.weights, bool(adv.num_dropped_groups))
         return {
             "lq": image_uri(to_uint8(lq[0])), "gt": image_uri(face) if has_gt else None,
             "upload_is": "gt" if has_gt else "lq", "unavailable_terms": left_out, "model": self.model_name,
@@ -542,6 +541,17 @@ class DemoService:
             "group_size": G, "steps": steps, "eta": eta, "seed": req.seed,
             "seconds": round(time.perf_counter() - t0, 3), "notes": notes,
         }
+
+
+def _group_notes(left_out: dict[str, str], weights: dict[str, float], dropped: bool) -> list[str]:
+    notes = []
+    if left_out:
+        total = " + ".join(f"{w:.3g} x {k}" for k, w in weights.items())
+        notes.append(f"no GT (the upload is treated as already degraded): {', '.join(left_out)} not available; "
+                     f"the total is {total} (weights normalised to sum 1)")
+    if dropped:
+        notes.append("every candidate scored the same: the group carries no learning signal and training would drop it")
+    return notes
 
 
 def _square_face(image: np.ndarray, size: int) -> tuple[np.ndarray, list[str]]:
