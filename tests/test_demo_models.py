@@ -240,3 +240,19 @@ def test_the_start_model_reached_through_a_link_is_not_loaded_again(runs, tmp_pa
     assert loads == []
     service.use_model("run:b")
     assert loads == [runs / "b"]
+
+
+def test_a_published_policy_loads_by_name_and_back(service, tmp_path, monkeypatch):
+    """policy:lrpo-fidelity on tiny stand-ins of its three files: the shipped YAML, read as the
+    release reads it (controlnet_format reference), its own sampling defaults; then back to run a."""
+    pytest.importorskip("diffusers")
+    from lrpo.standins import write_standins
+
+    write_standins(tmp_path, "tiny", only=("sd21-base", "diffbir-swinir-face", "lrpo-fidelity"))
+    monkeypatch.setenv("LRPO_WEIGHTS", str(tmp_path))
+    service.use_model("policy:lrpo-fidelity")
+    info = service.info()
+    assert info["model"] == "policy:lrpo-fidelity" and service.policy.cfg.controlnet_format == "reference"
+    assert (info["resolution"], info["defaults"]["steps"], info["defaults"]["eta"]) == (512, 50, 0.8)  # the YAML's
+    service.use_model("run:a")
+    assert service.model_name == "run:a" and service.resolution == 16
