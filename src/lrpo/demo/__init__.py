@@ -1,6 +1,7 @@
 """``lrpo demo``: a local web page to restore photos, look at a group's rewards and read a run.
 
-Three tabs (see README, "Web demo"): Restore (a photo or an aligned face, with the restore
+A model selector (a name from the server's list: the start model, the runs under ``--runs`` with
+a checkpoint, the published policies) and three tabs (see README, "Web demo"): Restore (a photo or an aligned face, with the restore
 command's options), Group (G candidates of one face with every reward term, the total and the
 group-relative advantage) and Run (a training run's curves and sample grids, read-only).
 
@@ -9,6 +10,7 @@ Needs ``pip install "lrpo[demo]"`` (Starlette and uvicorn). Layout:
     safety.py    upload limits and decoding, path containment, Host allow-list, one job at a time
     connections.py  header and body deadlines, the connection cap (a uvicorn protocol)
     service.py   the work: DemoService (policy, detector, reward terms), restore, group
+    models.py    the model selector: runs under --runs and published policies, by name only
     runview.py   the Run tab's reading of a run folder
     app.py       routes, the page, serving
     static/      the page: index.html, demo.js, demo.css (no external resources)
