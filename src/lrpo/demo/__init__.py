@@ -1,8 +1,8 @@
 """``lrpo demo``: a local web page to restore photos, look at a group's rewards and read a run.
 
 A model selector (a name from the server's list: the start model, the runs under ``--runs`` with
-a checkpoint, the published policies) and three tabs (see README, "Web demo"): Restore (a photo or an aligned face, with the restore
-command's options), Group (G candidates of one face with every reward term, the total and the
+a checkpoint, the published policies) and three tabs (see README, "Web demo"): Restore (a photo or
+an aligned face, with the restore command's options), Group (G candidates of one face with every reward term, the total and the
 group-relative advantage) and Run (a training run's curves and sample grids, read-only).
 
 Needs ``pip install "lrpo[demo]"`` (Starlette and uvicorn). Layout:
