@@ -128,7 +128,7 @@ def detection_figures(photos_dir: Path, weights: Path, skimage_names: list[str])
                 raise SystemExit(f"{name}: detection {key[1]} (score {f.score:.2f}) is not annotated in {ANNOTATIONS.name}")
             found.append((f, face))
     out = []
-    for threshold in (0.5, 0.6, 0.7, 0.8, 0.9):
+    for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
         for geometry in (False, True):
             limit = MAX_LANDMARK_RESIDUAL if geometry else float("inf")
             restored = [face for f, face in found if doubt(f, threshold, limit) is None]
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     report["detection"] = detection_figures(Path(args.photos), Path(args.weights), ["chelsea", "coffee", "rocket", "astronaut", "camera", "hubble_deep_field"])
     if args.checkpoint:
+        from lrpo.checkpoint import find_checkpoint
+
+        report["checkpoint"] = str(find_checkpoint(args.checkpoint))  # a run folder's `latest` moves while it trains
         restorer = Restorer.from_checkpoint(args.checkpoint, args.steps, None, "cpu", "auto")
         restorer.detector = FaceDetector(args.weights)
         done = restore_once(restorer, restorer.detector, photos, args.limit)

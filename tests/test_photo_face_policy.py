@@ -120,6 +120,9 @@ def test_doubtful_faces_are_listed_not_restored(scene):
     low = next(f for f in result.faces if f.score < 0.8)
     assert not low.restored and low.doubtful and low.reason == "doubtful face: score 0.65 < --det-threshold 0.8"
     assert restore_photo(photo, identity_restore, det, R, PhotoOptions(min_face_size=1, det_threshold=0.6)).restored_count == 2
+    # a score just below the threshold is shown rounded down: "0.80 < 0.8" would read as a contradiction
+    near = DetectedFace((0, 0, 50, 50), FFHQ_TEMPLATE_512 / 5, 0.798)
+    assert doubt(near) == "doubtful face: score 0.79 < --det-threshold 0.8"
     bent = DetectedFace((0, 0, 50, 50), FFHQ_TEMPLATE_512 * [1, -1] / 5 + [100, 200], 0.95)
     assert "do not fit a frontal face" in doubt(bent)
     assert "do not fit" in select_faces([bent], (400, 400, 3), threshold=0.8, max_residual=30)[0]

@@ -20,13 +20,14 @@ else it is listed in faces.jsonl as doubtful, with its score and why:
    (a light patch 0.73, a windmill 0.70); the issue's dog heads and clock scored 0.65-0.77.
 2. landmark geometry: the RMS distance, in 512 px template pixels, between the five landmarks
    after the alignment's similarity fit and the template (:func:`landmark_residual`) is at most
-   ``MAX_LANDMARK_RESIDUAL``. Frontal faces fit within 22 px (99 % within 19.3 px over 176 faces
+   ``MAX_LANDMARK_RESIDUAL``. Frontal faces fit within 22 px (99 % within 19.3 px over the 199 detections
    scoring >= 0.8); a profile (37 px) or a hand or galaxy YuNet half-believes (30-52 px) does not,
    and its aligned crop would be a distorted face anyway.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -133,7 +134,8 @@ def landmark_residual(landmarks: np.ndarray) -> float:
 def doubt(face: DetectedFace, threshold: float = RESTORE_THRESHOLD, max_residual: float = MAX_LANDMARK_RESIDUAL) -> str | None:
     """Why a candidate is doubtful as a face (None: it passes both checks of the module docstring)."""
     if face.score < threshold:
-        return f"doubtful face: score {face.score:.2f} < --det-threshold {threshold:g}"
+        shown = math.floor(face.score * 100 + 1e-9) / 100  # rounded down: 0.798 is not shown as 0.80 < 0.8
+        return f"doubtful face: score {shown:.2f} < --det-threshold {threshold:g}"
     if face.residual > max_residual:
         return (f"doubtful face: its landmarks do not fit a frontal face (residual {face.residual:.0f} px of 512 "
                 f"> {max_residual:g}; a profile or not a face)")

@@ -46,6 +46,7 @@ the summary and the others go on.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,7 +437,7 @@ class _PhotoWriter:
         if f.seam is not None:
             summary.seams.append(f.seam)
         if f.doubtful:
-            summary.doubtful.append(f"{ascii_name(item.source)} face {f.index} (score {f.score:.2f})")
+            summary.doubtful.append(f"{ascii_name(item.source)} face {f.index} (score {math.floor(f.score * 100 + 1e-9) / 100:.2f})")
         if f.reason and "never-larger" in f.reason:
             summary.skipped_larger += 1
         if f.restored and f.scale > 1.0:
