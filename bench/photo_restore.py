@@ -2,8 +2,10 @@
 
     python bench/photo_restore.py --checkpoint runs/pixel64 --photos ../shared/data/whole --out runs/bench_photos
 
-Runs :func:`lrpo.inference.photo.restore_photos` with the command's defaults (YuNet at score 0.5,
-faces with eyes >= 8 px apart, ellipse mask, upscale 1) on the CPU, then prints a JSON summary:
+Runs :func:`lrpo.inference.photo.restore_photos` with the command's defaults (YuNet candidates from score
+0.5, restored from 0.8 with the landmark check, faces with eyes >= 8 px apart, --face-policy auto,
+ellipse mask, upscale 1) on the CPU, then prints a JSON summary (the face policy's sharpness per
+face size: bench/face_policy.py):
 photos/s and faces/s over the whole run, the split of the time per stage (detection, alignment,
 restoration, paste-back, file I/O), the seam figure over every restored face (see
 lrpo.inference.paste: band / surroundings on the output, and the same on the input as reference),
@@ -36,6 +38,10 @@ def _count(items) -> dict[str, int]:
     for k in items:
         out[k] = out.get(k, 0) + 1
     return out
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 3) if values else None
 
 
 def round_trip_errors(photos: Path, lines: list[dict], detector, names: dict[str, Path]) -> list[float]:
@@ -145,7 +151,8 @@ def main() -> int:
         "without_face": len(summary.no_face),
         "faces_found": summary.faces_found,
         "faces_restored": summary.faces_restored,
-        "faces_left_alone": _count(d["reason"].split(" (")[0] for d in lines if d["reason"]),
+        "faces_left_alone": _count(d["reason"].split(" (")[0].split(":")[0] for d in lines if d["reason"]),
+        "sharpness_median_larger_than_policy": _median([d["sharpness"] for d in lines if d["sharpness"] is not None and d["scale"] > 1]),
         "wall_s": round(wall, 1),
         "photos_per_s": round(len(summary.written) / wall, 3),
         "faces_per_s": round(summary.faces_restored / wall, 3),
