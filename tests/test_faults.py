@@ -387,12 +387,21 @@ def test_a_damaged_checkpoint_still_counts_as_a_checkpoint_for_the_cli(three):
 def test_a_save_removes_what_killed_writers_left_but_keeps_other_replaced_copies(tmp_path):
     run = tmp_path / "run"
     _save(run, 1)
-    for name in (".step_000002.tmp-abc", ".step_000007.tmp-x", ".step_000001.del-y", ".step_000002.old-z", ".best.old-q"):
+    # the names lrpo's mkdtemp/mkstemp give them: the prefix lrpo chose + 8 characters
+    for name in (".step_000002.tmp-abc_1234", ".step_000007.tmp-x0000000", ".step_000001.del-y0000000",
+                 ".step_000002.old-z0000000", ".best.old-q0000000"):
         (run / name).mkdir()
         (run / name / "model.safetensors").write_bytes(b"x" * 100)
-    (run / ".latest.k3j").write_text("step_0")
+    (run / ".latest.k3j00000").write_text("step_0")
+    # a user's folders and file whose names only resemble them (issue-19 review): kept
+    for name in (".latest.backup", ".step_000003.old-keep", ".step_000002.tmp-mine"):
+        (run / name).mkdir()
+        (run / name / "thesis.docx").write_text("the user's")
+    (run / "log.jsonl.tmp").write_text("the user's")
     _save(run, 2)
-    assert _hidden(run) == [".best.old-q"]  # the only copy of `best` if a re-save of it was killed
+    # `.best.old-...` is the only copy of `best` if a re-save of it was killed
+    assert _hidden(run) == [".best.old-q0000000", ".latest.backup", ".step_000002.tmp-mine", ".step_000003.old-keep"]
+    assert (run / "log.jsonl.tmp").read_text() == "the user's"
 
 
 def test_checkpoint_folders_and_latest_follow_the_umask(tmp_path):

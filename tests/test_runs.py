@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,8 +92,10 @@ def test_leftovers_of_killed_writers_are_lrpos_and_cleared(tmp_path):
     run = tmp_path / "run"
     save_checkpoint(run, 1, {"w": torch.zeros(1)}, {}, {})
     append_record(run / "log.jsonl", {"step": 1})
-    (run / ".step_000002.tmp-abc").mkdir()  # a killed checkpoint writer's leftover
-    (run / ".latest.x1y2").write_text("step_0")
+    # a killed checkpoint writer's leftovers, in the exact shapes mkdtemp/mkstemp give them
+    tempfile.mkdtemp(dir=run, prefix=".step_000002.tmp-")
+    fd, _ = tempfile.mkstemp(dir=run, prefix=".latest.")
+    os.close(fd)
     assert claim_run_dir(run, resume=False, overwrite=True) is True
     clear_run_dir(run)
     assert sorted(p.name for p in run.iterdir()) == []

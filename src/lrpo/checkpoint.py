@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from . import __version__, manifest
 from .faults import fault_point
+from .torch_floor import UnsafeTorchError, require_safe_torch_load
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -251,13 +252,16 @@ def _remove_leftovers(run_dir: Path, final: Path) -> None:
     """Remove what killed writers left behind (each up to a checkpoint's size; repeated crashes
     would fill the disk): unfinished writes and deletions, the replaced copy of ``final`` and stray
     ``latest`` files. A replaced copy of another checkpoint may be its only copy, so it stays."""
-    leftover = re.compile(rf"^\.(?:[^/]+\.tmp-|step_\d+\.del-|{re.escape(final.name)}\.old-|latest\.)")
     for p in run_dir.iterdir():
-        if leftover.match(p.name):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+        m = manifest.temp_match(p)  # only the exact names lrpo gives them: a user's ".latest.backup/" stays
+        if m is None or p.name.startswith(".log.jsonl.") or p.name.startswith(manifest.MANIFEST_NAME):
+            continue  # a resume's log or the manifest being rewritten right now may be another writer's
+        if m.groupdict().get("tag") == "old" and m["name"] != final.name:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _newest_other(run_dir: Path, final: Path) -> Path | None:
@@ -543,6 +547,10 @@ def load_state(ckpt: str | os.PathLike) -> dict[str, Any]:
     ckpt = find_checkpoint(ckpt)
     f = ckpt / "state.pt"
     try:
+        require_safe_torch_load()
+    except UnsafeTorchError as e:
+        raise CheckpointError(f"{f}: not read: {e}") from None
+    try:
         state = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{ckpt}/state.pt is missing: the checkpoint holds weights only and cannot be resumed") from None
@@ -576,6 +584,33 @@ def require_state_fields(state: dict[str, Any], ckpt: str | os.PathLike, fields:
             want = {int: "a non-negative int", Tensor: "an RNG state (1-D uint8 tensor)", dict: "a dict"}.get(kind, kind.__name__)
             raise CorruptCheckpointError(f"{f}: its {key!r} entry holds {held}, expected {want}; the state was not resumed. "
                                          f"{_earlier_offer(Path(ckpt))}", Path(ckpt))
+
+
+def _real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# entries a resume may find absent (older checkpoints) or None, else of this shape: (test, expected)
+_OPTIONAL_STATE = {
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of log records (dicts)"),
+    "best": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and isinstance(v[0], int) and not isinstance(v[0], bool)
+             and v[0] >= 0 and _real(v[1]), "None or (epoch, reward)"),
+    "guard_baseline": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _real(x) for k, x in v.items()),
+                       "None or a dict of metric name -> number"),
+}
+
+
+def require_optional_state(state: dict[str, Any], ckpt: str | os.PathLike, keys: tuple[str, ...]) -> None:
+    """Like :func:`require_state_fields` for the entries ``keys`` a resume reads when present
+    (``history``, ``best``, ``guard_baseline``): absent or None passes, anything else must have the
+    shape this lrpo writes, or the state is refused in one line."""
+    for key in keys:
+        value = state.get(key)
+        test, want = _OPTIONAL_STATE[key]
+        if value is not None and not test(value):
+            held = f"a {type(value).__name__}" + (f" ({value!r:.40})" if isinstance(value, (int, float, str)) else "")
+            raise CorruptCheckpointError(f"{Path(ckpt) / 'state.pt'}: its {key!r} entry holds {held}, expected {want}; the "
+                                         f"state was not resumed. {_earlier_offer(Path(ckpt))}", Path(ckpt))
 
 
 def load_meta(ckpt: str | os.PathLike) -> dict:

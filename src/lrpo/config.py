@@ -21,6 +21,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from .runlog import replace_text
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range. The message names the key."""
@@ -653,7 +655,12 @@ def _blame(message: str, path: Path | None, overrides: list[str]) -> str:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write a run's config.yaml (replacing it, never writing through a link). ``trust_pickle`` is
+    saved as false: it is the user's say on each command line, never a run folder's."""
+    data = to_dict(cfg)
+    if "trust_pickle" in data:
+        data["trust_pickle"] = False
+    replace_text(Path(path), yaml.safe_dump(data, sort_keys=False))
 
 
 def resolve_device(name: str) -> "torch.device":  # noqa: F821

@@ -21,12 +21,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping
 
 MANIFEST_NAME = ".lrpo-manifest.jsonl"
 _CHUNK = 1 << 20
+# Python's tempfile names: 8 characters from this alphabet after the prefix lrpo chose
+_RANDOM = r"[a-z0-9_]{8}"
+# the exact hidden names lrpo gives what it is writing, replacing or deleting in a run folder:
+# checkpoint folders (mkdtemp ".<name>.tmp-", aside as ".<name>.old-"/".<name>.del-"), files
+# (mkstemp ".latest.", ".log.jsonl.") and the manifest's rewrite. A name of another shape
+# (".latest.backup/", "log.jsonl.tmp") is the user's.
+_TEMP_DIR = re.compile(rf"^\.(?P<name>step_\d+|best)\.(?P<tag>tmp|old|del)-{_RANDOM}$")
+_TEMP_FILE = re.compile(rf"^(\.(latest|log\.jsonl)\.{_RANDOM}|{re.escape(MANIFEST_NAME)}\.tmp)$")
+# what an interrupted output command leaves: degrade's working folder, restore's file being written
+_INTERRUPTED = {re.compile(rf"^\.lrpo-partial-{_RANDOM}$"): ("lrpo degrade", True),
+                re.compile(r"^\.lrpo-tmp-[0-9a-f]{12}$"): ("lrpo restore", False)}
 
 
 class ForeignFilesError(FileExistsError):
@@ -63,11 +75,31 @@ def safe_relative(name: str) -> str | None:
     (absolute, '..', empty, NUL)."""
     if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
         return None
-    p = PurePosixPath(name)
-    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or p.parts[0] == ".":
+    p = PurePosixPath(name)  # drops "." parts: PurePosixPath(".").parts is empty
+    if not p.parts or p.is_absolute() or ".." in p.parts:
         return None
-    clean = "/".join(part for part in p.parts if part != ".")
-    return clean or None
+    return "/".join(p.parts)
+
+
+def temp_match(path: Path) -> re.Match | None:
+    """The match when ``path`` (a top-level entry of a run folder) has exactly the shape and kind
+    (folder or file, never a link) of a temporary name lrpo gives a checkpoint, ``latest``, the log
+    or the manifest while writing them; ``name`` and ``tag`` groups for checkpoint folders."""
+    if path.is_symlink():
+        return None
+    if path.is_dir():
+        return _TEMP_DIR.match(path.name)
+    return _TEMP_FILE.match(path.name) if path.is_file() else None
+
+
+def interrupted_by(rel: str, folder: Path) -> str | None:
+    """The lrpo command whose interrupted run left ``rel`` (a path in ``folder``), by its exact name
+    and kind; None for anything else."""
+    name, full = PurePosixPath(rel.rstrip("/")).name, folder / rel.rstrip("/")
+    for shape, (command, is_dir) in _INTERRUPTED.items():
+        if shape.match(name) and not full.is_symlink() and (full.is_dir() if is_dir else full.is_file()):
+            return command
+    return None
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Entry] | None:
@@ -226,9 +258,23 @@ def claim_folder(folder: str | os.PathLike, *, what: str, ignore: Iterable[str] 
         return
     foreign = foreign_files(folder, ignore)
     if foreign:
-        raise ForeignFilesError(
-            f"{folder} holds files lrpo did not write ({describe(foreign)}); lrpo only replaces or deletes what it "
-            f"wrote itself. Move them elsewhere or choose another {what}", foreign)
+        raise ForeignFilesError(describe_foreign(folder, foreign, what), foreign)
+
+
+def describe_foreign(folder: Path, foreign: list[str], what: str) -> str:
+    """One line naming ``foreign``, with what an interrupted lrpo command left said apart: lrpo
+    cannot prove such a leftover is its own (it was never recorded), so the user deletes it."""
+    left = {f: c for f in foreign if (c := interrupted_by(f, folder))}
+    others = [f for f in foreign if f not in left]
+    notes = []
+    for command in sorted(set(left.values())):
+        names = [f for f, c in left.items() if c == command]
+        notes.append(f"{describe(names)} {'was' if len(names) == 1 else 'were'} left by an interrupted {command}: "
+                     f"delete {'it' if len(names) == 1 else 'them'}")
+    if not others:
+        return f"{folder}: {'; '.join(notes)} (lrpo deletes only files it recorded as written)"
+    return (f"{folder} holds files lrpo did not write ({describe(others)}); lrpo only replaces or deletes what it wrote "
+            f"itself. Move them elsewhere or choose another {what}" + "".join(f"; {n}" for n in notes))
 
 
 def remove_written(folder: str | os.PathLike) -> Removal:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import threading
@@ -25,12 +24,10 @@ from . import manifest
 
 __all__ = [
     "GracefulInterrupt", "Interrupted", "RunFolderError", "check_resume", "claim_run_dir", "clear_run_dir", "config_changes",
+    "refuse_links",
     "describe_changes", "record_written", "RUN_ARTIFACTS",
 ]
 
-# hidden names lrpo gives files and folders while writing, replacing or deleting them (checkpoint
-# folders, `latest`, the manifest) and the temporary log of a resume: never recorded, always lrpo's
-_LRPO_TEMP = re.compile(r"^(\.(step_\d+|best)\.(tmp|old|del)-.+|\.latest\..+|\.lrpo-manifest\.jsonl\.tmp|log\.jsonl\.tmp)$")
 # what a run writes at the top of its folder besides step_* (a fresh run must not write over a user's file there)
 RUN_ARTIFACTS = ("latest", "best", "log.jsonl", "config.yaml", "samples", "tb")
 
@@ -72,9 +69,12 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False)
     from .checkpoint import list_checkpoints  # torch: imported only when a run starts
 
     run_dir = Path(run_dir)
-    if resume or not run_dir.is_dir():
+    if not run_dir.is_dir():
         return False
-    temp = [p.name for p in run_dir.iterdir() if _LRPO_TEMP.match(p.name)]
+    if resume:
+        refuse_links(run_dir)
+        return False
+    temp = [p.name for p in run_dir.iterdir() if manifest.temp_match(p)]
     foreign = manifest.foreign_files(run_dir, ignore=temp, whole_folders=False)
     recorded = manifest.read_manifest(run_dir) or {}
     steps = list_checkpoints(run_dir)
@@ -99,8 +99,11 @@ def _held_error(run_dir: Path, steps: list[Path], foreign: list[str]) -> RunFold
     latest = _latest_name(run_dir)
     if latest or steps:
         what = f"latest checkpoint {latest}" if latest else f"{len(steps)} checkpoint(s), e.g. {steps[-1].name}"
-        return RunFolderError(f"{run_dir} already holds a run ({what}). Continue it with --resume, start over with "
-                              f"--overwrite (deletes its checkpoints and log), or choose another out_dir.")
+        start_over = ("delete it yourself if it is yours (it was written before lrpo kept a record of its files, so "
+                      "--overwrite cannot tell it is lrpo's), move it" if manifest.read_manifest(run_dir) is None
+                      else "start over with --overwrite (deletes its checkpoints and log)")
+        return RunFolderError(f"{run_dir} already holds a run ({what}). Continue it with --resume, {start_over}, or "
+                              f"choose another out_dir.")
     clash = [f for f in foreign if f.rstrip("/").split("/")[0] in RUN_ARTIFACTS]
     if clash:
         return RunFolderError(f"{run_dir} holds files where a run writes its own ({manifest.describe(clash)}) that lrpo "
@@ -113,7 +116,8 @@ def _held_error(run_dir: Path, steps: list[Path], foreign: list[str]) -> RunFold
 
 def _legacy_hint(recorded: dict, steps: list[Path]) -> str:
     if not recorded and steps:
-        return " (a run written before lrpo kept a record of its files: delete it yourself if it is yours)"
+        return (" (a run written before lrpo kept a record of its files: delete it yourself if it is yours, or move "
+                "it elsewhere)")
     return ""
 
 
@@ -124,12 +128,24 @@ def clear_run_dir(run_dir: str | Path) -> None:
     if not run_dir.is_dir():
         return
     for p in run_dir.iterdir():  # what killed writers left under lrpo's hidden temporary names
-        if _LRPO_TEMP.match(p.name):
-            if p.is_dir() and not p.is_symlink():
+        if manifest.temp_match(p):
+            if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
     manifest.remove_written(run_dir)
+
+
+def refuse_links(run_dir: Path) -> None:
+    """Refuse to resume in ``run_dir`` when a name a run writes there is a symbolic link: writing
+    the log, config, checkpoints or samples would go through it to a file outside the run."""
+    linked = [n for n in RUN_ARTIFACTS if (run_dir / n).is_symlink()]
+    if linked:
+        one = len(linked) == 1
+        raise RunFolderError(
+            f"{run_dir}: not resumed, {', '.join(linked)} {'is a symbolic link' if one else 'are symbolic links'} (a run "
+            f"folder holds its own files; lrpo does not write through links). Replace {'it' if one else 'them'} with the "
+            f"run's own files, or resume into another out_dir", linked)
 
 
 def record_written(run_dir: str | Path, *paths: str | Path, grows: bool = False) -> None:

@@ -40,7 +40,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -862,6 +862,12 @@ def _check_out(out_dir: Path, names: list[str], methods: list[MethodSpec]) -> No
     never writes over or through a file of the user's."""
     planned = [METRICS_FILE, PER_IMAGE_FILE, REPORT_FILE, "table.md", "table.tex"]
     planned += [f"{OUTPUTS_DIR}/{m.name}/{n}.png" for m in methods if m.kind == "checkpoint" for n in names]
+    # a folder on the way that is a link would take the new files elsewhere (mkdir and save follow it)
+    linked = sorted({d for rel in planned for d in map(str, PurePosixPath(rel).parents)
+                     if d != "." and (out_dir / d).is_symlink()})
+    if linked:
+        raise ValueError(f"--out {manifest.ascii_name(str(out_dir))}: {manifest.describe(linked)} is a symbolic link, and "
+                         f"lrpo evaluate writes only inside --out; nothing was written: choose another --out or move it")
     taken = manifest.unrecorded(out_dir, planned)
     if taken:
         raise ValueError(f"--out {manifest.ascii_name(str(out_dir))} holds {manifest.describe(taken)}, which an earlier lrpo "

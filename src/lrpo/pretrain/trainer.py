@@ -264,6 +264,7 @@ class Pretrainer:
         state = ckpt_io.load_state(ckpt)  # data only (weights_only): refused before any weight is touched
         ckpt_io.require_state_fields(state, ckpt, {"step": int, "epoch": int, "generator": torch.Tensor,
                                                    "torch_rng": torch.Tensor, "optimizer": dict})
+        ckpt_io.require_optional_state(state, ckpt, ("history",))
         ckpt_io.load_weights(self.policy, ckpt)
         from safetensors.torch import load_file
 
@@ -276,7 +277,7 @@ class Pretrainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.perm, self.pos = self._resume_order(ckpt, state.get("perm"), state.get("pos"), changed=bool(allowed))
         self.elapsed = state.get("elapsed", 0.0)
-        self.history = state.get("history", [])
+        self.history = state.get("history") or []
         self.resumed_from = self.step
         for rec in self.pending_records:
             rec["step"] = self.step

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import listing, mismatch_parts
+from ..torch_floor import require_safe_torch_load
 
 __all__ = [
     "BOOKKEEPING_MODULES",
@@ -90,6 +91,9 @@ def load_torch_file(path: str | os.PathLike, *, trust_pickle: bool = False, mmap
     still without unpickling code. ``mmap`` maps zip files instead of reading them (legacy files
     cannot be mapped and are read).
     """
+
+    if not trust_pickle:
+        require_safe_torch_load()
 
     def load() -> object:
         if mmap:

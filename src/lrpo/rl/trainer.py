@@ -26,6 +26,7 @@ make the ratio differ from 1 before any optimiser step). Gradients do not depend
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -50,7 +52,7 @@ from ..engine import full_state_dict, load_optimizer_state_by_name, local_state_
 from ..eval.metrics import psnr, ssim
 from ..inference.restorer import load_policy
 from ..policies import policy_state_dict
-from ..runlog import append_record, rewrite_log
+from ..runlog import append_record, replace_file, rewrite_log
 from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, clear_run_dir, config_changes, record_written
 from ..inference.sampling import sample_generators, sample_trajectories
 from ..policies.compiled import CompiledForward, compile_decision
@@ -128,7 +130,8 @@ class LRPOTrainer:
         else:
             forked = True
         # every rank may refuse; only rank 0 clears, once the data, rewards and policy below are good
-        clear = forked and claim_run_dir(cfg.out_dir, resume=False, overwrite=overwrite) and self.ctx.is_main
+        # resuming in place: claim_run_dir only refuses links where the run writes
+        clear = claim_run_dir(cfg.out_dir, resume=not forked, overwrite=overwrite) and forked and self.ctx.is_main
         self.interrupt = GracefulInterrupt("stopping: rollouts in flight are dropped, an update in flight is finished, "
                                            "then the last completed epoch is checkpointed; Ctrl-C again stops at once")
         self.saved_epoch: int | None = None  # epoch of the newest step_* checkpoint of this run
@@ -620,7 +623,7 @@ class LRPOTrainer:
 
     def save_sample_grid(self, batch: RolloutBatch, epoch: int, max_groups: int = 4) -> Path:
         """One row per group: LQ | its G candidates | GT, as a PNG under out_dir/samples/."""
-        from ..data.images import save_rgb, to_uint8
+        from ..data.images import to_uint8
         from ..quickstart import image_grid
 
         G = self.cfg.group_size
@@ -628,7 +631,10 @@ class LRPOTrainer:
         for start in range(0, min(len(batch.seeds), max_groups * G), G):
             rows.append([to_uint8(batch.lq[start])] + [to_uint8(x) for x in batch.images[start : start + G]] + [to_uint8(batch.hq[start])])
         path = self.out_dir / "samples" / f"epoch_{epoch:04d}.png"
-        save_rgb(path, image_grid(rows))
+        path.parent.mkdir(exist_ok=True)
+        png = io.BytesIO()
+        Image.fromarray(image_grid(rows)).save(png, format="PNG")
+        replace_file(path, png.getvalue())  # a link planted at the name is replaced, not written through
         record_written(self.out_dir, path)
         return path
 
@@ -645,7 +651,7 @@ class LRPOTrainer:
             # trust_pickle is the user's say for this run only: a checkpoint never carries it on
             "policy": {k: v for k, v in to_dict(self.policy.cfg).items() if k != "trust_pickle"},
             "diffusion": {**to_dict(self.diffusion_cfg), "sample_steps": self.cfg.sample_steps, "eta": self.cfg.eval_eta},
-            "lrpo": to_dict(self.cfg),
+            "lrpo": {**to_dict(self.cfg), "trust_pickle": False},
         }
         state = {
             "epoch": epoch,
@@ -681,6 +687,7 @@ class LRPOTrainer:
         changes = self._resume_changes(ckpt)
         state = ckpt_io.load_state(ckpt)  # data only (weights_only): nothing in it runs
         ckpt_io.require_state_fields(state, ckpt, {"epoch": int, "torch_rng": torch.Tensor, "optimizer": dict})
+        ckpt_io.require_optional_state(state, ckpt, ("history", "best", "guard_baseline"))
         old_world = state.get("world_size", 1)
         if old_world != self.ctx.world_size:
             # minibatch_size is per process: what must not change is the global minibatch
@@ -697,9 +704,9 @@ class LRPOTrainer:
         torch.set_rng_state(state["torch_rng"])
         self.epoch = state["epoch"]
         self.saved_epoch = self.resumed_from = self.epoch
-        self.history = state.get("history", [])
+        self.history = state.get("history") or []
         self.guard_baseline = state.get("guard_baseline")
-        self.best = state.get("best")
+        self.best = tuple(state["best"]) if state.get("best") is not None else None
         if allowed:
             self.pending_records.append({"epoch": self.epoch, "config_changes": allowed})
         if self.ctx.is_main:
