@@ -214,6 +214,8 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="folder of aligned HQ faces to use instead of the embedded ones")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     p.add_argument("--minutes", type=float, default=3.0, help="pretraining time cap in minutes; it stops earlier after its 260 steps (default 3)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="network precision of every stage: auto = bf16 where the processor has bf16 units (default auto)")
     p.add_argument("--rl-minutes", type=float, default=3.0, help="LRPO time cap in minutes; it stops earlier after its 26 epochs (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds an earlier quickstart")

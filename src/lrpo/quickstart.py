@@ -161,7 +161,8 @@ def _quickstart(args: argparse.Namespace) -> int:
         print(f"[1/5] wrote {len(list_images(source))} embedded public-domain faces to {source}")
         faces = _usable_faces(source)
     val_count = max(4, min(16, len(faces) // 5))
-    common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}"]
+    precision = getattr(args, "precision", "auto")
+    common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}", f"precision={precision}"]
 
     pre_cfg: PretrainConfig = load_config(
         PretrainConfig, CONFIG_DIR / "cpu-quickstart.yaml",
@@ -190,7 +191,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     print("[5/5] evaluating base vs LRPO")
     result = evaluate_paired(
         pairs,
-        [MethodSpec("base", "checkpoint", str(out / "pretrain")), MethodSpec("lrpo", "checkpoint", str(out / "lrpo"))],
+        [MethodSpec("base", "checkpoint", str(out / "pretrain"), precision=precision),
+         MethodSpec("lrpo", "checkpoint", str(out / "lrpo"), precision=precision)],
         out / "eval",
         EvalOptions(device=pre_cfg.device, reward_preset=preset, logs={"lrpo": str(out / "lrpo" / "log.jsonl")},
                     progress=not args.no_progress, notes=[] if args.data else [EMBEDDED_NOTE]),
