@@ -98,3 +98,25 @@ def test_a_torchrun_restart_resumes_from_the_last_checkpoint(capsys, tiny_run, t
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert main([*argv, "epochs=2"]) == 0
     assert "resumed from epoch 1" in capsys.readouterr().out
+
+
+def test_quickstart_names_its_reward_and_the_missing_face_files(monkeypatch):
+    """Without SFace and YuNet the quickstart falls back to `no_weights`; its output must name the
+    reward's terms and the two files, what they add and the fetch command (before: only the preset name)."""
+    from lrpo import quickstart, weights
+
+    def absent(name, path=None):
+        raise weights.MissingWeightsError(f"{name} not found")
+
+    monkeypatch.setattr(weights, "resolve", absent)
+    assert quickstart.offline_reward_preset() == "no_weights"
+    # no_weights = 0.4 dwt + 0.45 ssim + 0.15 sharpness (rewards.composite.PRESETS)
+    assert quickstart.reward_in_words("no_weights") == "'no_weights' reward (0.4 DT-CWT fidelity + 0.45 SSIM + 0.15 sharpness)"
+    note = quickstart.missing_weights_note()
+    assert note is not None and "\n" not in note
+    for words in ("face_recognition_sface_2021dec", "face_detection_yunet_2023mar.onnx", "identity", "landmark",
+                  "lrpo weights fetch sface-int8 yunet", "$LRPO_WEIGHTS"):
+        assert words in note, (words, note)
+    # with both files present nothing is said and the identity preset is chosen
+    monkeypatch.setattr(weights, "resolve", lambda name, path=None: Path(f"/w/{name}.onnx"))
+    assert quickstart.missing_weights_note() is None and quickstart.offline_reward_preset() == "offline"

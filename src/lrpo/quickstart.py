@@ -75,15 +75,51 @@ EMBEDDED_NOTE = ("the embedded held-out faces are crops of the same public-domai
                  "(same person): this shows the pipeline works, not that it generalises; use --data FOLDER for a real split")
 
 
-def offline_reward_preset() -> str:
-    """``offline`` when the SFace identity model is found (weights registry), else ``no_weights``."""
+# What the reward's terms are called in the quickstart's output (keys of rewards.composite.PRESETS).
+REWARD_TERM_WORDS = {"dwt": "DT-CWT fidelity", "ssim": "SSIM", "identity": "SFace identity", "sharpness": "sharpness",
+                     "ms_ssim": "MS-SSIM", "psnr": "PSNR", "lpips": "1 - LPIPS", "clipiqa": "CLIP-IQA",
+                     "face_reward": "face reward"}
+SFACE_NAMES = ("sface-int8", "sface")  # the identity term takes either file
+
+
+def _found(name: str) -> bool:
     from . import weights
 
     try:
-        weights.resolve("sface-int8")
-        return "offline"
+        weights.resolve(name)
+        return True
     except weights.MissingWeightsError:
-        return "no_weights"
+        return False
+
+
+def offline_reward_preset() -> str:
+    """``offline`` when an SFace identity model is found (weights registry), else ``no_weights``."""
+    return "offline" if any(_found(n) for n in SFACE_NAMES) else "no_weights"
+
+
+def reward_in_words(preset: str) -> str:
+    """``'offline' reward (0.3 DT-CWT fidelity + 0.25 SSIM + ...)``, from the preset's weights."""
+    from .rewards.composite import PRESETS
+
+    terms = " + ".join(f"{spec['weight']:g} {REWARD_TERM_WORDS.get(k, k)}" for k, spec in PRESETS[preset].items())
+    return f"'{preset}' reward ({terms})"
+
+
+def missing_weights_note() -> str | None:
+    """One line naming the SFace/YuNet files that are not found, what they add and how to get them."""
+    missing = []
+    if not any(_found(n) for n in SFACE_NAMES):
+        missing.append(("sface-int8", "SFace (face_recognition_sface_2021dec_int8bq.onnx or "
+                        "face_recognition_sface_2021dec.onnx)", "the identity reward term and ID columns"))
+    if not _found("yunet"):
+        missing.append(("yunet", "YuNet (face_detection_yunet_2023mar.onnx)", "the landmark (LMD) column"))
+    if not missing:
+        return None
+    files = " and ".join(m[1] for m in missing)
+    adds = " and ".join(m[2] for m in missing)
+    names = " ".join(m[0] for m in missing)
+    return (f"      not found: {files}, which add {adds}; get them with `lrpo weights fetch {names}` "
+            "or put the files in a folder on $LRPO_WEIGHTS (see `lrpo weights list`)")
 
 
 def claim_quickstart(out: Path, data: str | None, overwrite: bool) -> list[Path]:
@@ -177,7 +213,10 @@ def _quickstart(args: argparse.Namespace) -> int:
         [*common, f"init_checkpoint={out / 'pretrain'}", f"out_dir={out / 'lrpo'}", f"time_budget_min={args.rl_minutes}",
          f"reward.preset={preset}"],
     )
-    print(f"[3/5] LRPO with the '{preset}' reward ({rl_cfg.epochs} epochs, at most {args.rl_minutes:g} min)")
+    print(f"[3/5] LRPO with the {reward_in_words(preset)}, {rl_cfg.epochs} epochs, at most {args.rl_minutes:g} min")
+    note = missing_weights_note()
+    if note:
+        print(note)
     LRPOTrainer(rl_cfg, progress=not args.no_progress).run(eval_every=1)
 
     print("[4/5] degrading the held-out faces (mild preset, seed 0)")
