@@ -62,13 +62,7 @@ FULL_UNET_WIDTHS = (320, 640, 1280, 1280)  # SD 2.1's: files of other sizes are 
 def _missing_files(names: list[str]) -> list[str]:
     from lrpo import weights
 
-    missing = []
-    for name in names:
-        try:
-            weights.resolve(name)
-        except weights.MissingWeightsError:
-            missing.append(name)
-    return missing
+    return weights.missing(names)
 
 
 def published_restore(device: str, share_s: float = PUBLISHED_SHARE_S, faces: int = PUBLISHED_FACES,

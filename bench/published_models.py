@@ -46,14 +46,7 @@ def registry_names(policy_yaml: Path) -> list[str]:
 
 def missing_files(models: tuple[str, ...]) -> list[str]:
     """Registry names the models need that are not on this machine (``lrpo weights path`` fails)."""
-    needed = dict.fromkeys(n for m in models for n in registry_names(published_policy_config(m)))
-    missing = []
-    for name in needed:
-        try:
-            weights.resolve(name)
-        except weights.MissingWeightsError:
-            missing.append(name)
-    return missing
+    return weights.missing(dict.fromkeys(n for m in models for n in registry_names(published_policy_config(m))))
 
 
 def evaluate_argv(sets: list[str], methods: dict[str, str], out: str, *, steps: int, eta: float, seed: int,

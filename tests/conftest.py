@@ -84,6 +84,31 @@ def tiny_overrides(hq: Path, out_dir: Path) -> list[str]:
 
 
 @contextlib.contextmanager
+def demo_server(service, allowed=None, limits=None) -> Iterator[int]:
+    """``lrpo demo``'s server for ``service`` on a free loopback port, in a thread; yields the port.
+    ``allowed``: a HostAllowList (None: the loopback defaults); ``limits``: ConnectionLimits (None: defaults)."""
+    import threading
+    import time
+
+    from lrpo.demo.app import bind, make_server
+    from lrpo.demo.safety import HostAllowList
+
+    sock = bind("127.0.0.1", 0)
+    srv = make_server(service, allowed or HostAllowList.for_bind("127.0.0.1"), limits)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Run torch on one intra-op thread, then restore the previous count.
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from test_demo_safety import _png, write_fake_run
+from conftest import demo_server
 
 pytest.importorskip("starlette", reason='the demo needs pip install "lrpo[demo]"')
 
@@ -185,20 +184,8 @@ def test_group_with_a_degradation_makes_the_upload_the_gt(service):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(service):
-    from lrpo.demo.app import bind, make_server
-    from lrpo.demo.safety import HostAllowList
-
-    sock = bind("127.0.0.1", 0)
-    srv = make_server(service, HostAllowList.for_bind("127.0.0.1"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield sock.getsockname()[1]
-    srv.should_exit = True
-    thread.join(10)
+    with demo_server(service) as port:
+        yield port
 
 
 def _call(port, method, path, body=None):

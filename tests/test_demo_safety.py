@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import demo_server
+
 from lrpo.demo.safety import DemoError, JobGate, UploadLimits, decode_upload, host_allowed, is_loopback, resolve_inside
 
 
@@ -373,20 +375,8 @@ def test_service_restore_aligned_keeps_the_size_and_photos_need_a_detector(servi
 @pytest.fixture(scope="module")
 def server(service):
     """The app on a free loopback port, served in a thread as `lrpo demo` serves it (make_server)."""
-    from lrpo.demo.app import bind, make_server
-    from lrpo.demo.safety import HostAllowList
-
-    sock = bind("127.0.0.1", 0)
-    srv = make_server(service, HostAllowList.for_bind("127.0.0.1"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield sock.getsockname()[1]
-    srv.should_exit = True
-    thread.join(10)
+    with demo_server(service) as port:
+        yield port
 
 
 def _request(port, method, path, body=None, headers=None):

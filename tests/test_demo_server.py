@@ -9,13 +9,11 @@ defaults so that the whole file takes a few seconds; the defaults are checked to
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import logging
 import select
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -23,10 +21,11 @@ import numpy as np
 import pytest
 
 from test_demo_safety import _png, _png_header_only
+from conftest import demo_server
 
 pytest.importorskip("starlette", reason='the demo needs pip install "lrpo[demo]"')
 
-from lrpo.demo.app import SECURITY_HEADERS, bind, make_server  # noqa: E402
+from lrpo.demo.app import SECURITY_HEADERS  # noqa: E402
 from lrpo.demo.connections import ConnectionLimits  # noqa: E402
 from lrpo.demo.safety import DemoError, HostAllowList, UploadLimits, is_loopback  # noqa: E402
 
@@ -46,22 +45,9 @@ def service(tiny_run: Path, tmp_path_factory):
                           limits=UploadLimits(), max_waiting=0, reward_names=["dwt"])
 
 
-@contextlib.contextmanager
 def running(service, allowed: HostAllowList, limits: ConnectionLimits = LIMITS):
-    """The demo's server on a free loopback port in a thread; yields the port."""
-    sock = bind("127.0.0.1", 0)
-    srv = make_server(service, allowed, limits)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "uvicorn did not start"
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    """The demo's server on a free loopback port in a thread, with this file's short deadlines."""
+    return demo_server(service, allowed, limits)
 
 
 @pytest.fixture(scope="module")

@@ -272,6 +272,17 @@ def resolve(name: str, path: str | os.PathLike | None = None) -> Path:
     )
 
 
+def missing(names) -> list[str]:
+    """The registry names among ``names`` whose files are not on this machine (``resolve`` fails), in order."""
+    out = []
+    for name in names:
+        try:
+            resolve(name)
+        except MissingWeightsError:
+            out.append(name)
+    return out
+
+
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
