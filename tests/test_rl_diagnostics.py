@@ -89,3 +89,23 @@ def test_epochs_log_the_update_balance_and_the_reward_signal_without_changing_th
     off.run()
     assert not any(k.startswith("diag_") for rec in off.history for k in rec)
     _state_equal(on, off)  # measuring changes nothing: no gradient accumulates, no random draw is taken
+
+
+def test_the_reward_signal_is_measured_on_the_first_groups_only(setup_dirs, tmp_path, monkeypatch):
+    """The shifted second reward pass scores DIAG_GROUPS groups (here 1 of 4: 4 of 16 images)."""
+    from lrpo.rl import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "DIAG_GROUPS", 1)
+    faces, base = setup_dirs
+    tr = LRPOTrainer(make_cfg(faces, base, tmp_path / "one", epochs=1, **DEFAULTS), progress=False)
+    sizes = []
+    real = tr.reward.__call__
+
+    def counting(inp):
+        sizes.append(len(inp.images))
+        return real(inp)
+
+    monkeypatch.setattr(tr, "reward", counting)
+    tr.run()
+    assert sizes[:2] == [16, 4]  # the epoch's reward, then the shifted pass over one group of 4
+    assert math.isfinite(tr.history[-1]["diag_reward_snr"])
