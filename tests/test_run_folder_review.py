@@ -46,14 +46,20 @@ def _small_run(run: Path) -> Path:
     return run
 
 
-# ---------------------------------------------------------------------------------------------
-# 1. links planted in a run folder
-# ---------------------------------------------------------------------------------------------
-def test_resume_refuses_a_run_folder_whose_names_are_links_and_leaves_the_victims(tmp_path):
+def _two_step_pretrain(tmp_path) -> tuple:
+    """A finished 2-step `lrpo pretrain` run folder and the argv that made it (resume with it)."""
     faces = write_tiny_faces(tmp_path / "faces")[0].parent
     run = tmp_path / "run"
     argv = ["pretrain", *tiny_overrides(faces, run), "steps=2", "--no-progress"]
     assert _cli(argv)[0] == 0
+    return run, argv
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. links planted in a run folder
+# ---------------------------------------------------------------------------------------------
+def test_resume_refuses_a_run_folder_whose_names_are_links_and_leaves_the_victims(tmp_path):
+    run, argv = _two_step_pretrain(tmp_path)
     victim = tmp_path / "victim_cfg.txt"
     victim.write_text("the user's")
     (run / "config.yaml").unlink()
@@ -203,10 +209,7 @@ def test_state_entries_a_resume_reads_are_refused_in_one_line_when_malformed(tmp
 
 
 def test_a_pretrain_resume_of_a_state_with_history_5_is_one_line(tmp_path):
-    faces = write_tiny_faces(tmp_path / "faces")[0].parent
-    run = tmp_path / "run"
-    argv = ["pretrain", *tiny_overrides(faces, run), "steps=2", "--no-progress"]
-    assert _cli(argv)[0] == 0
+    run, argv = _two_step_pretrain(tmp_path)
     ckpt = run / "step_000002"
     state = torch.load(ckpt / "state.pt", weights_only=True)
     torch.save({**state, "history": 5}, ckpt / "state.pt")
