@@ -46,7 +46,7 @@ from lrpo.config import PolicyConfig, from_dict
 from lrpo.diffusion.ddim import DDIMSampler
 from lrpo.diffusion.schedules import add_noise, make_alphas_cumprod, training_target
 from lrpo.config import DiffusionConfig
-from lrpo.inference.sampling import restore_images, sample_generators, sample_trajectories
+from lrpo.policies.sampling import restore_images, sample_generators, sample_trajectories
 from lrpo.policies.compiled import CompiledForward
 from lrpo.policies.pixel_unet import PixelPolicy
 from lrpo.precision import autocast_context, capability

@@ -76,7 +76,7 @@ class MkdirPayload:
 
 
 class NumpyPayload:
-    """Dressed as numpy bookkeeping (the prefix checkpoint_io lets through as inert placeholders):
+    """Dressed as numpy bookkeeping (the prefix lrpo.model_files lets through as inert placeholders):
     ``numpy.save(marker, array)`` writes ``marker.npy`` if it ever runs."""
 
     def __init__(self, marker: Path):

@@ -78,7 +78,7 @@ def evaluate(ckpt: Path, hq: torch.Tensor, lq: torch.Tensor, reward, landmarks) 
     from lrpo.eval.landmarks import lmd_batch
     from lrpo.eval.metrics import psnr, ssim
     from lrpo.inference.restorer import Restorer
-    from lrpo.inference.sampling import restore_images
+    from lrpo.policies.sampling import restore_images
     from lrpo.rewards import RewardInput
 
     r = Restorer.from_checkpoint(ckpt, steps=50, eta=0.0, device="cpu")

@@ -75,7 +75,7 @@ def figures(out: Path, lines: list[dict], names: dict[str, Path], count: int = 4
     import cv2
 
     from lrpo.data.images import load_rgb, save_rgb
-    from lrpo.inference.restorer import output_names
+    from lrpo.data.images import output_names
 
     restored_name = dict(zip(names, output_names(list(names.values()))))
     per_photo: dict[str, int] = {}
@@ -127,7 +127,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     from lrpo.inference.photo import STAGES, PhotoOptions, restore_photos
-    from lrpo.inference.restorer import Restorer, input_paths
+    from lrpo.data.images import input_paths
+    from lrpo.inference.restorer import Restorer
 
     restorer = Restorer.from_checkpoint(args.checkpoint, steps=args.steps, eta=None, device="cpu")
     out = Path(args.out)

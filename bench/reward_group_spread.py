@@ -66,8 +66,8 @@ def main() -> int:
     from lrpo.degradation import degrade
     from lrpo.diffusion.ddim import DDIMSampler
     from lrpo.diffusion.schedules import make_alphas_cumprod
-    from lrpo.inference.restorer import load_policy
-    from lrpo.inference.sampling import restore_images
+    from lrpo.policies.loading import load_policy
+    from lrpo.policies.sampling import restore_images
     from lrpo.eval.stats import rank_agreement, signal_to_noise
     from lrpo.rewards import PRESETS, RewardInput, build_composite
 

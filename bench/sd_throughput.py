@@ -62,7 +62,7 @@ from lrpo.config import DiffusionConfig, LRPOConfig, load_config, to_dict
 from lrpo.data.images import save_rgb
 from lrpo.diffusion.ddim import DDIMSampler
 from lrpo.diffusion.schedules import make_alphas_cumprod
-from lrpo.inference.sampling import sample_generators, sample_trajectories
+from lrpo.policies.sampling import sample_generators, sample_trajectories
 from lrpo.policies.latent import LatentPolicy, enable_gradient_checkpointing
 from lrpo.policies.latent_config import LatentPolicyConfig
 from lrpo.rl.trainer import LRPOTrainer, RolloutBatch

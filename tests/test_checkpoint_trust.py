@@ -24,9 +24,9 @@ from lrpo import checkpoint as ckpt_io
 from lrpo.checkpoint import CheckpointError, CorruptCheckpointError, UnsafeStateError, find_checkpoint, save_checkpoint
 from lrpo.cli import main
 from lrpo.config import DiffusionConfig, LRPOConfig, PolicyConfig, from_dict, to_dict
-from lrpo.inference.restorer import load_policy
+from lrpo.policies.loading import load_policy
 from lrpo.policies.pixel_unet import PixelPolicy
-from lrpo.rewards.checkpoint_io import CheckpointFormatError
+from lrpo.model_files import CheckpointFormatError
 from lrpo.rl.trainer import LRPOTrainer
 from lrpo.runs import RunFolderError
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from lrpo.rewards.base import RewardInput
-from lrpo.rewards.checkpoint_io import StateDictMismatchError
+from lrpo.model_files import StateDictMismatchError
 from lrpo.rewards.clip_models import (
     CLIP,
     OPENAI_RN50,

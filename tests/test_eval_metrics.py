@@ -25,7 +25,7 @@ from lrpo.eval.fid import (
     psd_sqrt,
 )
 from lrpo.eval.landmarks import LMD_SIZE, landmark_distance, landmark_distances
-from lrpo.rewards.checkpoint_io import StateDictMismatchError
+from lrpo.model_files import StateDictMismatchError
 from lrpo.weights import MissingWeightsError
 
 SHARED = Path(os.environ.get("LRPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrpo.rewards.base import RewardInput
-from lrpo.rewards.checkpoint_io import StateDictMismatchError
+from lrpo.model_files import StateDictMismatchError
 from lrpo.rewards.clip_models import clip_preprocess
 from lrpo.rewards.face_reward import FaceReward, FaceRewardModel, MissingCaptionError, caption_cosine
 from lrpo.standins import clip_layout, random_state_dict, write_merges_file

@@ -15,7 +15,7 @@ import hostile_files as hf  # noqa: E402
 from bad_inputs import Runner  # noqa: E402
 
 from lrpo import checkpoint as ckpt_io  # noqa: E402
-from lrpo.rewards.checkpoint_io import CheckpointFormatError, read_state_dict  # noqa: E402
+from lrpo.model_files import CheckpointFormatError, read_state_dict  # noqa: E402
 from lrpo.policies.sd_loaders import read_checkpoint  # noqa: E402
 
 # (command, case): one or two commands per class; every one must end with no execution, no user

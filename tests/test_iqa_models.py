@@ -37,7 +37,7 @@ from lrpo.eval.iqa_models import (
     parse_iqa_requests,
     score_images,
 )
-from lrpo.rewards.checkpoint_io import CheckpointFormatError, StateDictMismatchError
+from lrpo.model_files import CheckpointFormatError, StateDictMismatchError
 from lrpo.rewards.clip_tokenizer import CLIPTokenizer
 from lrpo.standins import Entry, clip_layout, random_state_dict, write_merges_file
 

@@ -8,7 +8,7 @@ import torch
 from lrpo.config import ConfigError, DiffusionConfig
 from lrpo.diffusion.ddim import DDIMSampler
 from lrpo.diffusion.schedules import make_alphas_cumprod
-from lrpo.inference.sampling import sample_generators, sample_trajectories
+from lrpo.policies.sampling import sample_generators, sample_trajectories
 from lrpo.policies import sd_loaders as L
 from lrpo.policies.base import Policy
 from lrpo.policies.latent import ConcatControlNet, LatentPolicy, LoRALinear, OpenCLIPTextTower, restore_faces

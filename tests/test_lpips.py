@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lrpo.rewards.base import MissingGroundTruthError, RewardInput
-from lrpo.rewards.checkpoint_io import StateDictMismatchError, read_state_dict
+from lrpo.model_files import StateDictMismatchError, read_state_dict
 from lrpo.rewards.lpips import (
     LPIPS,
     LPIPS_SCALE,
@@ -179,7 +179,7 @@ def test_published_linear_heads_load_strictly():
     path = _real_lin_file()
     if path is None:
         pytest.skip("the published lpips weights/v0.1/vgg.pth not found (registry folders, an installed lpips package; stand-ins do not count)")
-    from lrpo.rewards.checkpoint_io import load_state_dict_strict, read_state_dict
+    from lrpo.model_files import load_state_dict_strict, read_state_dict
 
     m = LPIPS()
     load_state_dict_strict(m.heads(), read_state_dict(path), source=str(path))

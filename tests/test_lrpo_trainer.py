@@ -271,7 +271,7 @@ def test_trainer_drives_the_latent_policy(setup_dirs, tmp_path):
     import yaml
 
     from lrpo.config import DiffusionConfig
-    from lrpo.inference.restorer import load_policy
+    from lrpo.policies.loading import load_policy
     from lrpo.policies.latent_config import LatentPolicyConfig
 
     faces, _ = setup_dirs

@@ -155,7 +155,7 @@ def test_x0_prediction_model_restores_the_base_image_before_training():
     from lrpo.diffusion.ddim import DDIMSampler
     from lrpo.diffusion.rollout import initial_noise
     from lrpo.diffusion.schedules import alphas_cumprod, sd_linear_betas
-    from lrpo.inference.sampling import restore_images, sample_generators
+    from lrpo.policies.sampling import restore_images, sample_generators
 
     # x0-prediction with a zero output: x0_hat = 0, eps_hat = x_t / sqrt(1 - a_t), so each eta = 0 DDIM
     # step is x_prev = sqrt((1 - a_prev) / (1 - a_t)) x_t and the product telescopes to
@@ -177,7 +177,7 @@ def test_v_prediction_model_passes_its_starting_noise_through_before_training():
     from lrpo.diffusion.ddim import DDIMSampler
     from lrpo.diffusion.rollout import initial_noise
     from lrpo.diffusion.schedules import alphas_cumprod, sd_linear_betas
-    from lrpo.inference.sampling import restore_images, sample_generators
+    from lrpo.policies.sampling import restore_images, sample_generators
 
     # v = 0: x0_hat = sqrt(a_t) x_t and eps_hat = sqrt(1 - a_t) x_t, so an eta = 0 step multiplies x_t by
     # c = sqrt(a_prev a_t) + sqrt((1 - a_prev)(1 - a_t)) = cos(phi_prev - phi_t) <= 1: the output is the

@@ -9,7 +9,8 @@ import yaml
 
 from lrpo.checkpoint import save_checkpoint
 from lrpo.config import ConfigError, DiffusionConfig, to_dict
-from lrpo.inference.restorer import Restorer, load_policy
+from lrpo.inference.restorer import Restorer
+from lrpo.policies.loading import load_policy
 from lrpo.policies import build_policy_from_dict, policy_state_dict
 from lrpo.policies.latent_config import LatentPolicyConfig
 

@@ -22,12 +22,13 @@ from lrpo import weights
 from lrpo.cli import main
 from lrpo.config import ConfigError
 from lrpo.eval.evaluate import MethodSpec
-from lrpo.inference.restorer import Restorer, load_policy
+from lrpo.inference.restorer import Restorer
+from lrpo.policies.loading import load_policy
 from lrpo.policies import build_policy_from_dict
 from lrpo.policies import sd_loaders as L
 from lrpo.policies.colorfix import wavelet_color_fix
 from lrpo.policies.published import published_policies, published_policy_config
-from lrpo.rewards.checkpoint_io import CheckpointFormatError
+from lrpo.model_files import CheckpointFormatError
 from lrpo.standins import write_standins
 
 pytest.importorskip("diffusers")
@@ -199,7 +200,7 @@ def test_sampling_makes_the_reference_calls(registry, tmp_path):
     # image) on the decoder's output before any clamp, then the resize to the input's size (bicubic,
     # antialias=True), then [0, 1]; the reference truncates to uint8 where we round (at most 1/255 apart)
     policy.forward = forward
-    from lrpo.inference.sampling import sample_generators, sample_trajectories
+    from lrpo.policies.sampling import sample_generators, sample_trajectories
 
     x0 = sample_trajectories(policy, sampler, policy.vae_encode(s1), sample_generators([7]), record=False, precision="bf16").sample
     decoded = policy.decode(x0, None, clamp=False)

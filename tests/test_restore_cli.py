@@ -1,4 +1,4 @@
-"""``lrpo restore`` and the command line (lrpo.cli, lrpo.inference.restorer, lrpo.inference.sampling).
+"""``lrpo restore`` and the command line (lrpo.cli, lrpo.inference.restorer, lrpo.policies.sampling).
 
 Restoration uses the shared 4-step tiny run of conftest (``tiny_run``); its output layer has moved
 away from zero, so outputs depend on the network and on each image's seed.
@@ -18,8 +18,9 @@ import torch
 from lrpo.checkpoint import find_checkpoint, load_state
 from lrpo.cli import main
 from lrpo.data.images import load_rgb, save_rgb
-from lrpo.inference.restorer import Restorer, load_policy
-from lrpo.inference.sampling import autocast_context
+from lrpo.inference.restorer import Restorer
+from lrpo.policies.loading import load_policy
+from lrpo.precision import autocast_context
 from lrpo.manifest import MANIFEST_NAME
 from lrpo.outputs import KIND_FILE
 

@@ -23,7 +23,7 @@ from lrpo.cli import main
 from lrpo.config import LRPOConfig, from_dict, save_config
 from lrpo.eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
 from lrpo.outputs import OutputError, OutputFolder
-from lrpo.rewards.checkpoint_io import CheckpointFormatError, read_state_dict
+from lrpo.model_files import CheckpointFormatError, read_state_dict
 from lrpo.runlog import append_record, rewrite_log
 from lrpo.runs import RUN_ARTIFACTS, RunFolderError, claim_run_dir, clear_run_dir
 

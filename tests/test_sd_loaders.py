@@ -313,7 +313,7 @@ def test_context_cache_roundtrip(tmp_path):
 def test_pickled_objects_need_trust(tmp_path):
     import argparse
 
-    from lrpo.rewards.checkpoint_io import CheckpointFormatError
+    from lrpo.model_files import CheckpointFormatError
 
     torch.save({"state_dict": {"w": torch.ones(2)}, "hparams": argparse.Namespace(lr=1.0)}, tmp_path / "pl.ckpt")
     with pytest.raises(CheckpointFormatError, match="trust_pickle"):

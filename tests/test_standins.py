@@ -26,7 +26,7 @@ from lrpo.policies import build_policy_from_dict
 from lrpo.policies import sd_loaders as L
 from lrpo.policies.latent_config import LatentPolicyConfig, SDUNetArch, TextArch, VAEArch
 from lrpo.policies.swinir import SwinIRArch
-from lrpo.rewards.checkpoint_io import StateDictMismatchError, is_torchscript_archive, read_state_dict
+from lrpo.model_files import StateDictMismatchError, is_torchscript_archive, read_state_dict
 from lrpo.standins import (
     LDM_EXTRA_ENTRIES,
     STANDINS,

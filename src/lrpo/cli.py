@@ -362,7 +362,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .inference.restorer import Restorer, input_paths, output_folder, restore_folder
+    from .data.images import input_paths
+    from .inference.restorer import Restorer, restore_folder
+    from .outputs import output_folder
     from .manifest import ascii_name
 
     if args.batch_size < 1 or (args.steps is not None and args.steps < 1) or (args.eta is not None and args.eta < 0):

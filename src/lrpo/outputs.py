@@ -251,3 +251,14 @@ def one_line(error: BaseException, path: str | os.PathLike | None = None) -> str
 
 
 __all__ = ["KIND_FILE", "MANIFEST_NAME", "NAME_MAX_BYTES", "OutputError", "OutputFolder", "fit_name", "one_line", "place", "require_input"]
+
+
+def output_folder(source: str | Path, paths: list[Path], out_dir: str | Path | OutputFolder, overwrite: bool) -> OutputFolder:
+    """OUT checked for ``lrpo restore`` (see :mod:`lrpo.outputs`): not IN, holding no input, no foreign files,
+    earlier outputs only with ``overwrite``. An OutputFolder (checked already, by the command line) is used as it is."""
+    if isinstance(out_dir, OutputFolder):
+        return out_dir
+    source, out_dir = Path(source), Path(out_dir)
+    if source.is_dir() and out_dir.resolve() == source.resolve():
+        raise ValueError(f"{ascii_name(str(out_dir))}: OUT_DIR is IN_DIR; restoring in place would overwrite the input images")
+    return OutputFolder(out_dir, command="lrpo restore", overwrite=overwrite, inputs=[source, *paths] if source.is_dir() else paths)

@@ -10,6 +10,7 @@ CPU without those units bf16 is emulated and slower than fp32, hence the rule.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,3 +68,17 @@ def autocast_context(device: torch.device | str, precision: str):
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of contexts for ``precision``: "fp32" (no autocast) or "bf16" (CUDA autocast).
+
+    bf16 is refused off CUDA: CPU autocast is slow on most CPUs and the rewards are cheap there.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision == "bf16":
+        if device.type != "cuda":
+            raise ValueError(f"precision='bf16' autocast is for CUDA devices; use 'fp32' on {device}")
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")

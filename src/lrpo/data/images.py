@@ -12,11 +12,14 @@ import os
 import struct
 import warnings
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..outputs import fit_name, require_input
 
 # .gif: the first frame of an animation is the image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -204,3 +207,18 @@ def to_uint8(tensor: "torch.Tensor") -> np.ndarray:  # noqa: F821
 
     t = tensor.detach().float().clamp(0, 1).mul(255.0).round().to("cpu", dtype=torch.uint8)
     return t.permute(1, 2, 0).numpy().copy()
+
+
+def input_paths(source: str | Path) -> list[Path]:
+    """One image file, or the images of a folder / of a text file listing them (:func:`list_images`)."""
+    source = require_input(source)
+    if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
+        return [source]
+    return list_images(source)
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` for each input; inputs sharing a stem get ``<stem>_<ext>.png``, so none overwrites another.
+    Names over :data:`lrpo.outputs.NAME_MAX_BYTES` are cut and get a hash suffix (:func:`lrpo.outputs.fit_name`)."""
+    stems = Counter(p.stem for p in paths)
+    return [fit_name(f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png") for p in paths]

@@ -29,7 +29,8 @@ from ..config import DEGRADATION_PRESETS, ConfigError, DegradationConfig, Diffus
 from ..data.groups import derive_seed
 from ..data.images import resize_square, to_tensor, to_uint8
 from ..diffusion.ddim import DDIMSampler
-from ..inference.restorer import Restorer, load_policy
+from ..inference.restorer import Restorer
+from ..policies.loading import load_policy
 from ..weights import MissingWeightsError
 from .models import MAX_MODEL_NAME, ModelCatalog
 from .safety import DemoError, JobGate, UploadLimits
@@ -483,7 +484,7 @@ class DemoService:
     def group(self, image: np.ndarray, req: GroupRequest) -> dict:
         """G candidates for one face, each scored by every term, the total and the advantage."""
         from ..degradation.pipeline import degrade_group
-        from ..inference.sampling import sample_generators, sample_trajectories
+        from ..policies.sampling import sample_generators, sample_trajectories
         from ..rewards import RewardInput
         from ..rl.advantages import group_advantages
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..rewards.checkpoint_io import freeze, load_state_dict_strict, read_state_dict
+from ..model_files import freeze, load_state_dict_strict, read_state_dict
 from ..weights import WeightFile, register, resolve
 
 __all__ = [

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..rewards.checkpoint_io import (
+from ..model_files import (
     CheckpointFormatError,
     freeze,
     load_state_dict_strict,

@@ -55,14 +55,13 @@ from typing import Callable, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.images import ImageLoadError, load_rgb
+from ..data.images import ImageLoadError, input_paths, load_rgb, output_names
 from ..manifest import ascii_name
-from ..outputs import OutputFolder, fit_name, one_line
+from ..outputs import OutputFolder, fit_name, one_line, output_folder
 from .align import alignment_matrix, compose, invert_affine, scale_matrix, warp_region
 from .align import FFHQ_TEMPLATE_512, TEMPLATE_SIZE, apply_affine
 from .detect import MAX_LANDMARK_RESIDUAL, RESTORE_THRESHOLD, DetectedFace, select_faces
 from .paste import MASK_SHAPES, centre_figures, color_match, draw_box, face_mask, is_gray, paste_face, seam_ratio, to_gray
-from .restorer import input_paths, output_folder, output_names
 
 __all__ = ["FaceRecord", "PhotoOptions", "PhotoResult", "PhotoSummary", "STAGES", "restore_photo", "restore_photos"]
 

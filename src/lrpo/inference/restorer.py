@@ -3,83 +3,26 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import checkpoint as ckpt_io
-from ..config import DiffusionConfig, from_dict, resolve_device
-from ..data.images import IMAGE_EXTENSIONS, ImageLoadError, list_images, load_rgb, to_tensor, to_uint8
-from ..diffusion.ddim import DDIMSampler
+from ..config import resolve_device
+from ..data.images import ImageLoadError, input_paths, load_rgb, output_names, to_tensor, to_uint8
 from ..manifest import ascii_name
-from ..outputs import OutputFolder, fit_name, one_line, require_input
-from ..policies import Policy, build_policy_from_dict, trusted_policy_section
-from ..precision import resolve_precision
+from ..diffusion.ddim import DDIMSampler
+from ..outputs import OutputFolder, one_line, output_folder
+from ..policies import Policy
 from ..policies.compiled import CompiledForward, compile_decision
-from .sampling import restore_images
-
-
-def load_policy(source: str | Path, device: torch.device | str = "cpu", ema: bool = True, *,
-                trust_pickle: bool = False, precision: str | None = None) -> tuple[Policy, DiffusionConfig, Path]:
-    """Rebuild a policy and its diffusion schedule.
-
-    ``source`` is a checkpoint (or run) folder, whose ``config.yaml`` rebuilds the model and whose
-    (EMA) weights are loaded, or a policy YAML (``configs/policy-*.yaml``: ``policy`` and
-    ``diffusion`` sections) describing a published model, e.g. DiffBIR v1 face on SD 2.1.
-    A policy YAML is the user's own config and is obeyed as written; a checkpoint's policy section
-    is data and cannot turn on full unpickling of model files: only ``trust_pickle`` (the user's
-    command line or run config) can (:func:`lrpo.policies.trusted_policy_section`).
-    ``precision`` (auto|fp32|bf16; None: the file's): the latent policy's ``policy.precision``, set
-    before it is built, since it stores its frozen weights and runs every forward in it.
-    """
-    source = Path(source)
-    if source.is_file() and source.suffix in (".yaml", ".yml"):
-        raw = _read_policy_yaml(source)
-        section = raw["policy"]
-        if trust_pickle and isinstance(section, dict) and section.get("kind") == "sd21_controlnet":
-            section = {**section, "trust_pickle": True}
-        policy = build_policy_from_dict(_with_precision(section, precision, device), device)
-        diffusion = from_dict(DiffusionConfig, raw.get("diffusion") or {}, prefix="diffusion")
-        return policy.eval(), diffusion, source
-    ckpt = ckpt_io.find_checkpoint(source)
-    raw = ckpt_io.load_config_dict(ckpt)
-    if not isinstance(raw, dict) or "policy" not in raw or "diffusion" not in raw:
-        raise ckpt_io.CheckpointError(f"{ckpt}/config.yaml has no 'policy' and 'diffusion' sections")
-    section = trusted_policy_section(raw["policy"], ckpt / "config.yaml", trust_pickle=trust_pickle)
-    policy = build_policy_from_dict(_with_precision(section, precision, device), "cpu")
-    diffusion = from_dict(DiffusionConfig, raw["diffusion"], prefix="diffusion")
-    use_ema = ema and (ckpt / "ema.safetensors").is_file()
-    ckpt_io.load_weights(policy, ckpt, ema=use_ema)
-    return policy.to(device).eval(), diffusion, ckpt
-
-
-def _with_precision(section: Any, precision: str | None, device: torch.device | str) -> Any:
-    """A latent policy section with the user's precision (``auto`` resolved for ``device``)."""
-    if precision is None or not isinstance(section, dict) or section.get("kind") != "sd21_controlnet":
-        return section
-    return {**section, "precision": resolve_precision(precision, device)}
-
-
-def _read_policy_yaml(source: Path) -> dict:
-    """A policy YAML's sections; anything else (a ``!!python`` tag, bad YAML, no 'policy' mapping) is one line."""
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        why = str(getattr(e, "problem", None) or e).splitlines()[0]
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ckpt_io.CheckpointError(f"{source}: not a policy YAML lrpo can read{where}: {why} (plain YAML only: "
-                                      f"tags such as !!python are refused)") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("policy"), dict):
-        raise ckpt_io.CheckpointError(f"{source}: a policy YAML needs a 'policy' section (a mapping of settings)")
-    return raw
+from ..policies.loading import load_policy
+from ..policies.sampling import restore_images
+from ..precision import resolve_precision
+from .photo import restore_photo
 
 
 @dataclass
@@ -120,8 +63,6 @@ class Restorer:
         ``options``: a :class:`lrpo.inference.photo.PhotoOptions` (None: the defaults). Face j (largest
         box first) uses seed ``seed + j``.
         """
-        from .photo import restore_photo
-
         return restore_photo(image, self.restore, self.face_detector(), self.resolution, options, seed)
 
     @classmethod
@@ -170,32 +111,6 @@ def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None, antialias: boo
     y = F.interpolate(x[None], size=(h, w), mode="bicubic", align_corners=False,
                       antialias=smaller if antialias is None else antialias)[0]
     return y.clamp(0, 1)
-
-
-def input_paths(source: str | Path) -> list[Path]:
-    """One image file, or the images of a folder / of a text file listing them (:func:`list_images`)."""
-    source = require_input(source)
-    if source.is_file() and source.suffix.lower() in IMAGE_EXTENSIONS:
-        return [source]
-    return list_images(source)
-
-
-def output_names(paths: list[Path]) -> list[str]:
-    """``<stem>.png`` for each input; inputs sharing a stem get ``<stem>_<ext>.png``, so none overwrites another.
-    Names over :data:`lrpo.outputs.NAME_MAX_BYTES` are cut and get a hash suffix (:func:`lrpo.outputs.fit_name`)."""
-    stems = Counter(p.stem for p in paths)
-    return [fit_name(f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png") for p in paths]
-
-
-def output_folder(source: str | Path, paths: list[Path], out_dir: str | Path | OutputFolder, overwrite: bool) -> OutputFolder:
-    """OUT checked for ``lrpo restore`` (see :mod:`lrpo.outputs`): not IN, holding no input, no foreign files,
-    earlier outputs only with ``overwrite``. An OutputFolder (checked already, by the command line) is used as it is."""
-    if isinstance(out_dir, OutputFolder):
-        return out_dir
-    source, out_dir = Path(source), Path(out_dir)
-    if source.is_dir() and out_dir.resolve() == source.resolve():
-        raise ValueError(f"{ascii_name(str(out_dir))}: OUT_DIR is IN_DIR; restoring in place would overwrite the input images")
-    return OutputFolder(out_dir, command="lrpo restore", overwrite=overwrite, inputs=[source, *paths] if source.is_dir() else paths)
 
 
 @dataclass

@@ -25,7 +25,6 @@ under bf16 autocast (the trainable ControlNet keeps fp32 master weights); output
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import autocast_context
 from .latent_config import LatentPolicyConfig, SDUNetArch, TextArch, VAEArch
 from .swinir import RGB_MEAN, SwinIR
 
@@ -391,9 +391,7 @@ class LatentPolicy(nn.Module):
         return self.empty_context.device
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_context(self.device, self.cfg.precision)
 
     def train(self, mode: bool = True) -> "LatentPolicy":
         super().train(mode)
@@ -620,7 +618,7 @@ def restore_faces(policy: LatentPolicy, sampler, lq: Tensor, seeds: list[int], p
     Samples from per-image seeds, decodes, and (``color_fix`` None = ``cfg.color_fix``) applies
     the wavelet colour fix against the stage-1 image before clamping.
     """
-    from ..inference.sampling import sample_generators, sample_trajectories
+    from .sampling import sample_generators, sample_trajectories
     from .colorfix import wavelet_color_fix
 
     s1 = policy.stage1_image(lq)

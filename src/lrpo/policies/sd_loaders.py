@@ -165,9 +165,9 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     ``load_model_from_url`` does). torch.save files are memory-mapped where possible and read with
     ``weights_only=True`` unless ``trust_pickle`` (only for files from a source you trust); a
     Lightning checkpoint's callbacks and hyper-parameters are skipped without unpickling them
-    (:func:`lrpo.rewards.checkpoint_io.load_torch_file`).
+    (:func:`lrpo.model_files.load_torch_file`).
     """
-    from ..rewards.checkpoint_io import CheckpointFormatError, load_error_line, load_torch_file, unwrap_state_dict
+    from ..model_files import CheckpointFormatError, load_error_line, load_torch_file, unwrap_state_dict
 
     path = Path(path)
     if not path.is_file():
@@ -455,7 +455,7 @@ def read_reference_controlnet(path: str | os.PathLike) -> dict[str, Tensor]:
     """A trained LRPO ControlNet (``lrpo_fidelity.pth``), read exactly as the reference's inference
     reads it (:data:`REFERENCE_CONTROLNET_FORMS`), ``weights_only`` always; any other form is
     refused with one line naming it. Key names and shapes are checked by the strict load after."""
-    from ..rewards.checkpoint_io import CheckpointFormatError, load_torch_file
+    from ..model_files import CheckpointFormatError, load_torch_file
 
     path = Path(path)
     if not path.is_file():
@@ -473,8 +473,8 @@ def read_reference_controlnet(path: str | os.PathLike) -> dict[str, Tensor]:
 
 def reference_controlnet_state_dict(obj: object, *, source: str) -> dict[str, Tensor]:
     """The state dict inside ``obj`` if it is one of :data:`REFERENCE_CONTROLNET_FORMS`, else a
-    :class:`~lrpo.rewards.checkpoint_io.CheckpointFormatError` naming what was found."""
-    from ..rewards.checkpoint_io import CheckpointFormatError
+    :class:`~lrpo.model_files.CheckpointFormatError` naming what was found."""
+    from ..model_files import CheckpointFormatError
 
     def refuse(found: str) -> CheckpointFormatError:
         return CheckpointFormatError(f"{source}: {found}; expected what the reference's inference loads: {REFERENCE_CONTROLNET_FORMS}")

@@ -27,7 +27,7 @@ from ..diffusion.ddim import DDIMSampler
 from ..diffusion.schedules import add_noise, make_alphas_cumprod, training_target
 from ..ema import EMA
 from ..eval.metrics import psnr, ssim
-from ..inference.sampling import restore_images
+from ..policies.sampling import restore_images
 from ..policies.compiled import CompiledForward, compile_decision
 from ..precision import autocast_context, resolve_precision
 from ..policies.pixel_unet import PixelPolicy, build_policy

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..weights import WeightFile, hub_file, register
-from .checkpoint_io import freeze, load_state_dict_strict, read_state_dict
+from ..model_files import freeze, load_state_dict_strict, read_state_dict
 
 __all__ = [
     "CLIP",

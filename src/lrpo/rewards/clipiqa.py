@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from ..weights import resolve
 from .base import BaseReward, RewardInput, RewardOutput
-from .checkpoint_io import autocast_factory, freeze
+from ..model_files import freeze
+from ..precision import autocast_factory
 from .clip_models import CLIP, CLIP_RN50_WEIGHTS, clip_preprocess, load_clip
 from .clip_tokenizer import CLIPTokenizer
 from .registry import register_reward

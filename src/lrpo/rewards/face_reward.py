@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from ..weights import REFERENCE_HUB_REPO, hub_file, register, resolve
 from .base import BaseReward, RewardInput, RewardOutput
-from .checkpoint_io import autocast_factory, freeze
+from ..model_files import freeze
+from ..precision import autocast_factory
 from .clip_models import CLIP, clip_preprocess, load_clip
 from .clip_tokenizer import CLIPTokenizer
 from .registry import register_reward

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from ..weights import WeightFile, register, resolve
 from .base import BaseReward, RewardInput, RewardOutput
-from .checkpoint_io import autocast_factory, freeze, load_state_dict_strict, read_state_dict
+from ..model_files import freeze, load_state_dict_strict, read_state_dict
+from ..precision import autocast_factory
 from .registry import register_reward
 
 __all__ = [

@@ -50,11 +50,11 @@ from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduc
 from ..ema import EMA
 from ..engine import full_state_dict, load_optimizer_state_by_name, local_state_dict, make_engine, optimizer_state_by_name
 from ..eval.metrics import psnr, ssim
-from ..inference.restorer import load_policy
+from ..policies.loading import load_policy
 from ..policies import policy_state_dict
 from ..runlog import append_record, replace_file, rewrite_log
 from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, clear_run_dir, config_changes, record_written
-from ..inference.sampling import sample_generators, sample_trajectories
+from ..policies.sampling import sample_generators, sample_trajectories
 from ..policies.compiled import CompiledForward, compile_decision
 from ..precision import autocast_context, capability, resolve_precision
 from ..rewards import RewardInput, build_composite

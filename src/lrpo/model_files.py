@@ -22,20 +22,18 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import listing, mismatch_parts
-from ..torch_floor import require_safe_torch_load
+from .checkpoint import listing, mismatch_parts
+from .torch_floor import require_safe_torch_load
 
 __all__ = [
     "BOOKKEEPING_MODULES",
     "CheckpointFormatError",
     "StateDictMismatchError",
-    "autocast_factory",
     "freeze",
     "is_torchscript_archive",
     "load_error_line",
@@ -220,18 +218,5 @@ def freeze(module: nn.Module) -> nn.Module:
         p.requires_grad_(False)
     return module
 
-
-def autocast_factory(device: torch.device, precision: str) -> Callable[[], AbstractContextManager]:
-    """A factory of contexts for ``precision``: "fp32" (no autocast) or "bf16" (CUDA autocast).
-
-    bf16 is refused off CUDA: CPU autocast is slow on most CPUs and the rewards are cheap there.
-    """
-    if precision == "fp32":
-        return nullcontext
-    if precision == "bf16":
-        if device.type != "cuda":
-            raise ValueError(f"precision='bf16' autocast is for CUDA devices; use 'fp32' on {device}")
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
 
 

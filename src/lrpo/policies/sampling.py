@@ -9,10 +9,10 @@ from torch import Tensor
 
 from ..diffusion.ddim import DDIMSampler
 from ..diffusion.rollout import Trajectory, initial_noise, rollout
-from ..policies.base import Policy
+from .base import Policy
 from ..precision import autocast_context
 
-__all__ = ["autocast_context", "restore_images", "sample_generators", "sample_trajectories"]
+__all__ = ["restore_images", "sample_generators", "sample_trajectories"]
 
 
 def sample_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
