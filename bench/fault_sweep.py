@@ -100,7 +100,7 @@ def prepare(work: Path, epochs: int = 6, train_ckpt_every: int = 2, steps: int =
     """Faces, a base policy and the two tiny configs (16 px pixel policy, 4 DDIM steps) under ``work``."""
     from lrpo.config import DiffusionConfig, PolicyConfig, to_dict
     from lrpo.policies.pixel_unet import PixelPolicy
-    from lrpo.quickstart import embedded_faces
+    from lrpo.data.samples import embedded_faces
 
     work.mkdir(parents=True, exist_ok=True)
     faces = work / "faces"

@@ -260,7 +260,7 @@ def plot_curves(curves: dict[str, list[tuple]], path: Path, at: float, threads: 
 def heldout_grid(lq, base_out, outputs: dict[str, torch.Tensor], hq, diff_of: str | None) -> "np.ndarray":
     """LQ | base | each variant | GT | 8 x |diff_of - base| (what LRPO changed, amplified)."""
     from lrpo.data.images import to_uint8
-    from lrpo.quickstart import image_grid
+    from lrpo.data.images import image_grid
 
     import numpy as np
     from PIL import Image, ImageDraw
@@ -381,7 +381,8 @@ def main() -> int:
 
     import numpy as np
 
-    from lrpo.config import DEGRADATION_PRESETS, LRPOConfig, load_config
+    from lrpo.config import DEGRADATION_PRESETS, load_config
+    from lrpo.rl.config import LRPOConfig
     from lrpo.data.datasets import FaceImageSet
     from lrpo.data.images import save_rgb
     from lrpo.degradation import degrade

@@ -174,7 +174,8 @@ def registry_paths(*names: str) -> dict[str, str]:
 def memory_account(args, inputs: dict, out: Path) -> dict:
     import torch
 
-    from lrpo.config import LRPOConfig, load_config
+    from lrpo.config import load_config
+    from lrpo.rl.config import LRPOConfig
     from lrpo.memory import GIB, fit_activation_bytes, module_bytes, predict_bytes, saved_activation_bytes, trainable_state_bytes
     from lrpo.rl.trainer import LRPOTrainer, RolloutBatch
 

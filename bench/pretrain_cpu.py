@@ -29,7 +29,7 @@ from lrpo.degradation import degrade
 from lrpo.eval.metrics import psnr, ssim
 from lrpo.inference.restorer import Restorer
 from lrpo.pretrain.trainer import Pretrainer
-from lrpo.quickstart import image_grid
+from lrpo.data.images import image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

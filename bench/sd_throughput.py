@@ -58,7 +58,8 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from lrpo.config import DiffusionConfig, LRPOConfig, load_config, to_dict
+from lrpo.config import DiffusionConfig, load_config, to_dict
+from lrpo.rl.config import LRPOConfig
 from lrpo.data.images import save_rgb
 from lrpo.diffusion.ddim import DDIMSampler
 from lrpo.diffusion.schedules import make_alphas_cumprod

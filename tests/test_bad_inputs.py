@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lrpo.config import ConfigError, LRPOConfig, from_dict, launcher_world_size
+from lrpo.config import ConfigError, from_dict, launcher_world_size
+from lrpo.rl.config import LRPOConfig
 from lrpo.data.images import ImageLoadError, list_images, load_rgb
 
 from conftest import single_thread

@@ -23,7 +23,8 @@ import yaml
 from lrpo import checkpoint as ckpt_io
 from lrpo.checkpoint import CheckpointError, CorruptCheckpointError, UnsafeStateError, find_checkpoint, save_checkpoint
 from lrpo.cli import main
-from lrpo.config import DiffusionConfig, LRPOConfig, PolicyConfig, from_dict, to_dict
+from lrpo.config import DiffusionConfig, PolicyConfig, from_dict, to_dict
+from lrpo.rl.config import LRPOConfig
 from lrpo.policies.loading import load_policy
 from lrpo.policies.pixel_unet import PixelPolicy
 from lrpo.model_files import CheckpointFormatError

@@ -65,7 +65,7 @@ def _shipped_yamls() -> list[Path]:
 
 def _config_class(path: Path) -> type:
     """Pretraining and LRPO presets share the folder; each file's top-level keys say which it is."""
-    from lrpo.config import LRPOConfig
+    from lrpo.rl.config import LRPOConfig
 
     keys = set(yaml.safe_load(path.read_text()) or {})
     pretrain = {f.name for f in dataclasses.fields(PretrainConfig)}
@@ -202,16 +202,17 @@ def test_unknown_top_level_key(tmp_path):
     ],
 )
 def test_override_typos_name_the_override_and_the_nearest_key(cls, override, hint):
-    import lrpo.config as config_mod
+    from lrpo.rl.config import LRPOConfig
 
     with pytest.raises(ConfigError) as info:
-        load_config(getattr(config_mod, cls), "lrpo-cpu" if cls == "LRPOConfig" else None, [override])
+        load_config({"LRPOConfig": LRPOConfig, "PretrainConfig": PretrainConfig}[cls], "lrpo-cpu" if cls == "LRPOConfig" else None, [override])
     msg = str(info.value)
     assert msg.startswith(f"command-line override {override!r}") and hint in msg and "lrpo-cpu.yaml" not in msg
 
 
 def test_shipped_presets_by_name_from_any_folder(tmp_path, monkeypatch):
-    from lrpo.config import LRPOConfig, SHIPPED_CONFIG_DIR, find_config
+    from lrpo.config import SHIPPED_CONFIG_DIR, find_config
+    from lrpo.rl.config import LRPOConfig
 
     monkeypatch.chdir(tmp_path)
     assert find_config("lrpo-cpu") == SHIPPED_CONFIG_DIR / "lrpo-cpu.yaml"
@@ -363,7 +364,7 @@ def test_every_field_has_a_round_trippable_default():
 def test_compounded_gt_path_needs_the_final_step_untrained():
     """The reference's compounded chain has no latent for the final step's target level, so
     train_fraction = 1 with gt_path=compounded is refused at load time (it crashed after a rollout)."""
-    from lrpo.config import LRPOConfig
+    from lrpo.rl.config import LRPOConfig
 
     base = ["init_checkpoint=runs/base", "gt_path=compounded", "sample_steps=50"]
     with pytest.raises(ConfigError, match=r"gt_path=compounded needs the final step untrained.*train_fraction=1.0"):

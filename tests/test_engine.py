@@ -20,7 +20,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from lrpo.checkpoint import find_checkpoint
-from lrpo.config import LRPOConfig, from_dict, to_dict
+from lrpo.config import from_dict, to_dict
+from lrpo.rl.config import LRPOConfig
 from lrpo.engine import full_state_dict, load_optimizer_state_by_name, optimizer_state_by_name
 from lrpo.rl.trainer import LRPOTrainer
 

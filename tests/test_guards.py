@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from lrpo.config import ConfigError, GuardConfig
+from lrpo.config import ConfigError
+from lrpo.rl.config import GuardConfig
 from lrpo.rl.guards import guard_violations
 
 

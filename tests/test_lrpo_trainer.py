@@ -21,7 +21,8 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from lrpo.checkpoint import save_checkpoint
-from lrpo.config import DiffusionConfig, LRPOConfig, PolicyConfig, from_dict, to_dict
+from lrpo.config import DiffusionConfig, PolicyConfig, from_dict, to_dict
+from lrpo.rl.config import LRPOConfig
 from lrpo.policies.pixel_unet import PixelPolicy
 from lrpo.rl import trainer as trainer_mod
 from lrpo.rl.trainer import LRPOTrainer, NonFiniteError

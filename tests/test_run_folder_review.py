@@ -20,7 +20,8 @@ from lrpo import checkpoint as ckpt_io
 from lrpo import manifest
 from lrpo.checkpoint import CheckpointError, CorruptCheckpointError, save_checkpoint
 from lrpo.cli import main
-from lrpo.config import LRPOConfig, from_dict, save_config
+from lrpo.config import from_dict, save_config
+from lrpo.rl.config import LRPOConfig
 from lrpo.eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
 from lrpo.outputs import OutputError, OutputFolder
 from lrpo.model_files import CheckpointFormatError, read_state_dict

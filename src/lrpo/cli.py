@@ -266,7 +266,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import LRPOConfig, load_config
+    from .config import load_config
+    from .rl.config import LRPOConfig
     from .rl.trainer import LRPOTrainer
 
     cfg = load_config(LRPOConfig, args.config, args.overrides)

@@ -12,63 +12,17 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import manifest
 from .config import DEGRADATION_PRESETS, SHIPPED_CONFIG_DIR, PretrainConfig, load_config
-from .data.images import list_images, save_rgb
+from .data.images import list_images
+from .data.samples import embedded_faces
 
-# FFHQ-like square crop of the astronaut's face (row0, row1, col0, col1) in the 512x512 photo:
-# eyes near rows 105, columns 195 and 250, so a crop about 4x the eye distance centred on the face.
-ASTRONAUT_FACE_BOX = (20, 240, 112, 332)
-CONFIG_DIR = SHIPPED_CONFIG_DIR  # the shipped presets
 
 
 # what the base -> lrpo rows do not show: which of LRPO's two terms made the change
 CONTROL_NOTE = ("lrpo - base is the whole method (policy-gradient + GT-guided term), not the RL alone: the control "
                 "without the policy-gradient term (pg_weight=0) was not run here; bench/lrpo_cpu.py --arms standard runs it")
-
-
-def embedded_faces(out_dir: Path, count: int = 48, size: int = 128, seed: int = 0) -> list[Path]:
-    """Write ``count`` augmented public-domain face crops as PNG into ``out_dir``; return paths."""
-    import cv2
-    from skimage import data as skdata
-
-    photo = skdata.astronaut()  # RGB uint8 512x512, public domain
-    r0, r1, c0, c1 = ASTRONAUT_FACE_BOX
-    cy, cx, half = (r0 + r1) / 2, (c0 + c1) / 2, (r1 - r0) / 2
-    rng = np.random.default_rng(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        zoom = rng.uniform(0.9, 1.1)
-        angle = rng.uniform(-8, 8)
-        dy, dx = rng.uniform(-0.05, 0.05, size=2) * 2 * half
-        # similarity transform that maps the jittered crop onto size x size
-        scale = size / (2 * half * zoom)
-        m = cv2.getRotationMatrix2D((cx + dx, cy + dy), angle, scale)
-        m[:, 2] += size / 2 - np.array([cx + dx, cy + dy])
-        face = cv2.warpAffine(photo, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101)
-        if rng.random() < 0.5:
-            face = face[:, ::-1]
-        gain = rng.uniform(0.85, 1.15)
-        face = np.clip(face.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-        path = out_dir / f"astronaut_{i:03d}.png"
-        save_rgb(path, np.ascontiguousarray(face))
-        paths.append(path)
-    return paths
-
-
-def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """Tile equally sized RGB uint8 images (rows x columns) with a white gap."""
-    h, w = rows[0][0].shape[:2]
-    n_cols = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            grid[y : y + h, x : x + w] = img
-    return grid
 
 
 EMBEDDED_NOTE = ("the embedded held-out faces are crops of the same public-domain photograph as the training faces "
@@ -172,7 +126,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from .config import LRPOConfig
+    from .rl.config import LRPOConfig
     from .degradation.paired import make_paired_set
     from .eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
     from .pretrain.trainer import Pretrainer
@@ -201,7 +155,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}", f"precision={precision}"]
 
     pre_cfg: PretrainConfig = load_config(
-        PretrainConfig, CONFIG_DIR / "cpu-quickstart.yaml",
+        PretrainConfig, SHIPPED_CONFIG_DIR / "cpu-quickstart.yaml",
         [*common, f"out_dir={out / 'pretrain'}", f"time_budget_min={args.minutes}"],
     )
     print(f"[2/5] pretraining a {pre_cfg.policy.resolution}px pixel policy ({pre_cfg.steps} steps, at most {args.minutes:g} min)")
@@ -209,7 +163,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     preset = offline_reward_preset()
     rl_cfg: LRPOConfig = load_config(
-        LRPOConfig, CONFIG_DIR / "lrpo-quickstart.yaml",
+        LRPOConfig, SHIPPED_CONFIG_DIR / "lrpo-quickstart.yaml",
         [*common, f"init_checkpoint={out / 'pretrain'}", f"out_dir={out / 'lrpo'}", f"time_budget_min={args.rl_minutes}",
          f"reward.preset={preset}"],
     )

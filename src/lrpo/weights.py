@@ -395,8 +395,3 @@ def verify(name: str, path: str | os.PathLike | None = None) -> Verification:
     return Verification(name, p, sha256_of(p), entry.sha256, prefix, None if entry.sha256 else recorded_sha256(name))
 
 
-def fetch(name: str, dest_dir: str | os.PathLike | None = None, timeout: float = 60.0, **kwargs) -> Path:
-    """Download ``name`` and verify it (see :func:`lrpo.fetch.fetch`)."""
-    from .fetch import fetch as _fetch
-
-    return _fetch(name, dest_dir=dest_dir, timeout=timeout, **kwargs)

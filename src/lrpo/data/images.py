@@ -222,3 +222,15 @@ def output_names(paths: list[Path]) -> list[str]:
     Names over :data:`lrpo.outputs.NAME_MAX_BYTES` are cut and get a hash suffix (:func:`lrpo.outputs.fit_name`)."""
     stems = Counter(p.stem for p in paths)
     return [fit_name(f"{p.stem}.png" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png") for p in paths]
+
+
+def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
+    """Tile equally sized RGB uint8 images (rows x columns) with a white gap."""
+    h, w = rows[0][0].shape[:2]
+    n_cols = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y : y + h, x : x + w] = img
+    return grid

@@ -61,16 +61,15 @@ def example_image(name: str):
     the clean face crop."""
     import cv2
     import torch
-    from skimage import data as skdata
 
     from ..config import DEGRADATION_PRESETS
     from ..data.images import to_tensor, to_uint8
     from ..degradation.pipeline import DegradationParams, degrade
-    from ..quickstart import ASTRONAUT_FACE_BOX
+    from ..data.samples import ASTRONAUT_FACE_BOX, astronaut_photo
 
     if name not in EXAMPLES:
         raise DemoError(f"no example {name!r}; examples: {', '.join(EXAMPLES)}", 404)
-    photo = skdata.astronaut()  # RGB uint8 512 x 512, public domain
+    photo = astronaut_photo()
     r0, r1, c0, c1 = ASTRONAUT_FACE_BOX
     if name == "photo.png":
         image = cv2.resize(photo, (EXAMPLE_PHOTO_SIDE,) * 2, interpolation=cv2.INTER_AREA)

@@ -39,7 +39,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
-from ..config import DEGRADATION_PRESETS, LRPOConfig, resolve_device, save_config, to_dict
+from ..config import DEGRADATION_PRESETS, resolve_device, save_config, to_dict
+from .config import LRPOConfig
 from ..data.captions import Captions, require_captions
 from ..data.datasets import FaceImageSet
 from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
@@ -631,7 +632,7 @@ class LRPOTrainer:
     def save_sample_grid(self, batch: RolloutBatch, epoch: int, max_groups: int = 4) -> Path:
         """One row per group: LQ | its G candidates | GT, as a PNG under out_dir/samples/."""
         from ..data.images import to_uint8
-        from ..quickstart import image_grid
+        from ..data.images import image_grid
 
         G = self.cfg.group_size
         rows = []
