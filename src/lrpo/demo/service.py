@@ -269,7 +269,7 @@ class DemoService:
         policy, diffusion, resolved = load_policy(source, self.device, ema=self.ema, precision=self.precision)
         degradation, defaults = self._read_run_settings(resolved, diffusion)
         self.policy, self.diffusion, self.source = policy, diffusion, resolved
-        self.resolution = int(policy.cfg.resolution)
+        self.resolution = policy.resolution
         self.train_degradation, self.defaults = degradation, defaults
 
     def use_model(self, name: str | None) -> None:

@@ -20,7 +20,6 @@ from ..outputs import OutputFolder, one_line, output_folder
 from ..policies import Policy
 from ..policies.compiled import CompiledForward, compile_decision
 from ..policies.loading import load_policy
-from ..policies.sampling import restore_images
 from ..precision import resolve_precision
 from .photo import restore_photo
 
@@ -37,7 +36,7 @@ class Restorer:
     def compile_for(self, faces: int, batch_size: int, setting: str = "auto") -> str:
         """Compile the sampling forward for a job of ``faces`` faces in batches of ``batch_size``
         when ``setting`` (auto | off | on) says so (lrpo.policies.compiled); returns why."""
-        if hasattr(self.policy, "restore_faces"):
+        if not self.policy.compilable:
             return "compile: off (the latent policy samples through its own code)"
         forwards = -(-faces // batch_size) * self.sampler.num_steps
         on, note = compile_decision(setting, forwards, self.device)
@@ -47,7 +46,7 @@ class Restorer:
     @property
     def resolution(self) -> int:
         """Side of the faces the policy restores (the crops whole photos are aligned to)."""
-        return int(self.policy.cfg.resolution)
+        return self.policy.resolution
 
     def face_detector(self):
         """The YuNet detector for whole photos (registry ``yunet``), made on first use."""
@@ -78,32 +77,28 @@ class Restorer:
 
     def restore(self, images: list[np.ndarray], seeds: list[int]) -> list[np.ndarray]:
         """RGB uint8 faces (any sizes) -> restored RGB uint8 faces at each input's size."""
-        r = self.policy.cfg.resolution
-        diffbir = hasattr(self.policy, "restore_faces")  # the latent policy resizes in and out as DiffBIR does
-        lq = torch.stack([_resize_tensor(to_tensor(im), r, antialias=diffbir or None) for im in images]).to(self.device)
-        if hasattr(self.policy, "restore_faces"):  # the latent policy: DiffBIR's colour fix included
-            out = self.policy.restore_faces(self.sampler, lq, seeds).float().cpu()
-        else:
-            out = restore_images(self.policy, self.sampler, lq, seeds, self.precision, forward=self.forward).float().cpu()
-        return [to_uint8(_resize_tensor(o, im.shape[0], im.shape[1], antialias=diffbir or None)) for o, im in zip(out, images)]
+        r, antialias = self.policy.resolution, self.policy.resize_antialias
+        lq = torch.stack([_resize_tensor(to_tensor(im), r, antialias=antialias) for im in images]).to(self.device)
+        out = self.policy.restore_faces(self.sampler, lq, seeds, self.precision, forward=self.forward).float().cpu()
+        return [to_uint8(_resize_tensor(o, im.shape[0], im.shape[1], antialias=antialias)) for o, im in zip(out, images)]
 
     def keep_detail(self, images: list[np.ndarray], restored: list[np.ndarray]) -> list[np.ndarray]:
         """Restorations of faces larger than the policy with the input's own detail above its resolution:
         input + (restored - the input shrunk to the policy and enlarged back, as :meth:`restore` resizes).
         The policy's correction covers what it resolves; the input's finer band passes unchanged."""
-        r, diffbir = self.policy.cfg.resolution, hasattr(self.policy, "restore_faces")
+        r, antialias = self.policy.resolution, self.policy.resize_antialias
         out = []
         for im, rest in zip(images, restored):
             x = to_tensor(im)
-            round_trip = to_uint8(_resize_tensor(_resize_tensor(x, r, antialias=diffbir or None), im.shape[0], im.shape[1],
-                                                 antialias=diffbir or None))
+            round_trip = to_uint8(_resize_tensor(_resize_tensor(x, r, antialias=antialias), im.shape[0], im.shape[1],
+                                                 antialias=antialias))
             out.append(np.clip(im.astype(np.int16) + rest.astype(np.int16) - round_trip.astype(np.int16), 0, 255).astype(np.uint8))
         return out
 
 
 def _resize_tensor(x: torch.Tensor, h: int, w: int | None = None, antialias: bool | None = None) -> torch.Tensor:
-    """Bicubic; ``antialias`` None: only when shrinking. True in both directions is DiffBIR's
-    resize (upscaling then uses PIL's bicubic, a = -0.5, not torch's plain a = -0.75)."""
+    """Bicubic; ``antialias`` (a policy's ``resize_antialias``) None: only when shrinking. True in both
+    directions is DiffBIR's resize (upscaling then uses PIL's bicubic, a = -0.5, not torch's plain a = -0.75)."""
     w = h if w is None else w
     if x.shape[-2:] == (h, w):
         return x

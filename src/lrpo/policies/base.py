@@ -10,11 +10,15 @@ Notation (SPEC sections 1-2):
 
 A policy only predicts; the DDIM maths lives in :mod:`lrpo.diffusion`. Because ``cond`` is one
 batch-first tensor, trainers can index, repeat and concatenate it like any other batch.
+
+What restoring callers (``lrpo.inference.Restorer``, the demo) need is part of the protocol too:
+``resolution``, ``resize_antialias``, ``compilable`` and ``restore_faces``, so they never probe a
+policy for what kind it is.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -23,6 +27,15 @@ from torch import Tensor
 @runtime_checkable
 class Policy(Protocol):
     prediction: str  # "eps" | "v" | "x0"
+    # how callers resize faces to the policy's side and back (bicubic): None antialiases only when
+    # shrinking; True in both directions (DiffBIR's resize, which the latent policy was trained with)
+    resize_antialias: bool | None
+    # whether restore_faces runs a compiled forward (lrpo.policies.compiled) it is handed
+    compilable: bool
+
+    @property
+    def resolution(self) -> int:
+        """Side R of the faces the policy restores ([B, 3, R, R]; the crops photos are aligned to)."""
 
     def condition(self, lq: Tensor) -> Tensor:
         """LQ images [B,3,H,W] in [0,1] -> condition tensor [B, ...] (deterministic)."""
@@ -41,3 +54,9 @@ class Policy(Protocol):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the RL update may change (the frozen backbone is excluded)."""
+
+    def restore_faces(self, sampler, lq: Tensor, seeds: list[int], precision: str = "fp32",
+                      forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:
+        """LQ faces [B,3,H,W] in [0,1] -> restored [B,3,R,R] in [0,1]: one DDIM rollout from each
+        seed, decoded (no grad). ``precision`` is the forward's autocast and ``forward`` a compiled
+        forward, where the policy takes them (see ``compilable``)."""

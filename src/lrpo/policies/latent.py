@@ -262,6 +262,8 @@ class LatentPolicy(nn.Module):
     """
 
     prediction = "eps"
+    resize_antialias = True  # faces resized in and out antialiased both ways, as DiffBIR does
+    compilable = False  # samples through its own code (restore_faces), never a compiled forward
 
     def __init__(self, cfg: LatentPolicyConfig):
         super().__init__()
@@ -387,6 +389,10 @@ class LatentPolicy(nn.Module):
 
     # -- helpers ---------------------------------------------------------------------------
     @property
+    def resolution(self) -> int:
+        return int(self.cfg.resolution)
+
+    @property
     def device(self) -> torch.device:
         return self.empty_context.device
 
@@ -499,8 +505,14 @@ class LatentPolicy(nn.Module):
             for k, v in sd.items():
                 params[k].copy_(v)
 
-    def restore_faces(self, sampler, lq: Tensor, seeds: list[int]) -> Tensor:
-        """Restorer hook: sample, decode and colour-fix (see :func:`restore_faces`)."""
+    def restore_faces(self, sampler, lq: Tensor, seeds: list[int], precision: str = "fp32", forward=None) -> Tensor:
+        """The Policy protocol's restore: sample, decode and colour-fix (see :func:`restore_faces`).
+
+        ``precision`` is not taken: this policy stores its frozen weights in ``cfg.precision`` when
+        built (load_policy's ``precision`` sets it) and samples in it. It takes no compiled
+        ``forward`` (``compilable`` is False)."""
+        if forward is not None:
+            raise ValueError("the latent policy samples through its own code; it takes no compiled forward")
         return restore_faces(self, sampler, lq, seeds, precision=self.cfg.precision)
 
     def controlnet_state_dict(self) -> dict[str, Tensor]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import PolicyConfig
+from .sampling import restore_images
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -172,6 +173,9 @@ class PixelPolicy(nn.Module):
     ``residual`` is set, else the image itself in [-1, 1].
     """
 
+    resize_antialias = None  # callers resize faces in and out bicubic, antialiased only when shrinking
+    compilable = True  # restore_faces runs the compiled forward it is handed
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         cfg.validate()
@@ -180,6 +184,10 @@ class PixelPolicy(nn.Module):
         self.stage1 = Stage1CNN(cfg.stage1_channels, cfg.stage1_blocks) if cfg.stage1 == "cnn" else None
         cond_ch = 6 if self.stage1 is not None else 3
         self.unet = ConditionalUNet(3 + cond_ch, 3, cfg)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.cfg.resolution)
 
     # -- conditioning -----------------------------------------------------------------------
     def _resize(self, images: Tensor) -> Tensor:
@@ -233,6 +241,10 @@ class PixelPolicy(nn.Module):
     def fsdp_units(self) -> list[nn.Module]:
         """What ``engine=fsdp`` shards: the diffusion network (the stage-1 restorer stays whole)."""
         return [self.unet]
+
+    def restore_faces(self, sampler, lq: Tensor, seeds: list[int], precision: str = "fp32", forward=None) -> Tensor:
+        """LQ [B,3,H,W] in [0,1] -> restored [B,3,R,R] in [0,1] (:func:`lrpo.policies.sampling.restore_images`)."""
+        return restore_images(self, sampler, lq, seeds, precision, forward=forward)
 
 
 def build_policy(cfg: PolicyConfig) -> PixelPolicy:
