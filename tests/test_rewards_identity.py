@@ -18,13 +18,13 @@ import torch.nn.functional as F
 
 from lrpo import weights
 from lrpo.rewards import RewardInput, build_reward
+from lrpo.data.geometry import similarity_transform
 from lrpo.rewards.identity import (
     ARCFACE_TEMPLATE,
     FaceEmbedder,
     IdentityReward,
     align_faces,
     ffhq_landmarks,
-    similarity_transform,
     warp_affine,
 )
 

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..rewards.identity import similarity_transform
+from ..data.geometry import similarity_transform
 
 __all__ = [
     "FFHQ_TEMPLATE_512",

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import weights
+from ..data.geometry import similarity_transform
 from .base import BaseReward, RewardInput, RewardOutput
 from .registry import register_reward
 
@@ -43,7 +44,6 @@ __all__ = [
     "YuNetLandmarks",
     "align_faces",
     "ffhq_landmarks",
-    "similarity_transform",
     "warp_affine",
 ]
 
@@ -87,29 +87,6 @@ NORMALISATION: dict[str, tuple[float, float]] = {
 def ffhq_landmarks(height: int, width: int) -> np.ndarray:
     """[5, 2] (x, y) pixel coordinates (pixel centres at integers) of the mean FFHQ landmarks."""
     return FFHQ_LANDMARKS * np.array([width, height]) - 0.5
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst.
-
-    Umeyama's closed form (1991): with centred points a = src - mean, b = dst - mean, the 2x2
-    cross-covariance S = b^T a / n = U D V^T gives R = U diag(1, det(U V^T)) V^T and
-    scale = trace(D diag(1, det)) / var(a). Returns the 2x3 matrix [s R | t] (cv2 convention).
-    """
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
-        raise ValueError(f"similarity_transform needs two [N, 2] point sets (N >= 2), got {src.shape} and {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    cov = b.T @ a / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
-    rot = u @ sign @ vt
-    scale = np.trace(np.diag(d) @ sign) / a.var(0).sum()
-    m = np.empty((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
-    return m
 
 
 def warp_affine(images: Tensor, matrices: Tensor, out_size: int = CROP_SIZE) -> Tensor:
