@@ -16,12 +16,12 @@ from safetensors.torch import save_file
 
 from lrpo.rewards.base import RewardInput
 from lrpo.model_files import StateDictMismatchError
+from lrpo.nets.clip import QuickGELU
 from lrpo.rewards.clip_models import (
     CLIP,
     OPENAI_RN50,
     OPENCLIP_VIT_H_14,
     AttentionPool2d,
-    QuickGELU,
     build_clip_from_state_dict,
     clip_config_from_state_dict,
     clip_preprocess,

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nets.clip import Transformer
 from ..precision import autocast_context
 from .latent_config import LatentPolicyConfig, SDUNetArch, TextArch, VAEArch
 from .swinir import RGB_MEAN, SwinIR
@@ -153,8 +154,6 @@ class OpenCLIPTextTower(nn.Module):
 
     def __init__(self, arch: TextArch):
         super().__init__()
-        from ..rewards.clip_models import Transformer
-
         self.arch = arch
         self.token_embedding = nn.Embedding(arch.vocab_size, arch.width)
         self.positional_embedding = nn.Parameter(torch.randn(arch.context_length, arch.width) * 0.01)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..weights import WeightFile, hub_file, register
 from ..model_files import freeze, load_state_dict_strict, read_state_dict
+from ..nets.clip import Transformer
 
 __all__ = [
     "CLIP",
@@ -142,13 +143,8 @@ OPENCLIP_VIT_H_14 = CLIPConfig(
 
 
 # ----------------------------------------------------------------------------------------------
-# building blocks
+# building blocks (the transformer is lrpo.nets.clip's, shared with the latent policy's text tower)
 # ----------------------------------------------------------------------------------------------
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
 class Bottleneck(nn.Module):
     """ResNet bottleneck whose stride is an average pool before the third conv (anti-aliased)."""
 
@@ -249,41 +245,6 @@ class ModifiedResNet(nn.Module):
         x = self.avgpool(F.relu(self.bn3(self.conv3(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.attnpool(x, use_positional_embedding)
-
-
-class ResidualAttentionBlock(nn.Module):
-    """Pre-LayerNorm transformer block; tensors are [B, L, D] (batch first)."""
-
-    def __init__(self, width: int, heads: int, quick_gelu: bool):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                [
-                    ("c_fc", nn.Linear(width, width * 4)),
-                    ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
-                    ("c_proj", nn.Linear(width * 4, width)),
-                ]
-            )
-        )
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool):
-        super().__init__()
-        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers)])
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        for block in self.resblocks:
-            x = block(x, attn_mask)
-        return x
 
 
 class VisionTransformer(nn.Module):
