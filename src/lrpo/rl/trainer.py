@@ -16,7 +16,7 @@ the epochs since the last checkpoint and ``--resume`` continues exactly. Ctrl-C 
 loses nothing: rollouts in flight are abandoned, an update in flight is finished, and the last
 completed epoch is checkpointed before the run stops (:class:`~lrpo.runs.Interrupted`). A run folder
 holds one run (:func:`~lrpo.runs.claim_run_dir`); a resume must not change the run's settings
-(:data:`RESUMABLE_KEYS` may change).
+(:data:`~lrpo.rl.checkpointing.RESUMABLE_KEYS` may change).
 
 The policy stays in eval mode for rollouts *and* updates: log pi_old is recorded by the rollout's
 network function, and the update must recompute exactly that function (dropout in train mode would
@@ -26,21 +26,18 @@ make the ratio differ from 1 before any optimiser step). Gradients do not depend
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
-from ..config import DEGRADATION_PRESETS, resolve_device, save_config, to_dict
-from .config import LRPOConfig
+from ..config import DEGRADATION_PRESETS, resolve_device, save_config
 from ..data.captions import Captions, require_captions
 from ..data.datasets import FaceImageSet
 from ..data.groups import Group, GroupSampler, derive_seed, make_group_lq
@@ -49,55 +46,31 @@ from ..diffusion.ddim import DDIMSampler, gaussian_log_prob
 from ..diffusion.schedules import make_alphas_cumprod
 from ..distributed import DistContext, all_gather_cat, all_reduce_max, all_reduce_sum, barrier, broadcast_floats, init_from_env
 from ..ema import EMA
-from ..engine import full_state_dict, load_optimizer_state_by_name, local_state_dict, make_engine, optimizer_state_by_name
+from ..engine import make_engine
 from ..eval.metrics import psnr, ssim
-from ..policies.loading import load_policy
-from ..policies import policy_state_dict
-from ..runlog import append_record, replace_file, rewrite_log
-from ..runs import GracefulInterrupt, Interrupted, check_resume, claim_run_dir, clear_run_dir, config_changes, record_written
-from ..policies.sampling import sample_generators, sample_trajectories
 from ..policies.compiled import CompiledForward, compile_decision
-from ..precision import autocast_context, capability, resolve_precision
+from ..policies.loading import load_policy
+from ..policies.sampling import sample_generators, sample_trajectories
+from ..precision import autocast_context, resolve_precision
 from ..rewards import RewardInput, build_composite
+from ..runs import GracefulInterrupt, Interrupted, claim_run_dir, clear_run_dir, record_written
 from .advantages import group_advantages, noise_level_weights, step_advantages
+from .checkpointing import RESUMABLE_KEYS, CheckpointMethods
+from .config import LRPOConfig
 from .diagnostics import gradient_balance, group_signal_to_noise, shift_one_pixel
-from .guards import GuardMetrics, guard_violations
+from .guards import GuardMetrics
 from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_train_steps, ppo_clip_loss
+from .records import RunRecordMethods, _tensorboard
 from .timesteps import parse_timestep_selection, selected_steps
+from .types import RolloutBatch
+
+__all__ = ["LRPOTrainer", "NonFiniteError", "RolloutBatch", "RESUMABLE_KEYS"]
 
 
 DIAG_GROUPS = 4  # groups whose reward is scored again after a 1-pixel shift (diagnostics)
 UPDATE_STATS = ("ppo_loss", "approx_kl", "clip_fraction", "reg", "gt_log_density", "kl_ref", "grad_norm")
 # of the first optimiser step of an epoch, where nothing has changed yet: the ratio must be 1
 FIRST_STEP_STATS = ("first_clip_fraction", "first_max_abs_log_ratio")
-# settings a resume may change: budgets, logging, device and the epochs to go; any other difference
-# from the checkpoint's config changes the run's trajectory and needs allow_changes
-# (and the engine: checkpoints hold whole tensors, optimiser state by name, whatever wrote them)
-RESUMABLE_KEYS = ("epochs", "time_budget_min", "time_budget_clock", "device", "out_dir", "ckpt_every", "keep_last", "log_images_every",
-                  "reward.device", "data.skip_bad", "engine", "trust_pickle")
-
-
-class RolloutBatch(NamedTuple):
-    """The N trajectories one process collected in an epoch (N = its groups x G).
-
-    group_ids [N] long; seeds [N] (trajectory seeds); names: face names;
-    cond [N, ...] policy condition; gt_x0 [N, ...] GT in the policy's diffusion space;
-    hq, lq [N, 3, R, R] in [0, 1]; latents [N, S+1, ...]; log_probs [N, S] float32;
-    images [N, 3, R, R] in [0, 1]: the decoded final samples;
-    captions: one caption (or None) per trajectory, for caption-scoring reward terms.
-    """
-
-    group_ids: Tensor
-    seeds: list[int]
-    names: list[str]
-    cond: Tensor
-    gt_x0: Tensor
-    hq: Tensor
-    lq: Tensor
-    latents: Tensor
-    log_probs: Tensor
-    images: Tensor
-    captions: list = []  # never mutated; a default keeps hand-built batches (benchmarks) short
 
 
 @dataclass
@@ -115,7 +88,10 @@ class _Abandoned(Exception):
     """Raised inside an epoch's rollouts when a stop was requested: nothing of the epoch is kept."""
 
 
-class LRPOTrainer:
+class LRPOTrainer(CheckpointMethods, RunRecordMethods):
+    """LRPO of a pretrained policy; the checkpoint methods (save / load / guard rollback) are in
+    lrpo.rl.checkpointing, the log, TensorBoard and sample-grid methods in lrpo.rl.records."""
+
     def __init__(
         self, cfg: LRPOConfig, resume: str | Path | None = None, progress: bool = True, dist_ctx: DistContext | None = None,
         overwrite: bool = False, allow_changes: bool = False,
@@ -123,17 +99,7 @@ class LRPOTrainer:
         self.cfg = cfg
         self.ctx = dist_ctx or init_from_env()
         self.allow_changes = allow_changes
-        if resume:
-            found = ckpt_io.find_checkpoint(resume)  # a folder without a checkpoint fails before anything loads
-            self._resume_changes(found)  # a resume that would change the run stops before anything is read
-            # resuming another folder's checkpoint into out_dir starts a new run folder there: it must
-            # not hold a third run (whose log and old checkpoints the resume would overwrite)
-            forked = found.parent.resolve() != Path(cfg.out_dir).resolve()
-        else:
-            forked = True
-        # every rank may refuse; only rank 0 clears, once the data, rewards and policy below are good
-        # resuming in place: claim_run_dir only refuses links where the run writes
-        clear = claim_run_dir(cfg.out_dir, resume=not forked, overwrite=overwrite) and forked and self.ctx.is_main
+        clear = self._claim_out_dir(resume, overwrite)
         self.interrupt = GracefulInterrupt("stopping: rollouts in flight are dropped, an update in flight is finished, "
                                            "then the last completed epoch is checkpointed; Ctrl-C again stops at once")
         self.saved_epoch: int | None = None  # epoch of the newest step_* checkpoint of this run
@@ -146,51 +112,9 @@ class LRPOTrainer:
         self.out_dir = Path(cfg.out_dir)
 
         torch.manual_seed(cfg.seed)
-        faces = FaceImageSet(cfg.data.hq, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
-        self.train_set, val = faces.split(cfg.data.val_count) if cfg.data.val_count else (faces, None)
-        reward_device = str(self.device) if cfg.reward.device == "auto" else cfg.reward.device
-        spec: Any = dict(cfg.reward.terms) if cfg.reward.terms else cfg.reward.preset
-        self.reward = build_composite(spec, device=reward_device)
-        # every caption is found (or reported missing) here, before the policy loads and long
-        # before the first rollout
-        captions = Captions.from_sources(cfg.data.captions, cfg.data.default_caption)
-        self.train_captions = self._captions_of(self.train_set, captions)
-        self.val_names = val.names if val is not None else []
-        self.val_captions = self._captions_of(val, captions) if val is not None else []
-
-        self.policy, self.diffusion_cfg, self.init_ckpt = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema,
-                                                                        trust_pickle=cfg.trust_pickle)
-        self.policy.eval()  # for rollouts and updates alike (module docstring)
-        trainable = {id(p) for p in self.policy.trainable_parameters() if p.requires_grad}
-        for p in self.policy.parameters():  # frozen parts (stage 1) never receive gradients
-            p.requires_grad_(id(p) in trainable)
-        # several processes: DDP or FSDP (which replaces the parameters by shards): the optimiser
-        # and the EMA are built on what the engine leaves
-        self.engine = make_engine(cfg.engine, self.ctx, self.policy)
-        self.params = self.engine.params()
-        self.ref_policy = None
-        if cfg.kl_beta > 0:
-            self.ref_policy, _, _ = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema, trust_pickle=cfg.trust_pickle)
-            self.ref_policy.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
-
-        alphas = make_alphas_cumprod(self.diffusion_cfg)
-        self.sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eta)
-        self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.sample_forward, self.compile_note = self._sampling_forward()
-        self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
-        self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, self.n_train, reg_last_k=cfg.reg_last_k)
-        # steps one update trains per trajectory (all n_train, or those train_timesteps picks)
-        self.n_slots = self.timestep_selection.width or self.n_train
-        k = min(cfg.reg_last_k, self.n_train)
-        # the last K trained steps carry the GT-guided likelihood term (SPEC: t = 101 ... 21)
-        self.reg_steps = list(range(self.n_train - k, self.n_train)) if cfg.reg_weight > 0 else []
-        sig = self.sampler.sigmas.float()
-        weights = noise_level_weights(sig) if cfg.noise_level_weights else torch.ones_like(sig)
-        self.step_weights = weights
-
+        val = self._load_faces_and_reward()
+        self._load_policy()
+        self._build_samplers()
         if cfg.data.resolution != self.policy.cfg.resolution:
             raise ValueError(
                 f"data.resolution={cfg.data.resolution} but the policy in {self.init_ckpt} works at {self.policy.cfg.resolution}"
@@ -211,6 +135,76 @@ class LRPOTrainer:
             clear_run_dir(self.out_dir)
         if resume:
             self.load(resume)
+
+    def _claim_out_dir(self, resume: str | Path | None, overwrite: bool) -> bool:
+        """Refuse a resume that would change the run, or an out_dir holding another run, before anything
+        loads; True when this process must clear out_dir once the data, rewards and policy are good."""
+        if resume:
+            found = ckpt_io.find_checkpoint(resume)  # a folder without a checkpoint fails before anything loads
+            self._resume_changes(found)  # a resume that would change the run stops before anything is read
+            # resuming another folder's checkpoint into out_dir starts a new run folder there: it must
+            # not hold a third run (whose log and old checkpoints the resume would overwrite)
+            forked = found.parent.resolve() != Path(self.cfg.out_dir).resolve()
+        else:
+            forked = True
+        # every rank may refuse; only rank 0 clears, once the data, rewards and policy below are good
+        # resuming in place: claim_run_dir only refuses links where the run writes
+        return claim_run_dir(self.cfg.out_dir, resume=not forked, overwrite=overwrite) and forked and self.ctx.is_main
+
+    def _load_faces_and_reward(self) -> FaceImageSet | None:
+        """The training faces, the composite reward and every caption; returns the held-out faces."""
+        cfg = self.cfg
+        faces = FaceImageSet(cfg.data.hq, resolution=cfg.data.resolution, skip_bad=cfg.data.skip_bad)
+        self.train_set, val = faces.split(cfg.data.val_count) if cfg.data.val_count else (faces, None)
+        reward_device = str(self.device) if cfg.reward.device == "auto" else cfg.reward.device
+        spec: Any = dict(cfg.reward.terms) if cfg.reward.terms else cfg.reward.preset
+        self.reward = build_composite(spec, device=reward_device)
+        # every caption is found (or reported missing) here, before the policy loads and long
+        # before the first rollout
+        captions = Captions.from_sources(cfg.data.captions, cfg.data.default_caption)
+        self.train_captions = self._captions_of(self.train_set, captions)
+        self.val_names = val.names if val is not None else []
+        self.val_captions = self._captions_of(val, captions) if val is not None else []
+        return val
+
+    def _load_policy(self) -> None:
+        """The policy (trainable parts only), its engine, the KL reference, the optimiser and the EMA."""
+        cfg = self.cfg
+        self.policy, self.diffusion_cfg, self.init_ckpt = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema,
+                                                                        trust_pickle=cfg.trust_pickle)
+        self.policy.eval()  # for rollouts and updates alike (module docstring)
+        trainable = {id(p) for p in self.policy.trainable_parameters() if p.requires_grad}
+        for p in self.policy.parameters():  # frozen parts (stage 1) never receive gradients
+            p.requires_grad_(id(p) in trainable)
+        # several processes: DDP or FSDP (which replaces the parameters by shards): the optimiser
+        # and the EMA are built on what the engine leaves
+        self.engine = make_engine(cfg.engine, self.ctx, self.policy)
+        self.params = self.engine.params()
+        self.ref_policy = None
+        if cfg.kl_beta > 0:
+            self.ref_policy, _, _ = load_policy(cfg.init_checkpoint, self.device, ema=cfg.init_ema, trust_pickle=cfg.trust_pickle)
+            self.ref_policy.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.policy, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    def _build_samplers(self) -> None:
+        """The rollout and evaluation samplers, the precision, the trained steps and their weights."""
+        cfg = self.cfg
+        alphas = make_alphas_cumprod(self.diffusion_cfg)
+        self.sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eta)
+        self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.sample_forward, self.compile_note = self._sampling_forward()
+        self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
+        self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, self.n_train, reg_last_k=cfg.reg_last_k)
+        # steps one update trains per trajectory (all n_train, or those train_timesteps picks)
+        self.n_slots = self.timestep_selection.width or self.n_train
+        k = min(cfg.reg_last_k, self.n_train)
+        # the last K trained steps carry the GT-guided likelihood term (SPEC: t = 101 ... 21)
+        self.reg_steps = list(range(self.n_train - k, self.n_train)) if cfg.reg_weight > 0 else []
+        sig = self.sampler.sigmas.float()
+        weights = noise_level_weights(sig) if cfg.noise_level_weights else torch.ones_like(sig)
+        self.step_weights = weights
 
     def _captions_of(self, faces: FaceImageSet, captions: Captions) -> list[str | None]:
         if not self.reward.caption_terms:
@@ -624,151 +618,6 @@ class LRPOTrainer:
         rec.update(self.diag)  # (rank 0's are the ones logged)
         return rec
 
-    def numerics_note(self) -> str:
-        """What the forwards ran in, for the log and the summary (``auto`` resolved, and why)."""
-        how = f" (auto; {capability(self.device).describe()})" if self.cfg.precision == "auto" else ""
-        return f"precision {self.precision}{how}; {self.compile_note}"
-
-    def save_sample_grid(self, batch: RolloutBatch, epoch: int, max_groups: int = 4) -> Path:
-        """One row per group: LQ | its G candidates | GT, as a PNG under out_dir/samples/."""
-        from ..data.images import to_uint8
-        from ..data.images import image_grid
-
-        G = self.cfg.group_size
-        rows = []
-        for start in range(0, min(len(batch.seeds), max_groups * G), G):
-            rows.append([to_uint8(batch.lq[start])] + [to_uint8(x) for x in batch.images[start : start + G]] + [to_uint8(batch.hq[start])])
-        path = self.out_dir / "samples" / f"epoch_{epoch:04d}.png"
-        path.parent.mkdir(exist_ok=True)
-        png = io.BytesIO()
-        Image.fromarray(image_grid(rows)).save(png, format="PNG")
-        replace_file(path, png.getvalue())  # a link planted at the name is replaced, not written through
-        record_written(self.out_dir, path)
-        return path
-
-    def save(self, epoch: int, name: str | None = None) -> Path | None:
-        # whole tensors (under FSDP every process takes part in gathering its shards); rank 0 writes
-        if self.ctx.is_main or self.engine.kind == "fsdp":
-            weights = full_state_dict(policy_state_dict(self.policy))
-            optimizer = optimizer_state_by_name(self.optimizer, self.engine.names())
-            ema = full_state_dict(self.ema.state_dict()) if self.ema is not None else None
-        if not self.ctx.is_main:
-            self.saved_epoch = epoch if name is None else self.saved_epoch  # the same on every process
-            return None
-        config = {
-            # trust_pickle is the user's say for this run only: a checkpoint never carries it on
-            "policy": {k: v for k, v in to_dict(self.policy.cfg).items() if k != "trust_pickle"},
-            "diffusion": {**to_dict(self.diffusion_cfg), "sample_steps": self.cfg.sample_steps, "eta": self.cfg.eval_eta},
-            "lrpo": {**to_dict(self.cfg), "trust_pickle": False},
-        }
-        state = {
-            "epoch": epoch,
-            "optimizer": optimizer,
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-            "world_size": self.ctx.world_size,
-            "guard_baseline": self.guard_baseline,
-            "best": self.best,
-        }
-        path = ckpt_io.save_checkpoint(
-            self.out_dir, epoch, weights, config, state, ema=ema,
-            kind="lrpo", keep_last=self.cfg.keep_last, name=name,
-        )
-        if name is None:
-            self.saved_epoch = epoch
-        return path
-
-    def _resume_changes(self, ckpt: Path) -> dict[str, tuple[Any, Any]]:
-        """The settings a resume from ``ckpt`` would change, read from its config.yaml alone; refuses
-        (unless allowed) before state.pt or any weights are read. ``minibatch_size`` is left to
-        :meth:`load`: with another number of processes the global minibatch is what must match."""
-        if ckpt_io.load_meta(ckpt).get("kind") != "lrpo":
-            raise ckpt_io.CheckpointError(f"{ckpt} is not an LRPO checkpoint; pass it as init_checkpoint instead of --resume")
-        saved_cfg = ckpt_io.load_config_dict(ckpt).get("lrpo", {})
-        changes = config_changes(saved_cfg if isinstance(saved_cfg, dict) else {}, to_dict(self.cfg), RESUMABLE_KEYS,
-                                 defaults=to_dict(LRPOConfig()), paths=("init_checkpoint", "data.hq", "data.captions"))
-        check_resume(ckpt, {k: v for k, v in changes.items() if k != "minibatch_size"}, self.allow_changes)
-        return changes
-
-    def load(self, path: str | Path) -> None:
-        ckpt = ckpt_io.find_checkpoint(path)
-        changes = self._resume_changes(ckpt)
-        state = ckpt_io.load_state(ckpt)  # data only (weights_only): nothing in it runs
-        ckpt_io.require_state_fields(state, ckpt, {"epoch": int, "torch_rng": torch.Tensor, "optimizer": dict})
-        ckpt_io.require_optional_state(state, ckpt, ("history", "best", "guard_baseline"))
-        old_world = state.get("world_size", 1)
-        if old_world != self.ctx.world_size:
-            # minibatch_size is per process: what must not change is the global minibatch
-            old_mb = changes["minibatch_size"][0] if "minibatch_size" in changes else self.cfg.minibatch_size
-            changes.pop("minibatch_size", None)
-            if old_mb * old_world != self.cfg.minibatch_size * self.ctx.world_size:
-                changes[f"global minibatch (minibatch_size x {self.ctx.world_size} processes)"] = (
-                    f"{old_mb} x {old_world} = {old_mb * old_world}", self.cfg.minibatch_size * self.ctx.world_size)
-        allowed = check_resume(ckpt, changes, self.allow_changes)
-        if self.ema is not None and not (ckpt / "ema.safetensors").is_file():
-            raise ckpt_io.CheckpointError(f"{ckpt / 'ema.safetensors'}: missing, but ema_decay={self.cfg.ema_decay} needs it")
-        self._load_weights(ckpt)
-        load_optimizer_state_by_name(self.optimizer, state["optimizer"], self.engine.names(), source=str(ckpt))
-        torch.set_rng_state(state["torch_rng"])
-        self.epoch = state["epoch"]
-        self.saved_epoch = self.resumed_from = self.epoch
-        self.history = state.get("history") or []
-        self.guard_baseline = state.get("guard_baseline")
-        self.best = tuple(state["best"]) if state.get("best") is not None else None
-        if allowed:
-            self.pending_records.append({"epoch": self.epoch, "config_changes": allowed})
-        if self.ctx.is_main:
-            rewrite_log(self.out_dir / "log.jsonl", self.history)
-
-    def _load_weights(self, ckpt: Path) -> None:
-        """The policy's (and the EMA's) weights from ``ckpt``, cut into this process's shards under FSDP."""
-        ckpt_io.load_weights(self.policy, ckpt, layout=lambda sd: local_state_dict(sd, self.policy.state_dict()))
-        if self.ema is not None and (ckpt / "ema.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            self.ema.load_state_dict(local_state_dict(load_file(str(ckpt / "ema.safetensors")), self.ema.state_dict()))
-
-    def check_guard(self, rec: dict) -> bool:
-        """Compare the guard metrics in ``rec`` with the start; True when training must stop."""
-        cfg = self.cfg.guard
-        violations = guard_violations(self.guard_baseline or {}, _guard_values(rec), cfg.metrics, cfg.tolerance)
-        rec["guard_violations"] = violations
-        if not violations:
-            if self.best is None or rec["eval_reward"] > self.best[1]:
-                self.best = (self.epoch, rec["eval_reward"])
-                self.save(self.epoch, name="best")
-            return False
-        msg = f"guard: epoch {self.epoch}: held-out " + "; ".join(violations)
-        if self.progress or self.ctx.is_main:
-            print(msg + (" -> continuing (action=warn)" if cfg.action == "warn" else f" -> {cfg.action}"))
-        return cfg.action != "warn"
-
-    def rollback_to_best(self) -> None:
-        """Load the best accepted state's weights (the initial policy if no later epoch was better)
-        and point the run's ``latest`` at it."""
-        self._load_weights(self.out_dir / "best")
-        if self.ctx.is_main:
-            ckpt_io.set_latest(self.out_dir, "best")
-            self.log({"epoch": self.epoch, "rolled_back_to_epoch": self.best[0]})
-
-    def log(self, record: dict) -> None:
-        self.history.append(record)
-        if self.ctx.is_main:
-            append_record(self.out_dir / "log.jsonl", record)
-            if self._tb is not None:
-                for k, v in record.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
-                        self._tb.add_scalar(k, v, record["epoch"])
-                self._record_tb()
-
-    def _record_tb(self) -> None:
-        """Record TensorBoard's event files (which grow: by name) once each, so --overwrite may remove them."""
-        tb = self.out_dir / "tb"
-        new = [f for f in sorted(tb.rglob("*")) if f.is_file() and str(f) not in self._recorded_tb] if tb.is_dir() else []
-        if new:
-            record_written(self.out_dir, *new, grows=True)
-            self._recorded_tb.update(str(f) for f in new)
-
     def stop_requested(self) -> bool:
         """True on every process once any process got SIGINT/SIGTERM (they all stop together)."""
         return bool(all_reduce_max(self.ctx, int(self.interrupt.requested)))
@@ -860,10 +709,6 @@ class LRPOTrainer:
             bar.close()
 
 
-def _guard_values(rec: dict) -> dict[str, float]:
-    return {k[len("guard_"):]: v for k, v in rec.items() if k.startswith("guard_") and isinstance(v, float)}
-
-
 class _Means:
     """Running mean of each logged statistic over the calls that recorded it: a term recorded on
     only some steps (the GT term on the last K) is averaged over those steps, not over all."""
@@ -886,9 +731,3 @@ def _meta(names: list[str], captions: list[str | None]) -> list[dict[str, str]]:
     return [{"name": n, **({"caption": c} if c else {})} for n, c in zip(names, captions)]
 
 
-def _tensorboard(out_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: JSONL only
-        return None
-    return SummaryWriter(str(out_dir / "tb"))
