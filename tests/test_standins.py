@@ -24,6 +24,7 @@ from lrpo.config import DiffusionConfig, from_dict, to_dict
 from lrpo.diffusion.schedules import make_alphas_cumprod
 from lrpo.policies import build_policy_from_dict
 from lrpo.policies import sd_loaders as L
+from lrpo.policies.sd_sizes import swinir_arch_from_state_dict, text_arch_from_ldm, unet_arch_from_ldm, vae_arch_from_ldm
 from lrpo.policies.latent_config import LatentPolicyConfig, SDUNetArch, TextArch, VAEArch
 from lrpo.policies.swinir import SwinIRArch
 from lrpo.model_files import StateDictMismatchError, is_torchscript_archive, read_state_dict
@@ -152,13 +153,13 @@ def test_sizes_read_off_the_real_layouts_are_the_reference_config():
     # starting from the tiny sizes, the file alone must give back every size the reference config has
     sd = _meta(ldm_layout(*sd21_archs("real")))
     tiny = LatentPolicyConfig.preset("tiny")
-    unet = L.unet_arch_from_ldm(sd, tiny.unet)
+    unet = unet_arch_from_ldm(sd, tiny.unet)
     assert unet == dataclasses.replace(SDUNetArch(), head_channels=tiny.unet.head_channels, norm_num_groups=tiny.unet.norm_num_groups)
-    assert L.vae_arch_from_ldm(sd, tiny.vae) == dataclasses.replace(VAEArch(), norm_num_groups=tiny.vae.norm_num_groups)
-    assert L.text_arch_from_ldm(sd, tiny.text) == dataclasses.replace(TextArch(), heads=tiny.text.heads)
-    cn = L.unet_arch_from_ldm(_meta(controlnet_layout(SDUNetArch(), 4)), tiny.unet, prefix="")
+    assert vae_arch_from_ldm(sd, tiny.vae) == dataclasses.replace(VAEArch(), norm_num_groups=tiny.vae.norm_num_groups)
+    assert text_arch_from_ldm(sd, tiny.text) == dataclasses.replace(TextArch(), heads=tiny.text.heads)
+    cn = unet_arch_from_ldm(_meta(controlnet_layout(SDUNetArch(), 4)), tiny.unet, prefix="")
     assert cn == dataclasses.replace(unet, latent_channels=8)  # noisy latent + condition latent
-    assert L.swinir_arch_from_state_dict(_meta(swinir_layout(SwinIRArch())), swinir_arch("tiny")) == SwinIRArch()
+    assert swinir_arch_from_state_dict(_meta(swinir_layout(SwinIRArch())), swinir_arch("tiny")) == SwinIRArch()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,7 +39,12 @@ from torch import Tensor, nn
 
 from ..nets.clip import Transformer
 from ..precision import autocast_context
+from ..weights import cache_dir
+from . import sd_loaders as L
+from .colorfix import wavelet_color_fix
 from .latent_config import LatentPolicyConfig, SDUNetArch, TextArch, VAEArch
+from .sampling import sample_generators, sample_trajectories
+from .sd_sizes import swinir_arch_from_state_dict, text_arch_from_ldm, unet_arch_from_ldm, vae_arch_from_ldm
 from .swinir import RGB_MEAN, SwinIR
 
 log = logging.getLogger(__name__)
@@ -302,9 +307,7 @@ class LatentPolicy(nn.Module):
             with torch.random.fork_rng(devices=forked), device:
                 torch.manual_seed(RANDOM_INIT_SEED)
                 policy = cls(cfg)
-            from .sd_loaders import init_controlnet_from_unet
-
-            init_controlnet_from_unet(policy.controlnet, policy.unet)
+            L.init_controlnet_from_unet(policy.controlnet, policy.unet)
             # no text weights: a fixed N(0, 1) draw stands in for the empty-prompt context
             g = torch.Generator().manual_seed(RANDOM_INIT_SEED)
             policy.empty_context.copy_(torch.randn(policy.empty_context.shape, generator=g).to(policy.empty_context.device))
@@ -332,8 +335,6 @@ class LatentPolicy(nn.Module):
     def load_weights(self, files: "PolicyFiles | None" = None) -> None:
         """Load SD (UNet, VAE, empty-prompt context), the ControlNet and the SwinIR from cfg
         (``files``: their contents, already read by :meth:`PolicyFiles.read`)."""
-        from . import sd_loaders as L
-
         cfg = self.cfg
         if self._prepared:
             raise RuntimeError("load_weights must run before prepare_training (LoRA renames layers)")
@@ -489,13 +490,11 @@ class LatentPolicy(nn.Module):
 
     def load_trainable_state_dict(self, sd: dict[str, Tensor], source: str = "state dict") -> None:
         """Strict inverse of :meth:`trainable_state_dict` (names and shapes must match exactly)."""
-        from .sd_loaders import WeightsMismatchError
-
         own = self.trainable_state_dict()
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
         shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
         if missing or unexpected or shapes:
-            raise WeightsMismatchError(
+            raise L.WeightsMismatchError(
                 f"{source} does not match the trainable weights of this policy: missing {missing[:8]}, "
                 f"unexpected {unexpected[:8]}, shape mismatches {shapes[:8]} (LoRA settings must match too)"
             )
@@ -531,14 +530,11 @@ class PolicyFiles:
 
     @classmethod
     def read(cls, cfg: LatentPolicyConfig) -> "PolicyFiles":
-        from . import sd_loaders as L
-        from .sd_loaders import read_checkpoint
-
         def read(path: str) -> dict[str, Tensor]:
             if cfg.trust_pickle and Path(path).suffix != ".safetensors":
                 print(f"lrpo: warning: policy.trust_pickle is on: {path} is read with full unpickling, which runs "
                       f"any code the file holds", file=sys.stderr)
-            return read_checkpoint(Path(path).expanduser(), trust_pickle=cfg.trust_pickle)
+            return L.read_checkpoint(Path(path).expanduser(), trust_pickle=cfg.trust_pickle)
 
         sd_path = Path(cfg.sd_checkpoint).expanduser()
         return cls(
@@ -555,15 +551,13 @@ def sizes_from_files(cfg: LatentPolicyConfig, files: PolicyFiles) -> LatentPolic
     SwinIR from its file); what shapes cannot tell (head_channels, norm groups, text heads) stays
     as configured. The ControlNet file must fit the SD file's UNet. Logs the sizes that differ
     from the config's, so a config describing other files is visible, not silently obeyed."""
-    from . import sd_loaders as L
-
     unet, vae, text, swinir = cfg.unet, cfg.vae, cfg.text, cfg.swinir
     if files.sd is not None:
-        unet = L.unet_arch_from_ldm(files.sd, cfg.unet)
-        vae = L.vae_arch_from_ldm(files.sd, cfg.vae)
-        text = L.text_arch_from_ldm(files.sd, cfg.text)
+        unet = unet_arch_from_ldm(files.sd, cfg.unet)
+        vae = vae_arch_from_ldm(files.sd, cfg.vae)
+        text = text_arch_from_ldm(files.sd, cfg.text)
     if files.controlnet is not None:
-        cn = L.unet_arch_from_ldm(L.controlnet_state_dict_from_file(files.controlnet), unet, prefix="")
+        cn = unet_arch_from_ldm(L.controlnet_state_dict_from_file(files.controlnet), unet, prefix="")
         cn = dataclasses.replace(cn, latent_channels=unet.latent_channels)  # its input also takes the condition
         if cn != unet:
             diff = _field_changes("unet", unet, cn)
@@ -572,7 +566,7 @@ def sizes_from_files(cfg: LatentPolicyConfig, files: PolicyFiles) -> LatentPolic
                 + "; ".join(f"{name}: SD file {a}, ControlNet file {b}" for name, a, b in diff)
             )
     if files.swinir is not None:
-        swinir = L.swinir_arch_from_state_dict(files.swinir, cfg.swinir)
+        swinir = swinir_arch_from_state_dict(files.swinir, cfg.swinir)
     out = dataclasses.replace(cfg, unet=unet, vae=vae, text=text, swinir=swinir)
     changes = [c for part in ("unet", "vae", "text", "swinir") for c in _field_changes(part, getattr(cfg, part), getattr(out, part))]
     if changes:
@@ -598,20 +592,17 @@ def _default_cache_path(sd_path: Path) -> Path:
 
 def _empty_context(text: OpenCLIPTextTower, cache: Path, source: str) -> Tensor:
     """The cached context if it was made from these text weights, else compute and cache it."""
-    from ..weights import cache_dir
-    from .sd_loaders import read_cached_context, text_fingerprint, write_cached_context
-
-    fp = text_fingerprint(text.state_dict())
+    fp = L.text_fingerprint(text.state_dict())
     fallback = cache_dir() / "empty-prompt" / f"{fp[:16]}.safetensors"
     for path in (cache, fallback):
-        ctx = read_cached_context(path, fp)
+        ctx = L.read_cached_context(path, fp)
         if ctx is not None:
             return ctx
     with torch.no_grad():
         ctx = text.float().eval()(text.empty_prompt_tokens()).float()
     for path in (cache, fallback):
         try:
-            write_cached_context(path, ctx, fp, source)
+            L.write_cached_context(path, ctx, fp, source)
             break
         except OSError as err:
             warnings.warn(f"could not cache the empty-prompt context at {path}: {err}", stacklevel=3)
@@ -629,9 +620,6 @@ def restore_faces(policy: LatentPolicy, sampler, lq: Tensor, seeds: list[int], p
     Samples from per-image seeds, decodes, and (``color_fix`` None = ``cfg.color_fix``) applies
     the wavelet colour fix against the stage-1 image before clamping.
     """
-    from .sampling import sample_generators, sample_trajectories
-    from .colorfix import wavelet_color_fix
-
     s1 = policy.stage1_image(lq)
     cond = policy.vae_encode(s1)
     traj = sample_trajectories(policy, sampler, cond, sample_generators(seeds), record=False, precision=precision)
