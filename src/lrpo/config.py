@@ -17,11 +17,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from .runlog import replace_text
+
+if TYPE_CHECKING:
+    import torch  # start-up time: annotations only (lrpo --help reads this module, not torch)
 
 
 class ConfigError(ValueError):
@@ -284,25 +287,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
         return value
-    if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must have {len(args)} elements, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (list, typing.List):
-        (arg,) = get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, typing.Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        kt, vt = get_args(tp) or (Any, Any)
-        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if origin in (tuple, list, typing.List, dict, typing.Dict):
+        return _coerce_container(value, tp, origin, key)
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as a bool, int, float or str (``tp``), or a ConfigError naming ``key``."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -327,6 +318,29 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _coerce_container(value: Any, tp: Any, origin: Any, key: str) -> Any:
+    """``value`` as the tuple, list or dict ``tp``, each element coerced, or a ConfigError naming ``key``."""
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} elements, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (list, typing.List):
+        (arg,) = get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, typing.Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
 
 
 # the shipped presets (configs/ in the repository is a link to this folder)
@@ -493,8 +507,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
     replace_text(Path(path), yaml.safe_dump(data, sort_keys=False))
 
 
-def resolve_device(name: str) -> "torch.device":  # noqa: F821
-    import torch
+def resolve_device(name: str) -> torch.device:
+    import torch  # start-up time: lrpo --help imports this module, and torch takes seconds
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
