@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 
+from .. import weights
+from ..config import ConfigError, PolicyConfig, from_dict
+from ..optional import require
 from .base import Policy
+from .latent import LatentPolicy
+from .latent_config import LatentPolicyConfig
+from .pixel_unet import build_policy
 
 POLICY_KINDS = ("pixel_unet", "sd21_controlnet")
 # policy settings under which a loader may run code held in a model file (full unpickling)
@@ -30,8 +36,6 @@ def trusted_policy_section(raw: Any, source: str | Path, *, trust_pickle: bool =
     off unless the user turned them on (``trust_pickle``: the user's own command line or config).
     A switch the file turns on is ignored with a one-line warning naming the file."""
     if not isinstance(raw, dict):
-        from ..config import ConfigError
-
         raise ConfigError(f"{source}: its 'policy' section is a {type(raw).__name__}, not a mapping of settings")
     out = dict(raw)
     for key in CODE_SWITCHES:
@@ -46,20 +50,11 @@ def trusted_policy_section(raw: Any, source: str | Path, *, trust_pickle: bool =
 def build_policy_from_dict(raw: dict[str, Any], device: torch.device | str = "cpu", load_files: bool = True):
     """Policy from a ``policy`` config section. The latent policy loads the model files its
     config names (SD 2.1, ControlNet, SwinIR) unless ``load_files`` is False (random weights)."""
-    from ..config import ConfigError, PolicyConfig, from_dict
-
     kind = raw.get("kind", "pixel_unet")
     if kind == "pixel_unet":
-        from .pixel_unet import build_policy
-
         return build_policy(from_dict(PolicyConfig, raw, prefix="policy")).to(device)
     if kind == "sd21_controlnet":
-        from ..optional import require
-
         require("diffusers", "the SD 2.1 + ControlNet policy (policy.kind: sd21_controlnet)")
-        from .latent import LatentPolicy
-        from .latent_config import LatentPolicyConfig
-
         cfg = from_dict(LatentPolicyConfig, _resolve_registry_paths(raw), prefix="policy")
         if not load_files:
             cfg.random_init = True
@@ -69,8 +64,6 @@ def build_policy_from_dict(raw: dict[str, Any], device: torch.device | str = "cp
 
 def _resolve_registry_paths(raw: dict[str, Any]) -> dict[str, Any]:
     """``"registry:NAME"`` values become the local path of registry file NAME (lrpo weights)."""
-    from .. import weights
-
     return {
         k: str(weights.resolve(v.split(":", 1)[1])) if isinstance(v, str) and v.startswith("registry:") else v
         for k, v in raw.items()

@@ -64,7 +64,7 @@ def _block_types(arch: SDUNetArch) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def build_unet(arch: SDUNetArch) -> nn.Module:
     """A diffusers UNet2DConditionModel of the SD 2.x design (random weights)."""
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # optional: diffusers (the sd extra)
 
     down, up = _block_types(arch)
     return UNet2DConditionModel(
@@ -84,7 +84,7 @@ def build_unet(arch: SDUNetArch) -> nn.Module:
 
 def build_vae(arch: VAEArch) -> nn.Module:
     """A diffusers AutoencoderKL of the SD design (random weights)."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # optional: diffusers (the sd extra)
 
     n = len(arch.block_out_channels)
     return AutoencoderKL(
@@ -110,7 +110,7 @@ class ConcatControlNet(nn.Module):
 
     def __init__(self, arch: SDUNetArch, hint_channels: int):
         super().__init__()
-        from diffusers import ControlNetModel
+        from diffusers import ControlNetModel  # optional: diffusers (the sd extra)
 
         down, _ = _block_types(arch)
         base = ControlNetModel(

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ConfigError
+
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, subtracted before the network
 SHIFT_MASK_VALUE = -100.0  # attention logit between tokens of different shifted regions
 
@@ -49,8 +51,6 @@ class SwinIRArch:
     num_feat: int = 64  # channels of the reconstruction tail (hard-coded 64 in DiffBIR)
 
     def validate(self, prefix: str = "swinir") -> None:
-        from ..config import ConfigError
-
         if len(self.depths) != len(self.num_heads) or not self.depths:
             raise ConfigError(f"{prefix}.depths and {prefix}.num_heads must be non-empty and of equal length, got {self.depths}, {self.num_heads}")
         if any(self.embed_dim % h for h in self.num_heads):
