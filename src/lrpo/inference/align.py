@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from ..data.geometry import similarity_transform
@@ -135,8 +136,6 @@ def warp_region(src: np.ndarray, m: np.ndarray, out_w: int, out_h: int, border: 
     interpolation. ``border``: "reflect" (mirror at the source's edges, without repeating the edge
     pixel), "replicate" or "constant" (``fill``).
     """
-    import cv2
-
     borders = {"reflect": cv2.BORDER_REFLECT_101, "replicate": cv2.BORDER_REPLICATE, "constant": cv2.BORDER_CONSTANT}
     if border not in borders:
         raise ValueError(f"border must be one of {sorted(borders)}, got {border!r}")

@@ -31,6 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .. import weights
@@ -81,8 +82,6 @@ class FaceDetector:
 
     def __init__(self, path: str | os.PathLike | None = None, score_threshold: float = SCORE_THRESHOLD,
                  nms_threshold: float = NMS_THRESHOLD, max_side: int = MAX_SIDE):
-        import cv2
-
         if not 0.0 < score_threshold < 1.0:
             raise ValueError(f"detection score threshold must be in (0, 1), got {score_threshold}")
         if max_side < 32:
@@ -93,8 +92,6 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """RGB uint8 ``H x W x 3`` -> every face found, sorted by box area (largest first)."""
-        import cv2
-
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"FaceDetector expects RGB uint8 HxWx3, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]

@@ -19,6 +19,7 @@ less means the band looks like its surroundings.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .align import compose, footprint_box, translation, warp_region
@@ -54,8 +55,6 @@ def face_mask(size: int, shape: str = "ellipse", erode: float = MASK_ERODE, blur
     Either is eroded by ``erode * size`` px (elliptic structuring element) and blurred with a
     Gaussian of sigma ``blur * size`` px.
     """
-    import cv2
-
     if shape not in MASK_SHAPES:
         raise ValueError(f"mask shape must be one of {MASK_SHAPES}, got {shape!r}")
     if erode < 0 or blur < 0:
@@ -190,8 +189,6 @@ def centre_figures(output: np.ndarray, reference: np.ndarray) -> tuple[float, fl
     sharp as the input, < 1 softer. colour shift = the CIE76 distance (Delta E) between the regions'
     mean L*a*b* colours: about 2 is just visible side by side. NaN sharpness on a flat reference.
     """
-    import cv2
-
     def lap_var(x: np.ndarray) -> float:
         luma = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32)
         return float(cv2.Laplacian(luma, cv2.CV_32F, ksize=1)[1:-1, 1:-1].var())
@@ -207,8 +204,6 @@ def centre_figures(output: np.ndarray, reference: np.ndarray) -> tuple[float, fl
 def draw_box(canvas: np.ndarray, box: tuple[float, float, float, float], scale: tuple[float, float], restored: bool) -> None:
     """Outline a face's detection box (photo pixels, scaled by ``scale`` = (sx, sy) to the canvas)
     in place: green for a restored face, orange for one left alone."""
-    import cv2
-
     x, y, w, h = box
     sx, sy = scale
     p0 = (int(round((x + 0.5) * sx - 0.5)), int(round((y + 0.5) * sy - 0.5)))

@@ -45,6 +45,8 @@ the summary and the others go on.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import math
 import time
@@ -52,7 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+import cv2
 import numpy as np
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from ..data.images import ImageLoadError, input_paths, load_rgb, output_names
@@ -252,8 +256,6 @@ def _measure_centre(record: FaceRecord, canvas: np.ndarray, before: np.ndarray, 
 
 def _fit(face: np.ndarray, size: int) -> np.ndarray:
     """A restoration at another size than its crop (a restore_fn of another resolution) is resized to it."""
-    import cv2
-
     if face.dtype != np.uint8 or face.ndim != 3 or face.shape[2] != 3:
         raise ValueError(f"restored faces must be RGB uint8 HxWx3, got {face.dtype} {face.shape}")
     if face.shape[:2] == (size, size):
@@ -267,8 +269,6 @@ def _finite(value: float) -> float | None:
 
 def upscale_background(image: np.ndarray, out_w: int, out_h: int, options: PhotoOptions) -> np.ndarray:
     """The photo at the output size: the user's upsampler (then fitted exactly), or Lanczos."""
-    import cv2
-
     h, w = image.shape[:2]
     if options.background_upsampler is not None:
         up = np.asarray(options.background_upsampler(image, options.upscale))
@@ -473,8 +473,6 @@ class _PhotoWriter:
 def comparison(image: np.ndarray, result: PhotoResult, boxes: bool = False) -> np.ndarray:
     """``input | restored`` side by side at the input's size (the restored photo shrunk with an area
     filter when upscaled), the detected faces outlined on both halves when ``boxes``."""
-    import cv2
-
     h, w = image.shape[:2]
     restored = result.image
     if restored.shape[:2] != (h, w):
@@ -492,15 +490,11 @@ def _fit_alpha(alpha: np.ndarray | None, image: np.ndarray) -> np.ndarray | None
     """The input's alpha plane at the output's size (upscaled photos), or None."""
     if alpha is None or alpha.shape == image.shape[:2]:
         return alpha
-    import cv2
-
     return cv2.resize(alpha, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def _read_alpha(path: Path) -> np.ndarray | None:
     """The photo's alpha channel (EXIF orientation applied), or None when it has none or is opaque."""
-    from PIL import Image, ImageOps
-
     with Image.open(path) as img:
         if img.mode not in ("RGBA", "LA", "PA") and not (img.mode == "P" and "transparency" in img.info):
             return None
@@ -555,9 +549,6 @@ def _face_lines(summary: PhotoSummary) -> list[str]:
 
 def load_upsampler(spec: str) -> BackgroundUpsampler:
     """``module:function`` or ``path/to/file.py:function`` -> the callable (``--bg-upsampler``)."""
-    import importlib
-    import importlib.util
-
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise ValueError(f"--bg-upsampler {spec!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")

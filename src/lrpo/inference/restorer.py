@@ -21,6 +21,7 @@ from ..policies import Policy
 from ..policies.compiled import CompiledForward, compile_decision
 from ..policies.loading import load_policy
 from ..precision import resolve_precision
+from .detect import FaceDetector
 from .photo import restore_photo
 
 
@@ -51,8 +52,6 @@ class Restorer:
     def face_detector(self):
         """The YuNet detector for whole photos (registry ``yunet``), made on first use."""
         if self.detector is None:
-            from .detect import FaceDetector
-
             self.detector = FaceDetector()
         return self.detector
 
