@@ -89,7 +89,7 @@ def bytes_to_unicode() -> dict[int, str]:
 def clean_text(text: str) -> str:
     """Cleanup before tokenisation (step 1 of the module docstring)."""
     try:
-        import ftfy
+        import ftfy  # optional: ftfy (not a dependency; fixes mojibake when installed)
 
         text = ftfy.fix_text(text)
     except ImportError:

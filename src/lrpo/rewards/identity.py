@@ -25,6 +25,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -146,8 +147,6 @@ class YuNetLandmarks:
     """5-point landmarks of the largest face in an image, with OpenCV's YuNet detector."""
 
     def __init__(self, path: str | os.PathLike | None = None, score_threshold: float = 0.5):
-        import cv2
-
         self.path = weights.resolve("yunet", path)
         self._detector = cv2.FaceDetectorYN.create(str(self.path), "", (320, 320), score_threshold, 0.3, 5000)
 
@@ -210,8 +209,6 @@ class FaceEmbedder:
         self._net = None
         if module is None:
             self.path = _resolve_first(weights_name, path)
-            import cv2
-
             self._net = cv2.dnn.readNetFromONNX(str(self.path))
 
     def crops(self, images: Tensor) -> Tensor:
