@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from lrpo.eval.evaluate import MethodSpec, identity_degrees, summarise
+from lrpo.eval.evaluate import MethodSpec
+from lrpo.eval.scorers import identity_degrees, summarise
 from lrpo.eval.fid import (
     INCEPTION_FID_WEIGHTS,
     InceptionFeatures,

@@ -18,7 +18,8 @@ import pytest
 from conftest import CaptionLengthReward, register_caption_length_reward, write_tiny_faces
 from lrpo.data.images import load_rgb, resize_square, save_rgb
 from lrpo.eval.cli import add_evaluate_arguments, run_evaluate
-from lrpo.eval.evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired, metric_info
+from lrpo.eval.evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired
+from lrpo.eval.scorers import metric_info
 from lrpo.eval.report import best_per_column, curve_groups, image_data_uri, read_log, worst_cases, write_report
 
 SHARED = Path(os.environ.get("LRPO_SHARED", Path(__file__).resolve().parents[2] / "shared"))

@@ -1,4 +1,4 @@
-"""MUSIQ, MANIQA, TOPIQ-NR and CLIP-IQA+ (lrpo.eval.iqa_models) against pyiqa's published layouts.
+"""MUSIQ, MANIQA, TOPIQ-NR and CLIP-IQA+ (lrpo.eval.iqa) against pyiqa's published layouts.
 
 pyiqa's weight files cannot be downloaded here. The layouts below are written from pyiqa 0.1.16's
 sources (``pyiqa/archs/musiq_arch.py``, ``maniqa_arch.py`` + ``maniqa_swin.py``, ``topiq_arch.py``
@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from lrpo import weights
-from lrpo.eval import iqa_models as iqa
-from lrpo.eval.iqa_models import (
+from lrpo.eval import iqa
+from lrpo.eval.iqa import clipiqa_plus as iqa_clipiqa_plus, maniqa as iqa_maniqa, musiq as iqa_musiq
+from lrpo.eval.iqa import scoring as iqa_scoring, topiq as iqa_topiq
+from lrpo.eval.iqa import (
     CLIPIQA_PLUS_WEIGHTS,
     IQA_METRICS,
     MANIQA,
@@ -344,7 +346,7 @@ def test_musiq_loads_strictly_and_scores(musiq_file: Path):
 
 def test_musiq_tokens_hash_positions_and_pad():
     # hashed rows for 12 patch rows on a 10-row grid: floor(i * 10 / 12) = 0 0 1 2 3 4 5 5 6 7 8 9
-    assert iqa._hashed_index(10, 12).tolist() == [0, 0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9]
+    assert iqa_musiq._hashed_index(10, 12).tolist() == [0, 0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9]
     cfg = MUSIQConfig(patch_size=16, spatial_grid=4, longer_side_lengths=(48, 32))
     x = torch.rand(1, 3, 24, 64)
     patches, spatial, scale, mask = iqa.musiq_multiscale_tokens(x, cfg)
@@ -379,7 +381,7 @@ def test_musiq_padding_tokens_do_not_change_the_score(musiq_file: Path):
 def test_weight_standardised_conv_ignores_filter_scale_and_offset():
     # w' = (w - mean) / (std + 1e-5): a filter a * w + b (a > 0) standardises to the same w' up to
     # the 1e-5 in the denominator, so the output barely moves.
-    conv = iqa.StdConv2d(3, 4, 3)
+    conv = iqa_musiq.StdConv2d(3, 4, 3)
     torch.nn.init.normal_(conv.weight)
     x = torch.rand(2, 3, 9, 9)
     with torch.no_grad():
@@ -431,7 +433,7 @@ def test_topiq_file_must_match_exactly(topiq_file: Path, tmp_path: Path):
 def test_topiq_gate_and_position_embedding_by_hand():
     # Gate with a zero last conv: weight = sigmoid(0) = 1/2 everywhere, so gate(x) = GELU(x1) / 2
     # where x1 is the first half of splitconv(x).
-    gate = iqa._GatedConv(4, 8)
+    gate = iqa_topiq._GatedConv(4, 8)
     with torch.no_grad():
         gate.weight_blk[4].weight.zero_()
         gate.weight_blk[4].bias.zero_()
@@ -460,11 +462,11 @@ def maniqa_file(tmp_path_factory) -> Path:
 
 def test_maniqa_computed_buffers_match_swin():
     # the module computes Swin's index and shifted-window mask as the layout above writes them out
-    block = iqa._SwinBlock(8, grid=4, heads=2, window=2, shift=1, mlp=8)
+    block = iqa_maniqa._SwinBlock(8, grid=4, heads=2, window=2, shift=1, mlp=8)
     assert torch.equal(block.attn.relative_position_index, relative_position_index(2))
     assert torch.equal(block.attn_mask, shift_mask(4, 2, 1))
-    assert torch.equal(iqa._relative_position_index(4), relative_position_index(4))
-    assert torch.equal(iqa._shift_mask(28, 28, 4, 2), shift_mask(28, 4, 2))
+    assert torch.equal(iqa_maniqa._relative_position_index(4), relative_position_index(4))
+    assert torch.equal(iqa_maniqa._shift_mask(28, 28, 4, 2), shift_mask(28, 4, 2))
 
 
 def test_maniqa_loads_strictly_and_scores(maniqa_file: Path):
@@ -483,7 +485,7 @@ def test_maniqa_uniform_crops_and_weighted_pooling(maniqa_file: Path):
     # 512 px, 20 crops of 224: step (512 - 224) // floor(sqrt 20) = 72, tops/lefts 0 72 144 216 288
     # on a 5 x 5 grid, row-major, the first 20 kept (the last row has lefts 0..216).
     x = torch.arange(512.0).view(1, 1, 1, 512).expand(1, 1, 512, 512) + 1000 * torch.arange(512.0).view(1, 1, 512, 1)
-    crops = iqa._uniform_crops(x, 224, 20)
+    crops = iqa_maniqa._uniform_crops(x, 224, 20)
     corners = [(int(c[0, 0, 0]) // 1000, int(c[0, 0, 0]) % 1000) for c in crops]
     assert corners == [(t, l) for t in (0, 72, 144, 216, 288) for l in (0, 72, 144, 216, 288)][:20]
     # With a zero last layer in fc_weight every token weighs sigmoid(0) = 1/2, so the quality is
@@ -493,7 +495,7 @@ def test_maniqa_uniform_crops_and_weighted_pooling(maniqa_file: Path):
         model.fc_weight[3].weight.zero_()
         model.fc_weight[3].bias.zero_()
         images = torch.rand(1, 3, 40, 40)
-        tokens = model.crop_tokens(iqa._uniform_crops((images - 0.5) / 0.5, 32, 20))
+        tokens = model.crop_tokens(iqa_maniqa._uniform_crops((images - 0.5) / 0.5, 32, 20))
         torch.testing.assert_close(model(images), model.fc_score(tokens).mean().view(1), rtol=1e-5, atol=1e-6)
 
 
@@ -501,7 +503,7 @@ def test_transposed_attention_reshapes_instead_of_transposing():
     # q = k = 0: attention is uniform over the C channels, so attn @ v has every row equal to the
     # channel mean m [N] of v; transposed to [N, C] and reshaped to [C, N], row c reads
     # m[(c * N + j) // C] for j < N: for C = 2, N = 3 the rows are (m0, m0, m1) and (m1, m2, m2).
-    tab = iqa._TABlock(3)
+    tab = iqa_maniqa._TABlock(3)
     with torch.no_grad():
         for lin in (tab.c_q, tab.c_k):
             lin.weight.zero_()
@@ -551,7 +553,7 @@ def test_clipiqa_plus_prompts_put_the_class_between_context_halves(clip_files):
     torch.save(ctx, clip_files["prompts"].with_name("x_context.pth"))
     as_x = iqa.CLIPIQAPlus(clip, tok, iqa.read_prompt_context(clip_files["prompts"].with_name("x_context.pth")))
     rows = []
-    for text in iqa.CLIPIQA_PLUS_CLASS_TEXTS:
+    for text in iqa_clipiqa_plus.CLIPIQA_PLUS_CLASS_TEXTS:
         ids = tok("X X X X " + text)[0].tolist()
         cls = ids[5:8]
         rows.append(ids[:1] + [x_id] * 2 + cls + [x_id] * 2 + ids[8:])
@@ -618,7 +620,7 @@ def test_iqa_requests_parse():
 def test_missing_files_become_notes_and_found_ones_score(musiq_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LRPO_WEIGHTS", str(musiq_file.parent))
     monkeypatch.setenv("LRPO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(iqa, "_LOADERS", {**iqa._LOADERS, "musiq": lambda p, **_: load_musiq(p, TINY_MUSIQ_SCALES)})
+    monkeypatch.setattr(iqa_scoring, "_LOADERS", {**iqa_scoring._LOADERS, "musiq": lambda p, **_: load_musiq(p, TINY_MUSIQ_SCALES)})
     scorers, notes = build_iqa_scorers(None, "cpu", clip_path=str(tmp_path / "nowhere" / "RN50.pt"))
     assert set(scorers) == {"musiq"}
     assert "MANIQA: not computed: file ckpt_koniq10k.pt not found (lrpo weights fetch maniqa-koniq)" in notes
@@ -642,7 +644,7 @@ def test_evaluate_reports_found_metrics_and_notes_missing_ones(musiq_file: Path,
 
     monkeypatch.setenv("LRPO_WEIGHTS", str(musiq_file.parent))
     monkeypatch.setenv("LRPO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(iqa, "_LOADERS", {**iqa._LOADERS, "musiq": lambda p, **_: load_musiq(p, TINY_MUSIQ_SCALES)})
+    monkeypatch.setattr(iqa_scoring, "_LOADERS", {**iqa_scoring._LOADERS, "musiq": lambda p, **_: load_musiq(p, TINY_MUSIQ_SCALES)})
     faces = write_tiny_faces(tmp_path / "lq", count=2, size=32, seed=1)
     options = EvalOptions(batch_size=2, device="cpu", reward_preset=None, progress=False, iqa={"musiq": None, "maniqa": None})
     result = evaluate_lq_only(tmp_path / "lq", [MethodSpec("copy", "folder", str(faces[0].parent))], tmp_path / "eval", options)

@@ -15,8 +15,8 @@ import pytest
 from conftest import write_tiny_faces
 from lrpo.data.images import load_rgb, resize_square, save_rgb
 from lrpo.eval.cli import add_evaluate_arguments, run_evaluate
-from lrpo.eval.evaluate import EvalOptions, MethodSpec
-from lrpo.eval.testsets import KNOWN_SETS, evaluate_sets, parse_set_arg, recognise_set, recognise_sets
+from lrpo.eval.evaluate import EvalOptions, MethodSpec, evaluate_sets
+from lrpo.eval.testsets import KNOWN_SETS, parse_set_arg, recognise_set, recognise_sets
 
 
 def _faces(folder: Path, count: int = 3, size: int = 32, seed: int = 0, suffix: str = ".png") -> list[Path]:

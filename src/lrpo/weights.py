@@ -155,7 +155,7 @@ CATALOG_MODULES = (
     "lrpo.rewards.face_reward",
     "lrpo.eval.fid",
     "lrpo.eval.nr_metrics",
-    "lrpo.eval.iqa_models",
+    "lrpo.eval.iqa",
     "lrpo.policies.sd_loaders",
 )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from .evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired
-from .iqa_models import parse_iqa_requests
+from .evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired, evaluate_sets
+from .iqa import parse_iqa_requests
+from .testsets import recognise_sets
 
 __all__ = ["add_evaluate_arguments", "run_evaluate"]
 
@@ -33,6 +34,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     """Add the ``lrpo evaluate`` arguments to ``parser`` (a subcommand parser); returns it."""
     parser.description = parser.description or DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    _add_input_arguments(parser)
+    _add_sampling_arguments(parser)
+    _add_run_arguments(parser)
+    _add_metric_arguments(parser)
+    _add_report_arguments(parser)
+    return parser
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The test set(s), the methods, the logs and figures to show, and --out."""
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--paired", metavar="DIR", help="paired set: a folder holding lq/ and hq/ (from `lrpo degrade`)")
     data.add_argument("--lq", metavar="DIR", help="real LQ faces without GT (a folder or a file listing images)")
@@ -51,6 +62,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="a PNG plot to show in the report under TITLE, e.g. the reward-per-CPU-minute plot "
                         "bench/lrpo_cpu.py writes; repeatable")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling (checkpoint methods)")
     sampling.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     sampling.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic (default), 0.8 as DiffBIR")
@@ -58,6 +72,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     sampling.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="network precision: auto = bf16 where the processor has bf16 units, else fp32 (default auto)")
     sampling.add_argument("--no-ema", action="store_true", help="use raw weights instead of EMA weights")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -68,6 +85,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     run.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (sorted by name)")
     run.add_argument("--no-input-baseline", action="store_true", help="leave out the row that scores the LQ input itself")
     run.add_argument("--no-progress", action="store_true")
+
+
+def _add_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which metrics, how they are defined, and their model files."""
     metrics = parser.add_argument_group("metrics and model files")
     metrics.add_argument("--reward-preset", default="offline",
                          help="composite reward whose terms are reported: a preset name (offline, no_weights, paper), "
@@ -102,6 +123,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                          help="captions for the face reward: CSV 'name,caption', JSONL, or a .tar.gz of NAME.txt files read in place "
                          "(the release's ffhq_captions.tar.gz); sidecar NAME.txt files are read anyway")
     metrics.add_argument("--default-caption", metavar="TEXT", help="caption for images that have none (default: none; missing ones are errors)")
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     report = parser.add_argument_group("report")
     report.add_argument("--table", action="store_true",
                         help="also write table.md and table.tex: the field's columns (PSNR SSIM LPIPS Deg LMD FID), best bold, second underlined")
@@ -109,7 +133,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="other methods' published figures (method,psnr,ssim,...) shown apart in the table, marked as such")
     report.add_argument("--grid-count", type=int, default=8, help="images in the example grid (default 8)")
     report.add_argument("--worst-count", type=int, default=4, help="worst cases shown per method (default 4)")
-    return parser
 
 
 def _parse_logs(items: list[str], flag: str = "--log", label: str = "NAME", example: str = "ours=runs/lrpo/log.jsonl") -> dict[str, str]:
@@ -188,8 +211,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_sets(items: list[str], methods: list[MethodSpec], out: str, options: EvalOptions) -> int:
-    from .testsets import evaluate_sets, recognise_sets
-
     found = recognise_sets(items)  # every folder is checked before any restoration
     for f in found:
         print(f"found {f.describe()}")

@@ -71,7 +71,7 @@ class LandmarkDetector:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, size: int = LMD_SIZE, score_threshold: float = SCORE_THRESHOLD):
-        import cv2
+        import cv2  # start-up time: OpenCV (~0.15 s) loads when a detector is built, not for `lrpo --help`
 
         self.path = weights.resolve("yunet", path)
         self.size = size

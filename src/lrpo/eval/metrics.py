@@ -29,6 +29,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..rewards.simple import ssim as _ssim
+
 __all__ = [
     "METRIC_DEFINITIONS",
     "MetricDefinition",
@@ -100,8 +102,6 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, *, space: str = "rgb", c
     name keeps metrics code independent of the reward package's layout. ``space="y"``: SSIM of the
     BT.601 studio-range luma (BasicSR's ``test_y_channel``).
     """
-    from ..rewards.simple import ssim as _ssim
-
     if space == "y" and data_range != 1.0:
         raise ValueError("ssim: space='y' converts RGB in [0, 1]; give data_range=1.0")
     x, y = _prepare(x.float(), y.float(), space, crop_border, "ssim")

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..data.images import ImageLoadError, load_rgb, resize_square
+from .results import METRICS_FILE, PER_IMAGE_FILE, REPORT_FILE, read_per_image_csv
 
 __all__ = [
     "best_per_column",
@@ -189,8 +191,6 @@ def _classify(key: str) -> tuple[str | None, str]:
 
 def image_data_uri(image: np.ndarray, size: int | None = None, fmt: str = "JPEG", quality: int = 88) -> str:
     """RGB uint8 ``H x W x 3`` (resized to ``size`` square if given) -> ``data:image/...;base64,...``."""
-    from PIL import Image
-
     if size is not None:
         image = resize_square(image, size)
     buf = io.BytesIO()
@@ -207,11 +207,11 @@ def _png_data_uri(png: bytes) -> str:
 # ---------------------------------------------------------------------------------------------
 def plot_curve_group(title: str, x_key: str, series: Mapping[str, tuple[list[float], list[float]]], columns: int = 3) -> bytes:
     """Small multiples, one panel per series, as PNG bytes."""
-    import matplotlib
+    import matplotlib  # start-up time: matplotlib loads only when a curve is drawn
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt  # start-up time, and only after the backend is chosen (Agg: no display)
+    from matplotlib.ticker import MaxNLocator  # start-up time, as above
 
     names = list(series)
     cols = min(columns, len(names))
@@ -517,8 +517,6 @@ def write_report(
 
     ``logs`` (name -> log.jsonl) replaces the logs recorded in metrics.json when given.
     """
-    from .evaluate import METRICS_FILE, PER_IMAGE_FILE, REPORT_FILE, read_per_image_csv
-
     out_dir = Path(out_dir)
     metrics_path = out_dir / METRICS_FILE
     if not metrics_path.is_file():

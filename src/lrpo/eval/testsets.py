@@ -25,7 +25,7 @@ its folder has a paired layout, LQ-only otherwise. Counts that differ from the r
 HQ files whose names do not match, and a folder whose path names another known set (``--set
 lfw-test=.../WebPhoto-Test``).
 
-:func:`evaluate_sets` runs :func:`lrpo.eval.evaluate.evaluate_paired` / ``evaluate_lq_only`` for
+:func:`lrpo.eval.evaluate.evaluate_sets` runs ``evaluate_paired`` / ``evaluate_lq_only`` for
 each set into ``OUT/<name>/`` (that set's metrics.json, per_image.csv, report.html, outputs) and
 writes ``OUT/metrics.json`` with a section per set, ``OUT/report.html`` with a table per set and,
 with ``--table``, ``OUT/table.md`` / ``table.tex`` with a table per set. A folder method holds its
@@ -36,23 +36,22 @@ outputs per set: ``PATH/<name>/`` or ``PATH/<release title>/`` (``results/codefo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from PIL import Image
+
+from ..data.datasets import PairedSet
 from ..data.images import IMAGE_EXTENSIONS
 
 __all__ = [
     "KNOWN_SETS",
     "FoundSet",
     "KnownSet",
-    "MultiEvalResult",
-    "evaluate_sets",
     "parse_set_arg",
     "recognise_set",
     "recognise_sets",
@@ -119,8 +118,6 @@ def _inventory(folder: Path) -> str:
 
 def _sizes(paths: Sequence[Path]) -> dict[str, int]:
     """'WxH' -> count, read from the file headers (no decoding)."""
-    from PIL import Image
-
     counts: Counter[str] = Counter()
     for p in paths:
         try:
@@ -235,8 +232,6 @@ def _named_sets(names: Sequence[str]) -> set[str]:
 def recognise_set(name: str, path: str | os.PathLike) -> FoundSet:
     """Find set ``name``'s images under ``path`` (see the module docstring) or raise with what was
     expected and what is there."""
-    from ..data.datasets import PairedSet
-
     folder = Path(path).expanduser()
     known = KNOWN_SETS.get(name)
     title = known.title if known else name
@@ -303,110 +298,3 @@ def recognise_sets(items: Sequence[str]) -> list[FoundSet]:
             raise ValueError(f"--set {name} is given twice")
         found.append(recognise_set(name, path))
     return found
-
-
-# ---------------------------------------------------------------------------------------------
-# several sets in one run
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class MultiEvalResult:
-    out_dir: Path
-    results: dict[str, Any]  # set name -> EvalResult
-    metrics_path: Path
-    report_path: Path | None
-    notes: list[str] = field(default_factory=list)
-
-
-def _method_for_set(spec, found: FoundSet, several: bool):
-    """The method with its folder for this set (see the module docstring); checkpoints unchanged."""
-    if spec.kind != "folder":
-        return spec
-    base = str(spec.path)
-    if "{set}" in base:
-        return dataclasses.replace(spec, path=base.replace("{set}", found.name))
-    root = Path(base)
-    candidates = [root / found.name, root / found.title]
-    hit = next((c for c in candidates if c.is_dir()), None)
-    if hit is not None:
-        return dataclasses.replace(spec, path=str(hit))
-    if not several:
-        return spec
-    raise ValueError(
-        f"method {spec.name!r}: with several sets its folder must hold one folder of outputs per set; for {found.name} "
-        f"none of {', '.join(str(c) for c in candidates)} exists (or give the path with {{set}} in it)"
-    )
-
-
-def evaluate_sets(sets: Sequence[FoundSet], methods, out_dir: str | os.PathLike, options=None) -> MultiEvalResult:
-    """Evaluate every method on every set; one folder per set plus the combined files (module docstring)."""
-    from .evaluate import METRICS_FILE, REPORT_FILE, EvalOptions, evaluate_lq_only, evaluate_paired
-
-    options = options or EvalOptions()
-    if not sets:
-        raise ValueError("evaluate_sets: no set given")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    several = len(sets) > 1
-    if several and options.published:
-        raise ValueError("--published holds one test set's published figures: give it with a single --set")
-    results: dict[str, Any] = {}
-    for found in sets:
-        specs = [_method_for_set(m, found, several) for m in methods]
-        set_options = dataclasses.replace(options, notes=list(options.notes) + [found.describe()])
-        target = out_dir / found.name
-        if found.paired:
-            results[found.name] = evaluate_paired((found.lq_dir, found.hq_dir), specs, target, set_options)
-        else:
-            results[found.name] = evaluate_lq_only(found.lq_dir, specs, target, set_options)
-    record = combined_record(sets, results, out_dir)
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    metrics_path = out_dir / METRICS_FILE
-    metrics_path.write_text(json.dumps(record, indent=1, allow_nan=False))
-    if options.table or options.published:
-        _write_tables(record, out_dir, options)
-    report_path = None
-    if options.report:
-        from .report import build_sets_report_html
-
-        report_path = out_dir / REPORT_FILE
-        report_path.write_text(build_sets_report_html(record), encoding="utf-8")
-    return MultiEvalResult(out_dir, results, metrics_path, report_path)
-
-
-def combined_record(sets: Sequence[FoundSet], results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """OUT/metrics.json: a section per set (its summary, columns, definitions and notes, read back
-    from the set's own metrics.json) and the union of the definitions."""
-    sections: dict[str, Any] = {}
-    definitions: dict[str, Any] = {}
-    for found in sets:
-        res = results[found.name]
-        own = json.loads(Path(res.metrics_path).read_text())
-        sections[found.name] = {
-            "title": found.title,
-            "found": found.to_dict(),
-            "dir": found.name,
-            "files": {"metrics": f"{found.name}/{Path(res.metrics_path).name}",
-                      "report": f"{found.name}/{Path(res.report_path).name}" if res.report_path else None},
-            **{k: own.get(k) for k in ("kind", "dataset", "baseline", "metrics", "metric_info", "summary", "definitions",
-                                       "notes", "fid_reference", "reward")},
-        }
-        definitions.update(own.get("definitions") or {})
-        methods = own.get("methods")
-    return {"kind": "sets", "sets": sections, "methods": methods, "definitions": definitions}
-
-
-def _write_tables(record: dict[str, Any], out_dir: Path, options) -> None:
-    from .table import definitions_markdown, latex_table, markdown_table, read_published, table_columns
-
-    published = read_published(options.published) if options.published else None
-    md, tex, shown = [], [], []
-    for name, sec in record["sets"].items():
-        cols = table_columns(sec["metrics"], sec["kind"] == "paired")
-        shown += [c for c in cols if c not in shown]
-        md.append(markdown_table(sec["summary"], cols, baseline=sec["baseline"], published=published,
-                                 title=f"{sec['title']} ({sec['found']['lq_count']} images)"))
-        tex.append(f"% {sec['title']}\n" + latex_table(sec["summary"], cols, baseline=sec["baseline"], published=published))
-    md.append(definitions_markdown(record["definitions"], shown))
-    (out_dir / "table.md").write_text("\n".join(md))
-    (out_dir / "table.tex").write_text("\n".join(tex))
