@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 
 from ..optional import MissingDependencyError
+from .service import DemoService
 
 __all__ = ["require_demo_packages", "run_demo"]
 
@@ -44,8 +45,7 @@ def run_demo(source, host: str = "127.0.0.1", port: int = 7860, allow_hosts: tup
     """Load ``source`` (checkpoint, run folder or policy YAML) and serve the demo until Ctrl-C;
     ``allow_hosts``: Host names to answer besides the defaults (``--allow-host``)."""
     require_demo_packages()
-    from .app import serve
-    from .service import DemoService
+    from .app import serve  # optional: starlette, uvicorn (the demo extra, checked just above)
 
     print(f"lrpo demo: loading {source} ...", flush=True)
     serve(DemoService(source, **service_kwargs), host, port, allow_hosts)

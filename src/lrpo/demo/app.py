@@ -18,6 +18,9 @@ whose Host is not on the allow-list (:class:`~lrpo.demo.safety.HostAllowList`: l
 bound address, ``--allow-host``) are refused with 421 (DNS rebinding). Every answer, refusals and
 errors included, carries :data:`SECURITY_HEADERS`; connections are held to the deadlines of
 :mod:`lrpo.demo.connections`.
+
+Starlette and uvicorn (the demo extra) are imported at the top: :func:`lrpo.demo.run_demo` imports
+this module only after checking that they are installed.
 """
 
 from __future__ import annotations
@@ -31,6 +34,21 @@ import traceback
 from importlib import resources
 from typing import Awaitable, Callable
 
+import cv2
+import torch
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import DEGRADATION_PRESETS
+from ..data.images import to_tensor, to_uint8
+from ..data.samples import ASTRONAUT_FACE_BOX, astronaut_photo
+from ..degradation.pipeline import DegradationParams, degrade
+from .connections import ConnectionLimits, guarded_protocol
 from .safety import LOOPBACK_NAMES, DemoError, HostAllowList, decode_upload, is_loopback
 from .service import DemoService, GroupRequest, RestoreRequest, check_restore_size
 
@@ -59,14 +77,6 @@ def example_image(name: str):
     """The embedded public-domain examples, from scikit-image's astronaut photo (NASA):
     ``photo.png`` the photo, degraded; ``face.png`` its aligned face crop, degraded; ``face-hq.png``
     the clean face crop."""
-    import cv2
-    import torch
-
-    from ..config import DEGRADATION_PRESETS
-    from ..data.images import to_tensor, to_uint8
-    from ..degradation.pipeline import DegradationParams, degrade
-    from ..data.samples import ASTRONAUT_FACE_BOX, astronaut_photo
-
     if name not in EXAMPLES:
         raise DemoError(f"no example {name!r}; examples: {', '.join(EXAMPLES)}", 404)
     photo = astronaut_photo()
@@ -83,8 +93,6 @@ def example_image(name: str):
 
 
 def _png_bytes(image) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
@@ -101,78 +109,102 @@ class _ClientGone(Exception):
 def create_app(service: DemoService, allowed_hosts: "HostAllowList | tuple[str, ...]" = LOOPBACK_NAMES):
     """The ASGI app for ``service``; ``allowed_hosts`` (names, "*": any, or a HostAllowList) are the
     Host names it answers to."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    api = _Endpoints(service)
+    routes = [
+        Route("/", _guarded(_page("index.html"))),
+        Route("/static/demo.js", _guarded(_page("demo.js"))),
+        Route("/static/demo.css", _guarded(_page("demo.css"))),
+        Route("/api/info", _guarded(api.info)),
+        Route("/api/example/{name}", _guarded(api.example)),
+        Route("/api/restore", _guarded(api.restore), methods=["POST"]),
+        Route("/api/group", _guarded(api.group), methods=["POST"]),
+        Route("/api/run", _guarded(api.run)),
+        Route("/api/run/grid", _guarded(api.run_grid)),
+    ]
+    app = Starlette(routes=routes)
+    allow = allowed_hosts if isinstance(allowed_hosts, HostAllowList) else HostAllowList.of(allowed_hosts)
+    return _SecurityMiddleware(app, allow)
 
-    examples: dict[str, bytes] = {}
 
-    def guarded(fn: Callable[[Request], Awaitable[Response]]):
-        async def endpoint(request: Request) -> Response:
-            try:
-                if request.method == "POST" and request.headers.get("x-lrpo-demo") != "1":
-                    raise DemoError("requests must come from the demo's own page", 403)
-                response = await fn(request)
-            except _ClientGone as e:  # nobody to answer: one line, no traceback
-                log.warning("lrpo demo: %s closed the connection during its upload to %s (%d bytes read); dropped",
-                            _peer(request), request.url.path, e.size)
-                return Response(status_code=400)
-            except DemoError as e:
-                response = JSONResponse({"error": e.message}, status_code=e.status)
-            except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:  # lrpo's user-facing errors
-                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-                response = JSONResponse({"error": str(msg).splitlines()[0] if msg else type(e).__name__}, status_code=400)
-            except Exception as e:  # a fault of ours: one line in the page, the traceback in the server log
-                traceback.print_exc(file=sys.stderr)
-                response = JSONResponse({"error": f"internal error ({type(e).__name__}); the server's log has the details"},
-                                        status_code=500)
-            response.headers.setdefault("Cache-Control", "no-store")
-            return response
-
-        return endpoint
-
-    async def read_body(request: Request) -> bytes:
-        if service.gate.full:  # say so before taking a large upload into memory
-            raise DemoError("the demo is busy (its queue of jobs is full); try again in a moment", 503)
-        limit = service.limits.max_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise DemoError(f"the file is {int(declared) / 2**20:.1f} MB; the demo accepts files up to {limit / 2**20:.0f} MB", 413)
-        chunks, size = [], 0
+def _guarded(fn: Callable[[Request], Awaitable[Response]]):
+    """``fn`` as a route: POSTs without the demo's header refused, every error one JSON line
+    (a fault of ours: its traceback in the server log), answers never cached."""
+    async def endpoint(request: Request) -> Response:
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:  # stop reading: a lying or missing Content-Length gains nothing
-                    raise DemoError(f"the file is larger than {limit / 2**20:.0f} MB, the demo's limit", 413)
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise _ClientGone(size) from None
-        return b"".join(chunks)
+            if request.method == "POST" and request.headers.get("x-lrpo-demo") != "1":
+                raise DemoError("requests must come from the demo's own page", 403)
+            response = await fn(request)
+        except _ClientGone as e:  # nobody to answer: one line, no traceback
+            log.warning("lrpo demo: %s closed the connection during its upload to %s (%d bytes read); dropped",
+                        _peer(request), request.url.path, e.size)
+            return Response(status_code=400)
+        except DemoError as e:
+            response = JSONResponse({"error": e.message}, status_code=e.status)
+        except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:  # lrpo's user-facing errors
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            response = JSONResponse({"error": str(msg).splitlines()[0] if msg else type(e).__name__}, status_code=400)
+        except Exception as e:  # a fault of ours: one line in the page, the traceback in the server log
+            traceback.print_exc(file=sys.stderr)
+            response = JSONResponse({"error": f"internal error ({type(e).__name__}); the server's log has the details"},
+                                    status_code=500)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
-    def page(name: str):
-        body = resources.files("lrpo.demo").joinpath("static", name).read_bytes()
+    return endpoint
 
-        async def serve_static(request: Request) -> Response:
-            return Response(body, media_type=STATIC[name])
 
-        return serve_static
+async def _read_body(service: DemoService, request: Request) -> bytes:
+    """The upload, refused (413) past ``service.limits.max_bytes`` whatever Content-Length claims."""
+    if service.gate.full:  # say so before taking a large upload into memory
+        raise DemoError("the demo is busy (its queue of jobs is full); try again in a moment", 503)
+    limit = service.limits.max_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise DemoError(f"the file is {int(declared) / 2**20:.1f} MB; the demo accepts files up to {limit / 2**20:.0f} MB", 413)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # stop reading: a lying or missing Content-Length gains nothing
+                raise DemoError(f"the file is larger than {limit / 2**20:.0f} MB, the demo's limit", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _ClientGone(size) from None
+    return b"".join(chunks)
 
-    async def info(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(service.info))  # lists run folders: off the event loop
 
-    async def example(request: Request) -> Response:
+def _page(name: str):
+    """A route serving the static file ``name`` (read once, when the app is made)."""
+    body = resources.files("lrpo.demo").joinpath("static", name).read_bytes()
+
+    async def serve_static(request: Request) -> Response:
+        return Response(body, media_type=STATIC[name])
+
+    return serve_static
+
+
+class _Endpoints:
+    """The API routes of one service; the example images are made on first request and kept."""
+
+    def __init__(self, service: DemoService):
+        self.service = service
+        self.examples: dict[str, bytes] = {}
+
+    async def info(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(self.service.info))  # lists run folders: off the event loop
+
+    async def example(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in EXAMPLES:
             raise DemoError(f"no example {name!r}; examples: {', '.join(EXAMPLES)}", 404)
-        if name not in examples:
-            examples[name] = _png_bytes(example_image(name))
-        return Response(examples[name], media_type="image/png")
+        if name not in self.examples:
+            self.examples[name] = _png_bytes(example_image(name))
+        return Response(self.examples[name], media_type="image/png")
 
-    async def restore(request: Request) -> Response:
+    async def restore(self, request: Request) -> Response:
+        service = self.service
         req = RestoreRequest.from_params(request.query_params)
-        data = await read_body(request)
+        data = await _read_body(service, request)
 
         def job():
             def check(w: int, h: int) -> None:  # from the header: refused before a pixel is decoded
@@ -182,44 +214,30 @@ def create_app(service: DemoService, allowed_hosts: "HostAllowList | tuple[str, 
 
         return JSONResponse(await run_in_threadpool(service.gate.run, job))
 
-    async def group(request: Request) -> Response:
+    async def group(self, request: Request) -> Response:
+        service = self.service
         req = GroupRequest.from_params(request.query_params)
-        data = await read_body(request)
+        data = await _read_body(service, request)
 
         def job():
             return service.group(decode_upload(data, service.limits, "the uploaded face"), req)
 
         return JSONResponse(await run_in_threadpool(service.gate.run, job))
 
-    def runs_or_refuse():
-        if service.runs is None:
+    def _runs(self):
+        if self.service.runs is None:
             raise DemoError("no run folder was given: start the demo with --runs DIR (a training out_dir or a folder of them)", 404)
-        return service.runs
+        return self.service.runs
 
-    async def run(request: Request) -> Response:
-        runs = runs_or_refuse()
+    async def run(self, request: Request) -> Response:
+        runs = self._runs()
         name = request.query_params.get("name", ".")
         return JSONResponse(await run_in_threadpool(runs.summary, name))
 
-    async def run_grid(request: Request) -> Response:
-        runs = runs_or_refuse()
+    async def run_grid(self, request: Request) -> Response:
+        runs = self._runs()
         data = await run_in_threadpool(runs.grid, request.query_params.get("name", "."), request.query_params.get("file", ""))
         return Response(data, media_type="image/png")
-
-    routes = [
-        Route("/", guarded(page("index.html"))),
-        Route("/static/demo.js", guarded(page("demo.js"))),
-        Route("/static/demo.css", guarded(page("demo.css"))),
-        Route("/api/info", guarded(info)),
-        Route("/api/example/{name}", guarded(example)),
-        Route("/api/restore", guarded(restore), methods=["POST"]),
-        Route("/api/group", guarded(group), methods=["POST"]),
-        Route("/api/run", guarded(run)),
-        Route("/api/run/grid", guarded(run_grid)),
-    ]
-    app = Starlette(routes=routes)
-    allow = allowed_hosts if isinstance(allowed_hosts, HostAllowList) else HostAllowList.of(allowed_hosts)
-    return _SecurityMiddleware(app, allow)
 
 
 def _peer(request) -> str:
@@ -286,10 +304,6 @@ def make_server(service: DemoService, allowed_hosts: HostAllowList, limits=None)
     """The uvicorn server for ``service`` (run it with ``.run(sockets=[bind(...)])``): the app behind
     the Host allow-list, on the guarded h11 protocol with ``limits`` (a ConnectionLimits; None: the
     defaults)."""
-    import uvicorn
-
-    from .connections import ConnectionLimits, guarded_protocol
-
     protocol = guarded_protocol(limits or ConnectionLimits(), SECURITY_HEADERS)
     config = uvicorn.Config(create_app(service, allowed_hosts), http=protocol, ws="none", lifespan="off",
                             log_level="warning", timeout_keep_alive=5, server_header=False)

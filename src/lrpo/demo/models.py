@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from .. import weights
 from ..checkpoint import CheckpointError, find_checkpoint
 from ..policies.published import published_policies, published_policy_config
 from .safety import DemoError, resolve_inside
@@ -65,10 +68,6 @@ def registry_names(section) -> list[str]:
 
 def published_choice(name: str) -> ModelChoice:
     """A published policy: available when its YAML reads and every model file it names resolves."""
-    import yaml
-
-    from .. import weights
-
     label = f"{name} (published)"
     path = published_policy_config(name)
     try:

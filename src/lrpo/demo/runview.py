@@ -9,10 +9,13 @@ evaluation, losses) plus the guard metrics (``guard_*``) with the epochs where a
 
 from __future__ import annotations
 
+import base64
+import math
 import re
 import threading
 from pathlib import Path
 
+from ..eval.report import curve_groups, plot_curve_group, read_log
 from .safety import DemoError, resolve_inside
 
 __all__ = ["RunBrowser", "MAX_LOG_BYTES", "MAX_GRID_BYTES"]
@@ -97,8 +100,6 @@ class RunBrowser:
 
     @staticmethod
     def _read(log: Path, base: dict) -> dict:
-        from ..eval.report import curve_groups, plot_curve_group, read_log
-
         try:
             records = read_log(log)
         except ValueError as e:
@@ -128,15 +129,11 @@ class RunBrowser:
 
 
 def _png_uri(png: bytes) -> str:
-    import base64
-
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _guard_series(records) -> dict[str, tuple[list[float], list[float]]]:
     """``guard_<metric>`` values per epoch: the held-out figures the guard compares with the start."""
-    import math
-
     series: dict[str, tuple[list[float], list[float]]] = {}
     for r in records:
         x = r.get("epoch")

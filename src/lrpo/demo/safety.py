@@ -31,6 +31,9 @@ from typing import Callable, Iterable, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..data.images import pil_to_rgb
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -90,10 +93,6 @@ def decode_upload(data: bytes, limits: UploadLimits = UploadLimits(), name: str 
         pixels than ``limits.max_pixels`` (413, checked from the header before decoding), a
         truncated or corrupt file, or an image smaller than ``limits.min_side``.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from ..data.images import pil_to_rgb
-
     if not data:
         raise DemoError(f"{name} is empty")
     if len(data) > limits.max_bytes:

@@ -15,6 +15,8 @@ Run       :mod:`lrpo.demo.runview`.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -28,11 +30,19 @@ from ..checkpoint import CheckpointError, load_config_dict
 from ..config import DEGRADATION_PRESETS, ConfigError, DegradationConfig, DiffusionConfig, from_dict, resolve_device
 from ..data.groups import derive_seed
 from ..data.images import resize_square, to_tensor, to_uint8
+from ..degradation.pipeline import degrade_group
 from ..diffusion.ddim import DDIMSampler
+from ..eval.report import image_data_uri
+from ..inference.detect import FaceDetector
+from ..inference.photo import PhotoOptions
 from ..inference.restorer import Restorer
 from ..policies.loading import load_policy
+from ..policies.sampling import sample_generators, sample_trajectories
+from ..rewards import PRESETS, CompositeReward, RewardInput, available_rewards, build_composite, check_weights
+from ..rl.advantages import group_advantages
 from ..weights import MissingWeightsError
 from .models import MAX_MODEL_NAME, ModelCatalog
+from .runview import RunBrowser
 from .safety import DemoError, JobGate, UploadLimits
 
 __all__ = ["DemoService", "GroupRequest", "RestoreRequest", "RewardTerm", "check_restore_size", "image_uri",
@@ -52,8 +62,6 @@ MAX_CAPTION = 300  # characters
 
 def image_uri(image: np.ndarray) -> str:
     """RGB uint8 -> a PNG data URI (lossless: the page shows and downloads exactly what was made)."""
-    from ..eval.report import image_data_uri
-
     return image_data_uri(np.ascontiguousarray(image), fmt="PNG")
 
 
@@ -192,8 +200,6 @@ class RewardTerm:
 def probe_reward_terms(device: torch.device | str = "cpu", names: list[str] | None = None) -> dict[str, RewardTerm]:
     """Build every registered reward term once (``names``: a subset); the ones whose model files are
     missing come back with the reason, so the page can say which terms this machine has."""
-    from ..rewards import available_rewards, build_composite
-
     terms = {}
     for name in names or available_rewards():
         try:
@@ -206,8 +212,6 @@ def probe_reward_terms(device: torch.device | str = "cpu", names: list[str] | No
 
 def _release_memory(device: torch.device) -> None:
     """Give back the memory of a model just let go (its tensors are freed once unreferenced)."""
-    import gc
-
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -253,8 +257,6 @@ class DemoService:
         self.gate = JobGate(max_waiting)
         self.runs = None
         if runs_root is not None:
-            from .runview import RunBrowser
-
             self.runs = RunBrowser(runs_root)
         self._load(source)
         self.models = ModelCatalog(self.source, self.runs)
@@ -322,19 +324,14 @@ class DemoService:
 
     @staticmethod
     def _make_detector(path: str | None):
-        from .. import weights
-        from ..inference.detect import FaceDetector
-
         try:
             return FaceDetector(path), None
-        except weights.MissingWeightsError as e:
+        except MissingWeightsError as e:
             return None, (f"no face detector: {_first_line(e)}. Tick 'aligned face' to restore a face crop, or put "
                           "the YuNet file on $LRPO_WEIGHTS (lrpo weights fetch yunet) and restart the demo")
 
     # -- what the page shows before any job ----------------------------------------------------
     def info(self) -> dict:
-        from ..rewards import PRESETS
-
         available = [t.name for t in self.terms.values() if t.available]
         presets = {name: {"terms": {k: float(v["weight"]) for k, v in spec.items()},
                           "available": all(self.terms.get(k) is not None and self.terms[k].available for k in spec)}
@@ -370,8 +367,6 @@ class DemoService:
 
     def restore(self, image: np.ndarray, req: RestoreRequest) -> dict:
         """One photo (or aligned crop) -> the restored image, its faces and the time taken."""
-        from ..inference.photo import PhotoOptions
-
         self.use_model(req.model)
         h, w = image.shape[:2]
         steps = self.defaults.steps if req.steps is None else req.steps
@@ -421,8 +416,6 @@ class DemoService:
         Without a GT (the upload is a real LQ face) the terms that compare with one are left out and
         the others' weights normalised to sum 1 again; when none is left, the request is refused.
         """
-        from ..rewards import CompositeReward, check_weights
-
         weights = self._requested_weights(req)
         components, left_out = {}, {}
         for key, w in weights.items():
@@ -450,8 +443,6 @@ class DemoService:
 
     def _requested_weights(self, req: GroupRequest) -> dict[str, float]:
         """The weights of the request's preset, or its own weights normalised to sum 1."""
-        from ..rewards import PRESETS
-
         if req.weights:
             total = math.fsum(req.weights.values())
             if total <= 0:
@@ -466,8 +457,6 @@ class DemoService:
 
     def default_preset(self) -> str | None:
         """``offline`` when its files are here, else ``no_weights`` (as the quickstart chooses)."""
-        from ..rewards import PRESETS
-
         for name in ("offline", "no_weights"):
             if all(k in self.terms and self.terms[k].available for k in PRESETS[name]):
                 return name
@@ -483,11 +472,6 @@ class DemoService:
 
     def group(self, image: np.ndarray, req: GroupRequest) -> dict:
         """G candidates for one face, each scored by every term, the total and the advantage."""
-        from ..degradation.pipeline import degrade_group
-        from ..policies.sampling import sample_generators, sample_trajectories
-        from ..rewards import RewardInput
-        from ..rl.advantages import group_advantages
-
         self.use_model(req.model)
         G = self.defaults.group_size if req.group_size is None else req.group_size
         steps = self.defaults.group_steps if req.steps is None else req.steps
@@ -570,8 +554,6 @@ def _square_face(image: np.ndarray, size: int) -> tuple[np.ndarray, list[str]]:
 def _params_dict(params) -> dict | None:
     if params is None:
         return None
-    import dataclasses
-
     if dataclasses.is_dataclass(params):
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in dataclasses.asdict(params).items()}
     return None
