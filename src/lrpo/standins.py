@@ -84,6 +84,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .diffusion.schedules import sd_linear_betas
+from .eval.fid import FID_INCEPTION_WIDTHS, InceptionFeatures
+from .policies import sd_loaders as L
+from .policies.latent import ConcatControlNet, build_unet, build_vae
+from .policies.latent_config import SDUNetArch, TextArch, VAEArch
+from .policies.swinir import SwinIR, SwinIRArch
+from .rewards.clip_tokenizer import END_OF_WORD, MAX_MERGES
+from .rewards.lpips import VGG16_WIDTHS, VGG16Features
+from .weights import get_entry
+
 Scale = Literal["real", "tiny"]
 SCALES: tuple[str, ...] = ("real", "tiny")
 
@@ -373,8 +383,6 @@ def sd21_archs(scale: Scale):
     """(SDUNetArch, VAEArch, TextArch) of the SD file. Tiny: a 2-level 64/128 UNet (head_channels
     64 and 32 norm groups, as configured for the real one), a 4-level VAE of 32-64 channels and a
     2-layer 64-wide text tower with the real vocabulary and context (OpenCLIP token ids)."""
-    from .policies.latent_config import SDUNetArch, TextArch, VAEArch
-
     if scale == "real":
         return SDUNetArch(), VAEArch(), TextArch()
     return (
@@ -386,8 +394,6 @@ def sd21_archs(scale: Scale):
 
 def swinir_arch(scale: Scale):
     """DiffBIR's face SwinIR, or a 2 x 2-block, 16-wide one with window 4 for 64 px faces."""
-    from .policies.swinir import SwinIRArch
-
     if scale == "real":
         return SwinIRArch()
     return SwinIRArch(img_size=8, embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=4, num_feat=16)
@@ -413,14 +419,10 @@ def _clip_sizes(kind: str, scale: Scale) -> dict:
 
 
 def vgg16_widths(scale: Scale) -> tuple[int, ...]:
-    from .rewards.lpips import VGG16_WIDTHS
-
     return VGG16_WIDTHS if scale == "real" else tuple(w // 8 for w in VGG16_WIDTHS)
 
 
 def inception_widths(scale: Scale) -> dict[str, int]:
-    from .eval.fid import FID_INCEPTION_WIDTHS
-
     return dict(FID_INCEPTION_WIDTHS) if scale == "real" else {k: max(4, c // 8) for k, c in FID_INCEPTION_WIDTHS.items()}
 
 
@@ -430,8 +432,6 @@ def inception_widths(scale: Scale) -> dict[str, int]:
 def ldm_schedule_buffers(timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012) -> dict[str, Tensor]:
     """The noise-schedule buffers of an LDM checkpoint (ldm DDPM.register_schedule, linear betas,
     v_posterior 0), computed in float64 and stored in float32 as there."""
-    from .diffusion.schedules import sd_linear_betas
-
     betas = sd_linear_betas(timesteps, linear_start, linear_end)
     alphas = 1.0 - betas
     ac = torch.cumprod(alphas, 0)
@@ -466,9 +466,6 @@ def ldm_layout(unet_arch, vae_arch, text_arch) -> Layout:
     """An SD 2.x LDM checkpoint's state_dict (v2-1_512-ema-pruned.ckpt for the default archs), in
     LatentDiffusion.state_dict() order: own buffers, model, model_ema, first_stage_model,
     cond_stage_model (the whole OpenCLIP text tower: ``text_arch.layers`` layers and the projection)."""
-    from .policies import sd_loaders as L
-    from .policies.latent import build_unet, build_vae
-
     with torch.device("meta"):
         unet, vae = build_unet(unet_arch), build_vae(vae_arch)
     out: Layout = {k: Entry(tuple(v.shape), v.dtype, v) for k, v in ldm_schedule_buffers().items()}
@@ -490,8 +487,6 @@ def ldm_file_state_dict(
     """An SD single file's state dict holding these modules' weights (our UNet and VAE of those
     archs, and the text tower SD reads, up to the penultimate layer); what they do not hold (the
     text tower's last layers and projection, the schedule, the EMA counters) is drawn as in a stand-in."""
-    from .policies import sd_loaders as L
-
     sd = random_state_dict(ldm_layout(unet_arch, vae_arch, text_arch), gen)
     unet_sd, vae_sd = unet.state_dict(), vae.state_dict()
     sd.update(L.to_original_layout(unet_sd, L.unet_key_map(unet_sd, unet_arch.layers_per_block), L.SD_UNET_PREFIX))
@@ -502,9 +497,6 @@ def ldm_file_state_dict(
 
 def controlnet_layout(unet_arch, hint_channels: int = 4) -> Layout:
     """A DiffBIR IRControlNet file (v1_face.pth for the default arch): bare LDM names."""
-    from .policies import sd_loaders as L
-    from .policies.latent import ConcatControlNet
-
     with torch.device("meta"):
         cn = ConcatControlNet(unet_arch, hint_channels=hint_channels)
     sd = cn.state_dict()
@@ -513,8 +505,6 @@ def controlnet_layout(unet_arch, hint_channels: int = 4) -> Layout:
 
 def swinir_layout(arch) -> Layout:
     """A DiffBIR SwinIR state dict; the window index tables and shift masks keep their values."""
-    from .policies.swinir import SwinIR
-
     with torch.random.fork_rng(devices=[]):  # the module's own initialisation draws from the global RNG
         sd = SwinIR(arch).state_dict()
     return layout_of(sd, keep_values=lambda k: k.endswith(("relative_position_index", "attn_mask")))
@@ -523,8 +513,6 @@ def swinir_layout(arch) -> Layout:
 def vgg16_layout(widths: tuple[int, ...], classifier_width: int = 4096) -> Layout:
     """A torchvision VGG16 state dict (vgg16-397923af.pth for the default widths): the 13 convs
     and the classifier (classifier_width hidden units, 1000 classes)."""
-    from .rewards.lpips import VGG16Features
-
     with torch.device("meta"):
         out = layout_of(VGG16Features(widths).state_dict())
     shapes = ((classifier_width, widths[-1] * 7 * 7), (classifier_width, classifier_width), (1000, classifier_width))
@@ -536,8 +524,6 @@ def vgg16_layout(widths: tuple[int, ...], classifier_width: int = 4096) -> Layou
 
 def lpips_heads_layout(widths: tuple[int, ...]) -> Layout:
     """LPIPS v0.1 vgg.pth for a VGG16 of ``widths``: a 1x1 conv [1, C_l, 1, 1] per tapped layer."""
-    from .rewards.lpips import VGG16Features
-
     with torch.device("meta"):
         channels = VGG16Features(widths).tapped_channels
     return {f"lin{k}.model.1.weight": Entry((1, c, 1, 1)) for k, c in enumerate(channels)}
@@ -545,8 +531,6 @@ def lpips_heads_layout(widths: tuple[int, ...]) -> Layout:
 
 def inception_layout(widths: dict[str, int] | None = None) -> Layout:
     """FID's Inception v3 in torchvision names, fc 1008 (pt_inception-2015-12-05 for the defaults)."""
-    from .eval.fid import InceptionFeatures
-
     with torch.device("meta"):
         return layout_of(InceptionFeatures(widths).state_dict())
 
@@ -615,8 +599,6 @@ def write_inception_fid(path: Path, scale: Scale, gen: torch.Generator) -> Path:
 def random_bpe_merges(gen: torch.Generator, count: int | None = None) -> list[tuple[str, str]]:
     """``count`` BPE merges (default: as many as CLIP's vocabulary uses, 48 894) over lower-case
     letters and digits, each joining two existing tokens into a new one, all distinct."""
-    from .rewards.clip_tokenizer import END_OF_WORD, MAX_MERGES
-
     count = MAX_MERGES if count is None else count
     alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789")
     lefts, rights = list(alphabet), alphabet + [c + END_OF_WORD for c in alphabet]
@@ -665,8 +647,6 @@ def file_generator(name: str, seed: int = 0) -> torch.Generator:
 
 def write_standin(name: str, folder: str | os.PathLike, scale: Scale = "real", seed: int = 0) -> Path:
     """Write the stand-in of registry file ``name`` into ``folder`` under its registry file name."""
-    from .weights import get_entry
-
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if name not in STANDINS:
