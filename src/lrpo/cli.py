@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from . import fetch as fetching
+from . import weights
+from .config import ConfigError, load_config
+from .faults import install as install_faults
+from .manifest import ascii_name
+from .outputs import one_line, output_folder
 from .runs import Interrupted
 
 DESCRIPTION = """\
@@ -226,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrpo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_quickstart(sub)
-    from .degradation.paired import add_degrade_arguments
+    from .degradation.paired import add_degrade_arguments  # start-up time: torch, imported for --help (to do: a light module)
 
     _hint_dash_names(add_degrade_arguments(sub.add_parser(
         "degrade",
@@ -234,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Degrade every HQ face with the BFR pipeline (blur, downsample, noise, JPEG, resize back; "
         "SPEC section 7). Byte-for-byte reproducible for the same seed.",
     )))
-    from .eval.cli import add_evaluate_arguments
+    from .eval.cli import add_evaluate_arguments  # start-up time: torch, imported for --help (to do: a light module)
 
     add_evaluate_arguments(sub.add_parser(
         "evaluate",
@@ -251,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .pretrain.trainer import Pretrainer, load_pretrain_config
+    from .pretrain.trainer import Pretrainer, load_pretrain_config  # start-up time: lrpo --help stays fast
 
     cfg = load_pretrain_config(args.config, args.overrides)
     if not cfg.data.hq:
@@ -266,9 +272,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .rl.config import LRPOConfig
-    from .rl.trainer import LRPOTrainer
+    from .rl.config import LRPOConfig  # start-up time: lrpo --help stays fast
+    from .rl.trainer import LRPOTrainer  # start-up time: lrpo --help stays fast
 
     cfg = load_config(LRPOConfig, args.config, args.overrides)
     if not cfg.data.hq:
@@ -292,14 +297,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _elastic_restart() -> bool:
     """True in a job that torchrun restarted after a failure (it counts restarts in this variable)."""
-    import os
-
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
 def _has_checkpoint(out_dir: str) -> bool:
     """True when out_dir holds a checkpoint, intact or not (a damaged one is reported on resume, never cleared)."""
-    from . import checkpoint as ckpt_io
+    from . import checkpoint as ckpt_io  # start-up time: lrpo --help stays fast
 
     run = Path(out_dir)
     return bool(ckpt_io.list_checkpoints(run)) or (run / "latest").is_file() or (run / "model.safetensors").is_file()
@@ -320,7 +323,7 @@ def _resume_target(args: argparse.Namespace, out_dir: str) -> tuple[str | None, 
 
 def train_summary(trainer, started: int) -> list[str]:
     """The few lines `lrpo train` ends with: where the model is, what ran, held-out figures, guards."""
-    from . import checkpoint as ckpt_io
+    from . import checkpoint as ckpt_io  # start-up time: lrpo --help stays fast
 
     cfg, hist = trainer.cfg, trainer.history
     out = Path(cfg.out_dir)
@@ -354,8 +357,6 @@ NO_MODEL = ("lrpo restore needs a model: --checkpoint RUN_OR_CHECKPOINT (`lrpo q
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .outputs import one_line
-
     try:
         return _restore(args)
     except (OSError, ValueError) as e:  # names in the message are the user's: one escaped line
@@ -363,10 +364,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .data.images import input_paths
-    from .inference.restorer import Restorer, restore_folder
-    from .outputs import output_folder
-    from .manifest import ascii_name
+    from .data.images import input_paths  # start-up time: lrpo --help stays fast
+    from .inference.restorer import Restorer, restore_folder  # start-up time: lrpo --help stays fast
 
     if args.batch_size < 1 or (args.steps is not None and args.steps < 1) or (args.eta is not None and args.eta < 0):
         raise ConfigError("--batch-size and --steps must be >= 1 and --eta >= 0")
@@ -398,8 +397,8 @@ def _restore(args: argparse.Namespace) -> int:
                   "crops are. Without --aligned, the faces of whole photos are detected, aligned and pasted back")
         _print_failed(summary.failed, summary.unwritten)
         return 1 if summary.failed or summary.unwritten else 0  # skipped files are a failure a script must see
-    from .inference.detect import RESTORE_THRESHOLD, SCORE_THRESHOLD, FaceDetector
-    from .inference.photo import MIN_FACE_SIZE, PhotoOptions, load_upsampler, restore_photos, summary_lines
+    from .inference.detect import RESTORE_THRESHOLD, SCORE_THRESHOLD, FaceDetector  # start-up time: lrpo --help stays fast
+    from .inference.photo import MIN_FACE_SIZE, PhotoOptions, load_upsampler, restore_photos, summary_lines  # start-up time: lrpo --help stays fast
 
     options = PhotoOptions(
         min_face_size=MIN_FACE_SIZE if args.min_face_size is None else args.min_face_size, only_center_face=args.only_center_face,
@@ -418,8 +417,6 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _print_failed(failed, unwritten=()) -> None:
-    from .manifest import ascii_name
-
     if failed:
         print(f"{len(failed)} file(s) could not be read and were skipped (exit code 1):")
         for e in failed:
@@ -431,9 +428,6 @@ def _print_failed(failed, unwritten=()) -> None:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from . import fetch as fetching
-    from . import weights
-
     if args.weights_cmd == "list":
         _list_weights()
         return 0
@@ -464,8 +458,6 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _list_weights() -> None:
-    from . import weights
-
     print(f"search folders: {', '.join(weights.shown(d) for d in weights.search_dirs())}; Hub cache: "
           f"{weights.shown(weights.hub_cache_dir())}")
     trusted = weights.read_trusted()
@@ -486,8 +478,8 @@ def _list_weights() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    from .demo.safety import HostAllowList, UploadLimits
+    from .demo import run_demo  # start-up time: lrpo --help stays fast
+    from .demo.safety import HostAllowList, UploadLimits  # start-up time: lrpo --help stays fast
 
     if not 0 <= args.port <= 65535 or args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.queue < 0:
         raise ConfigError("--port must be in [0, 65535], --max-upload-mb and --max-megapixels > 0, --queue >= 0")
@@ -504,13 +496,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _policy_source(name: str) -> Path:
-    from .policies.published import published_policy_config
+    from .policies.published import published_policy_config  # start-up time: lrpo --help stays fast
 
     return published_policy_config(name)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import run_quickstart
+    from .quickstart import run_quickstart  # start-up time: lrpo --help stays fast
 
     return run_quickstart(args)
 
@@ -553,15 +545,13 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
     }
     try:
-        from .faults import install
-
-        install(args.cmd)  # inert unless LRPO_FAULT_AT / LRPO_FAULT_LOG are set (bench/fault_sweep.py)
+        install_faults(args.cmd)  # inert unless LRPO_FAULT_AT / LRPO_FAULT_LOG are set (bench/fault_sweep.py)
         if args.cmd == "degrade":
-            from .degradation.paired import run_degrade
+            from .degradation.paired import run_degrade  # start-up time: lrpo --help stays fast
 
             return run_degrade(args)
         if args.cmd == "evaluate":
-            from .eval.cli import run_evaluate
+            from .eval.cli import run_evaluate  # start-up time: lrpo --help stays fast
 
             return run_evaluate(args)
         return handlers[args.cmd](args)

@@ -12,12 +12,18 @@ import math
 import time
 from pathlib import Path
 
-
-from . import manifest
+from . import manifest, weights
 from .config import DEGRADATION_PRESETS, SHIPPED_CONFIG_DIR, PretrainConfig, load_config
+from .data.datasets import FaceImageSet
 from .data.images import list_images
 from .data.samples import embedded_faces
-
+from .degradation.paired import _check_unique_stems, make_paired_set
+from .eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
+from .pretrain.trainer import Pretrainer
+from .rewards.composite import PRESETS
+from .rl.config import LRPOConfig
+from .rl.trainer import LRPOTrainer
+from .runs import Interrupted, RunFolderError, claim_run_dir, clear_run_dir
 
 
 # what the base -> lrpo rows do not show: which of LRPO's two terms made the change
@@ -37,8 +43,6 @@ SFACE_NAMES = ("sface-int8", "sface")  # the identity term takes either file
 
 
 def _found(name: str) -> bool:
-    from . import weights
-
     try:
         weights.resolve(name)
         return True
@@ -53,8 +57,6 @@ def offline_reward_preset() -> str:
 
 def reward_in_words(preset: str) -> str:
     """``'offline' reward (0.3 DT-CWT fidelity + 0.25 SSIM + ...)``, from the preset's weights."""
-    from .rewards.composite import PRESETS
-
     terms = " + ".join(f"{spec['weight']:g} {REWARD_TERM_WORDS.get(k, k)}" for k, spec in PRESETS[preset].items())
     return f"'{preset}' reward ({terms})"
 
@@ -79,8 +81,6 @@ def missing_weights_note() -> str | None:
 def claim_quickstart(out: Path, data: str | None, overwrite: bool) -> list[Path]:
     """Refuse ``out`` when quickstart would clear or write over a file lrpo did not write there; the
     run folders ``--overwrite`` must clear (after this returns, nothing is deleted yet)."""
-    from .runs import RunFolderError, claim_run_dir
-
     stale = []
     for part in ("pretrain", "lrpo"):  # before anything runs: both stages would refuse the folder later
         try:
@@ -104,9 +104,6 @@ def claim_quickstart(out: Path, data: str | None, overwrite: bool) -> list[Path]
 
 def _usable_faces(source: Path):
     """The faces in ``source``: at least 8 readable ones, no two with the same stem."""
-    from .data.datasets import FaceImageSet
-    from .degradation.paired import _check_unique_stems
-
     faces = FaceImageSet(source, resolution=None, skip_bad=True)  # fails early when nothing is usable
     if len(faces) < 8:
         raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 8")
@@ -116,8 +113,6 @@ def _usable_faces(source: Path):
 
 def run_quickstart(args: argparse.Namespace) -> int:
     """Pretrain -> LRPO -> evaluate base vs LRPO -> report.html, on a CPU in a few minutes."""
-    from .runs import Interrupted
-
     try:
         return _quickstart(args)
     except Interrupted as e:  # quickstart has no --resume: its stages are minutes long, start over
@@ -126,52 +121,14 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from .rl.config import LRPOConfig
-    from .degradation.paired import make_paired_set
-    from .eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
-    from .pretrain.trainer import Pretrainer
-    from .rl.trainer import LRPOTrainer
-
-    from .runs import clear_run_dir
-
     out = Path(args.out)
     t0 = time.time()
-    # before anything is written or deleted: every folder quickstart would clear or write over is
-    # lrpo's (a refusal names the user's files); the old runs are cleared once the faces are good
-    stale = claim_quickstart(out, args.data, getattr(args, "overwrite", False))
-    if args.data:
-        source = Path(args.data)
-        print(f"[1/5] using faces from {source}")
-        faces = _usable_faces(source)  # before the old runs are cleared
-    for run in stale:
-        clear_run_dir(run)
-    if not args.data:
-        source = out / "embedded_faces"
-        manifest.record(source, embedded_faces(source, seed=args.seed))
-        print(f"[1/5] wrote {len(list_images(source))} embedded public-domain faces to {source}")
-        faces = _usable_faces(source)
+    source, faces = _faces(args, out)
     val_count = max(4, min(16, len(faces) // 5))
     precision = getattr(args, "precision", "auto")
     common = [f"data.hq={source}", f"data.val_count={val_count}", "data.skip_bad=true", f"seed={args.seed}", f"precision={precision}"]
-
-    pre_cfg: PretrainConfig = load_config(
-        PretrainConfig, SHIPPED_CONFIG_DIR / "cpu-quickstart.yaml",
-        [*common, f"out_dir={out / 'pretrain'}", f"time_budget_min={args.minutes}"],
-    )
-    print(f"[2/5] pretraining a {pre_cfg.policy.resolution}px pixel policy ({pre_cfg.steps} steps, at most {args.minutes:g} min)")
-    Pretrainer(pre_cfg, progress=not args.no_progress).run()
-
-    preset = offline_reward_preset()
-    rl_cfg: LRPOConfig = load_config(
-        LRPOConfig, SHIPPED_CONFIG_DIR / "lrpo-quickstart.yaml",
-        [*common, f"init_checkpoint={out / 'pretrain'}", f"out_dir={out / 'lrpo'}", f"time_budget_min={args.rl_minutes}",
-         f"reward.preset={preset}"],
-    )
-    print(f"[3/5] LRPO with the {reward_in_words(preset)}, {rl_cfg.epochs} epochs, at most {args.rl_minutes:g} min")
-    note = missing_weights_note()
-    if note:
-        print(note)
-    LRPOTrainer(rl_cfg, progress=not args.no_progress).run(eval_every=1)
+    pre_cfg = _pretrain(args, out, common)
+    preset = _lrpo(args, out, common)
 
     print("[4/5] degrading the held-out faces (mild preset, seed 0)")
     val_files = sorted(faces.paths)[:val_count]  # the faces both trainings held out
@@ -190,8 +147,60 @@ def _quickstart(args: argparse.Namespace) -> int:
         EvalOptions(device=pre_cfg.device, reward_preset=preset, logs={"lrpo": str(out / "lrpo" / "log.jsonl")},
                     progress=not args.no_progress, notes=[] if args.data else [EMBEDDED_NOTE]),
     )
-    summary = result.summary
     print(f"done in {math.ceil(time.time() - t0)} s")
+    _print_summary(args, result)
+    return 0
+
+
+def _faces(args: argparse.Namespace, out: Path) -> tuple[Path, FaceImageSet]:
+    """Step 1: the faces to train on (``--data``, or the embedded ones written under ``out``)."""
+    # before anything is written or deleted: every folder quickstart would clear or write over is
+    # lrpo's (a refusal names the user's files); the old runs are cleared once the faces are good
+    stale = claim_quickstart(out, args.data, getattr(args, "overwrite", False))
+    if args.data:
+        source = Path(args.data)
+        print(f"[1/5] using faces from {source}")
+        faces = _usable_faces(source)  # before the old runs are cleared
+    for run in stale:
+        clear_run_dir(run)
+    if not args.data:
+        source = out / "embedded_faces"
+        manifest.record(source, embedded_faces(source, seed=args.seed))
+        print(f"[1/5] wrote {len(list_images(source))} embedded public-domain faces to {source}")
+        faces = _usable_faces(source)
+    return source, faces
+
+
+def _pretrain(args: argparse.Namespace, out: Path, common: list[str]) -> PretrainConfig:
+    """Step 2: the supervised base policy, in out/pretrain."""
+    pre_cfg: PretrainConfig = load_config(
+        PretrainConfig, SHIPPED_CONFIG_DIR / "cpu-quickstart.yaml",
+        [*common, f"out_dir={out / 'pretrain'}", f"time_budget_min={args.minutes}"],
+    )
+    print(f"[2/5] pretraining a {pre_cfg.policy.resolution}px pixel policy ({pre_cfg.steps} steps, at most {args.minutes:g} min)")
+    Pretrainer(pre_cfg, progress=not args.no_progress).run()
+    return pre_cfg
+
+
+def _lrpo(args: argparse.Namespace, out: Path, common: list[str]) -> str:
+    """Step 3: LRPO from the base policy, in out/lrpo; returns the reward preset it used."""
+    preset = offline_reward_preset()
+    rl_cfg: LRPOConfig = load_config(
+        LRPOConfig, SHIPPED_CONFIG_DIR / "lrpo-quickstart.yaml",
+        [*common, f"init_checkpoint={out / 'pretrain'}", f"out_dir={out / 'lrpo'}", f"time_budget_min={args.rl_minutes}",
+         f"reward.preset={preset}"],
+    )
+    print(f"[3/5] LRPO with the {reward_in_words(preset)}, {rl_cfg.epochs} epochs, at most {args.rl_minutes:g} min")
+    note = missing_weights_note()
+    if note:
+        print(note)
+    LRPOTrainer(rl_cfg, progress=not args.no_progress).run(eval_every=1)
+    return preset
+
+
+def _print_summary(args: argparse.Namespace, result) -> None:
+    """The held-out figures of input, base and LRPO, and where the report is."""
+    summary = result.summary
     if not args.data:
         print(f"  note: {EMBEDDED_NOTE}")
     for method in ("input", "base", "lrpo"):
@@ -200,4 +209,3 @@ def _quickstart(args: argparse.Namespace) -> int:
         print(f"  {method:6s} {shown}")
     print(f"  ({CONTROL_NOTE})")
     print(f"report: {result.report_path}")
-    return 0
