@@ -36,7 +36,7 @@ EngineKind = Literal["ddp", "fsdp"]
 
 def _dtensor_type():
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor  # optional: not in every torch build
     except ImportError:  # torch without DTensor: nothing is ever sharded
         return None
     return DTensor
@@ -55,7 +55,7 @@ def local_like(value: Tensor, like: Tensor) -> Tensor:
     DTensor (cut locally: every process holds the whole tensor, nothing is communicated)."""
     DTensor = _dtensor_type()
     if DTensor is not None and isinstance(like, DTensor) and not isinstance(value, DTensor):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import distribute_tensor  # optional: not in every torch build
 
         value = value.to(device=like.device, dtype=like.dtype)
         return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)
@@ -162,7 +162,7 @@ class DDPEngine(Engine):
 
     def __init__(self, ctx: DistContext, policy: nn.Module, bucket_mb: float = 25.0):
         super().__init__(ctx, policy)
-        from torch.nn.parallel import DistributedDataParallel
+        from torch.nn.parallel import DistributedDataParallel  # optional: torch.distributed, several processes only
 
         device_ids = [policy_device(policy).index] if policy_device(policy).type == "cuda" else None
         # buffers are not trained: no broadcast before each forward (the keyword's name changed in torch 2.12)
@@ -185,7 +185,7 @@ class FSDPEngine(Engine):
 
     def __init__(self, ctx: DistContext, policy: nn.Module):
         super().__init__(ctx, policy)
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # optional: torch.distributed, several processes only
 
         units = getattr(policy, "fsdp_units", None)
         if units is None:

@@ -198,7 +198,7 @@ def offline() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
         return True
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # optional: huggingface_hub (Hub-hosted files only)
     except ImportError:
         return False
     return bool(constants.HF_HUB_OFFLINE)
@@ -241,7 +241,7 @@ def _hub_source(entry: WeightFile, endpoint: str | None) -> str:
 
 def _fetch_hub(entry: WeightFile, progress: bool, log: Callable[[str], None]) -> Path:
     try:
-        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url  # optional: huggingface_hub
     except ImportError:
         raise FetchError(f"{entry.name}: fetching from the Hub needs huggingface_hub (pip install huggingface_hub)") from None
     endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or None
@@ -292,7 +292,7 @@ class _HubErrors:
         return self
 
     def __exit__(self, kind, err, tb):
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError  # optional: huggingface_hub
 
         if err is None or isinstance(err, FetchError):
             return False

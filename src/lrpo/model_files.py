@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .checkpoint import listing, mismatch_parts
@@ -142,8 +143,6 @@ def read_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         raise FileNotFoundError(f"model file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj: object = load_file(str(path), device="cpu")
         elif is_torchscript_archive(path):
             # TorchScript is deprecated in recent torch, but it is the format OpenAI published.

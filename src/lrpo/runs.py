@@ -66,7 +66,7 @@ def claim_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool = False)
     refused too when the folder holds anything lrpo did not write, and a fresh run when a user's file
     sits where the run would write: both name those files (:attr:`RunFolderError.files`).
     """
-    from .checkpoint import list_checkpoints  # torch: imported only when a run starts
+    from .checkpoint import list_checkpoints  # start-up time: torch, imported only when a run starts
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -18,6 +18,7 @@ stand-in written by :mod:`lrpo.standins`, a fine-tune) as such; no loader refuse
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -162,8 +163,6 @@ CATALOG_MODULES = (
 
 def load_catalog() -> dict[str, WeightFile]:
     """Import every module that registers model files; return the full registry."""
-    import importlib
-
     for name in CATALOG_MODULES:
         try:
             importlib.import_module(name)
@@ -192,7 +191,7 @@ def hub_cache_dir() -> Path:
     """The Hugging Face Hub cache (shared with diffusers): $HF_HUB_CACHE, else huggingface_hub's default."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # start-up time: huggingface_hub, read only for the Hub cache
 
     return Path(constants.HF_HUB_CACHE)
 
@@ -234,7 +233,7 @@ def hub_cached(entry: WeightFile) -> Path | None:
     if not entry.on_hub:
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # optional: huggingface_hub
     except ImportError:
         return None
     found = try_to_load_from_cache(entry.hub_repo, entry.hub_filename or entry.filename,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .datasets import _preview  # the first names of a list, "... and N more"
+from .images import IMAGE_EXTENSIONS
 
 __all__ = ["CaptionError", "Captions", "read_caption_archive", "read_caption_table", "require_captions", "sidecar_path"]
 
@@ -45,8 +46,6 @@ def sidecar_path(image_path: str | os.PathLike) -> Path:
 def _key(name: str) -> str:
     """Table keys and image names meet at the file stem: '00017.png' and '00017' are one image
     (only an image extension is dropped: 'img.01' stays 'img.01')."""
-    from .images import IMAGE_EXTENSIONS
-
     p = Path(str(name).strip())
     return p.stem if p.suffix.lower() in IMAGE_EXTENSIONS else p.name
 

@@ -16,7 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+import cv2
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..outputs import fit_name, require_input
@@ -185,8 +187,6 @@ def load_many(
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize an RGB uint8 image to ``size x size`` (area filter when shrinking, bicubic when growing)."""
-    import cv2
-
     h, w = image.shape[:2]
     if h == size and w == size:
         return image
@@ -194,17 +194,13 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def to_tensor(image: np.ndarray) -> "torch.Tensor":  # noqa: F821
+def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 ``H x W x 3`` -> float32 ``3 x H x W`` in [0, 1]."""
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
-def to_uint8(tensor: "torch.Tensor") -> np.ndarray:  # noqa: F821
+def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     """float ``3 x H x W`` in [0, 1] -> uint8 ``H x W x 3`` (rounded, clipped)."""
-    import torch
-
     t = tensor.detach().float().clamp(0, 1).mul(255.0).round().to("cpu", dtype=torch.uint8)
     return t.permute(1, 2, 0).numpy().copy()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -159,8 +160,6 @@ def jpeg_encode_rgb(rgb: np.ndarray, quality: int) -> bytes:
     OpenCV's codec expects BGR: handing it RGB would swap red and blue in the file (and the
     luma weights and chroma planes with them), hence the channel flip.
     """
-    import cv2
-
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"JPEG encoding expects uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
     quality = _check_quality(quality)
@@ -172,8 +171,6 @@ def jpeg_encode_rgb(rgb: np.ndarray, quality: int) -> bytes:
 
 def jpeg_decode_rgb(data: bytes) -> np.ndarray:
     """Decode JPEG bytes with OpenCV into RGB ``uint8`` ``H x W x 3``."""
-    import cv2
-
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("cv2.imdecode could not decode the JPEG bytes")

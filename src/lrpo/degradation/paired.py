@@ -23,7 +23,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -265,8 +266,6 @@ def _finish_torch(blurred: Tensor, p: DegradationParams, generator: torch.Genera
 
 def _small_lq_opencv(blurred: Tensor, p: DegradationParams, generator: torch.Generator) -> np.ndarray:
     """Steps 2-3 and quantisation with OpenCV: uint8 ``h x w x 3`` (``blurred`` on the CPU)."""
-    import cv2
-
     height, width = blurred.shape[-2:]
     h, w = scaled_size(height, width, p.scale)
     # plane by plane: the [3, H, W] planes are contiguous, an H x W x 3 view would need a copy
@@ -280,8 +279,6 @@ def _small_lq_opencv(blurred: Tensor, p: DegradationParams, generator: torch.Gen
 
 def _finish_opencv(blurred: Tensor, p: DegradationParams, generator: torch.Generator, out_hw: tuple[int, int]) -> np.ndarray:
     """Returns float32 ``out_h x out_w x 3`` (numpy: the CPU path assembles its batch in numpy)."""
-    import cv2
-
     decoded = jpeg_roundtrip(_small_lq_opencv(blurred, p, generator), p.jpeg_quality)
     return cv2.resize(decoded.astype(np.float32) / np.float32(255.0), (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
 
@@ -343,8 +340,6 @@ def degrade_cv2(
     Returns:
         float32 ``out_h x out_w x 3`` in [0, 1].
     """
-    import cv2
-
     if image.dtype != np.float32 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"degrade_cv2 expects float32 HxWx3 in [0, 1], got {image.dtype} {image.shape}")
     height, width = image.shape[:2]

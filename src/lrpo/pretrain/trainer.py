@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
@@ -266,8 +267,6 @@ class Pretrainer:
                                                    "torch_rng": torch.Tensor, "optimizer": dict})
         ckpt_io.require_optional_state(state, ckpt, ("history",))
         ckpt_io.load_weights(self.policy, ckpt)
-        from safetensors.torch import load_file
-
         self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])

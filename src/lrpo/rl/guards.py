@@ -13,6 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..eval.landmarks import LandmarkDetector, landmark_distances
+from ..eval.metrics import psnr, ssim
+from ..rewards import RewardInput
+from ..rewards.identity import IdentityReward
+
 # +1: higher is better, -1: lower is better
 GUARD_METRICS = {"psnr": +1, "ssim": +1, "identity": +1, "lmd": -1}
 
@@ -50,20 +55,13 @@ class GuardMetrics:
         self.identity = None
         self.landmarks = None
         if "identity" in metrics:  # SFace, from the weights registry (a clear error when missing)
-            from ..rewards.identity import IdentityReward
-
             self.identity = IdentityReward(device=device, cache_key=None)
         if "lmd" in metrics:
-            from ..eval.landmarks import LandmarkDetector
-
             self.landmarks = LandmarkDetector()
         self._gt_landmarks = None
 
     @torch.no_grad()
     def __call__(self, images: Tensor, gt: Tensor) -> dict[str, float]:
-        from ..eval.metrics import psnr, ssim
-        from ..rewards import RewardInput
-
         out: dict[str, float] = {}
         if "psnr" in self.metrics:
             out["psnr"] = float(psnr(images, gt).mean())
@@ -74,8 +72,6 @@ class GuardMetrics:
         if self.landmarks is not None:
             if self._gt_landmarks is None:  # the held-out GT never changes
                 self._gt_landmarks = self.landmarks.detect_batch(gt.cpu())
-            from ..eval.landmarks import landmark_distances
-
             d = landmark_distances(self.landmarks.detect_batch(images.cpu()), self._gt_landmarks)
             out["lmd"] = float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
         return out
