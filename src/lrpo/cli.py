@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrpo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_quickstart(sub)
-    from .degradation.paired import add_degrade_arguments  # start-up time: torch, imported for --help (to do: a light module)
+    from .degradation.paired import add_degrade_arguments  # start-up time: not in `import lrpo.cli` (imports torch; --help still needs it: to do)
 
     _hint_dash_names(add_degrade_arguments(sub.add_parser(
         "degrade",
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Degrade every HQ face with the BFR pipeline (blur, downsample, noise, JPEG, resize back; "
         "SPEC section 7). Byte-for-byte reproducible for the same seed.",
     )))
-    from .eval.cli import add_evaluate_arguments  # start-up time: torch, imported for --help (to do: a light module)
+    from .eval.cli import add_evaluate_arguments  # start-up time: not in `import lrpo.cli` (imports torch; --help still needs it: to do)
 
     add_evaluate_arguments(sub.add_parser(
         "evaluate",
