@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from .evaluate import EvalOptions, MethodSpec, evaluate_lq_only, evaluate_paired, evaluate_sets
-from .iqa import parse_iqa_requests
-from .testsets import recognise_sets
+if TYPE_CHECKING:
+    from .evaluate import EvalOptions, MethodSpec  # annotations only; start-up time: the run loads where it is used
 
 __all__ = ["add_evaluate_arguments", "run_evaluate"]
 
@@ -152,6 +152,9 @@ def _parse_nr_metrics(text: str) -> tuple[str, ...]:
 
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    from .iqa import parse_iqa_requests  # start-up time: `lrpo --help` builds this parser without torch
+    from .options import EvalOptions  # start-up time, as above
+
     if args.batch_size < 1 or args.steps < 1 or args.eta < 0:
         raise ValueError("--batch-size and --steps must be >= 1 and --eta >= 0")
     return EvalOptions(
@@ -192,6 +195,8 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``lrpo evaluate`` from parsed arguments; prints the summary and where the files are."""
+    from .evaluate import MethodSpec, evaluate_lq_only, evaluate_paired  # start-up time: `lrpo --help` stays fast
+
     methods = [
         MethodSpec.parse(text, steps=args.steps, eta=args.eta, seed=args.seed, precision=args.precision, ema=not args.no_ema)
         for text in args.method
@@ -211,6 +216,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_sets(items: list[str], methods: list[MethodSpec], out: str, options: EvalOptions) -> int:
+    from .evaluate import evaluate_sets  # start-up time: `lrpo --help` stays fast
+    from .testsets import recognise_sets  # start-up time, as above
+
     found = recognise_sets(items)  # every folder is checked before any restoration
     for f in found:
         print(f"found {f.describe()}")
