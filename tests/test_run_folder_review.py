@@ -192,8 +192,8 @@ def test_a_run_saves_trust_pickle_as_false(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trust_pickle"] is False
     assert cfg.trust_pickle is True  # the run itself keeps the user's say
-    # the checkpoint's lrpo section too (rl/trainer.py save): read from the source, no run needed
-    src = (ROOT / "src" / "lrpo" / "rl" / "trainer.py").read_text()
+    # the checkpoint's lrpo section too (rl/checkpointing.py save): read from the source, no run needed
+    src = (ROOT / "src" / "lrpo" / "rl" / "checkpointing.py").read_text()
     assert '"lrpo": {**to_dict(self.cfg), "trust_pickle": False}' in src
 
 
