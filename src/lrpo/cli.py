@@ -11,6 +11,8 @@ from pathlib import Path
 from . import fetch as fetching
 from . import weights
 from .config import ConfigError, load_config
+from .degradation.arguments import add_degrade_arguments
+from .eval.cli import add_evaluate_arguments
 from .faults import install as install_faults
 from .manifest import ascii_name
 from .outputs import one_line, output_folder
@@ -232,16 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrpo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     _add_quickstart(sub)
-    from .degradation.paired import add_degrade_arguments  # start-up time: not in `import lrpo.cli` (imports torch; --help still needs it: to do)
-
     _hint_dash_names(add_degrade_arguments(sub.add_parser(
         "degrade",
         help="make a CelebA-Test-style paired set (hq/, lq/, params.jsonl)",
         description="Degrade every HQ face with the BFR pipeline (blur, downsample, noise, JPEG, resize back; "
         "SPEC section 7). Byte-for-byte reproducible for the same seed.",
     )))
-    from .eval.cli import add_evaluate_arguments  # start-up time: not in `import lrpo.cli` (imports torch; --help still needs it: to do)
-
     add_evaluate_arguments(sub.add_parser(
         "evaluate",
         help="score methods side by side: metrics.json, per_image.csv, report.html",
