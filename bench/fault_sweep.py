@@ -107,7 +107,7 @@ def prepare(work: Path, epochs: int = 6, train_ckpt_every: int = 2, steps: int =
     if not faces.is_dir():
         embedded_faces(faces, count=10, size=32, seed=0)
     base = work / "base"
-    if not base.is_dir():  # an untrained but valid "pretrained" policy, as tests/test_lrpo_trainer.py builds
+    if not base.is_dir():  # an untrained but valid "pretrained" policy, as tests/rl/test_trainer.py builds
         pcfg = PolicyConfig(resolution=16, base_channels=8, channel_mults=(1, 2), stage1="none", prediction="v")
         torch.manual_seed(0)
         policy = PixelPolicy(pcfg)

@@ -31,7 +31,7 @@ from lrpo.model_files import CheckpointFormatError
 from lrpo.rl.trainer import LRPOTrainer
 from lrpo.runs import RunFolderError
 
-from conftest import single_thread, tiny_overrides, write_tiny_faces
+from tests.conftest import single_thread, tiny_overrides, write_tiny_faces
 
 RES = 16
 

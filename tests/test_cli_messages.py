@@ -9,7 +9,7 @@ import pytest
 
 from lrpo.cli import main
 
-from conftest import write_tiny_faces
+from tests.conftest import write_tiny_faces
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from lrpo.checkpoint import find_checkpoint
 from lrpo.config import save_config
 
-from test_lrpo_trainer import _free_port, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
+from tests.rl.test_trainer import _free_port, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 pytestmark = pytest.mark.skipif(not TORCHRUN.is_file(), reason=f"torchrun not found beside {sys.executable}")

@@ -25,7 +25,7 @@ from lrpo.rl.config import LRPOConfig
 from lrpo.engine import full_state_dict, load_optimizer_state_by_name, optimizer_state_by_name
 from lrpo.rl.trainer import LRPOTrainer
 
-from test_lrpo_trainer import _free_port, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
+from tests.rl.test_trainer import _free_port, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
 
 
 def _adam_after_one_step(params: list[torch.nn.Parameter]) -> torch.optim.AdamW:

@@ -21,7 +21,7 @@ from lrpo import faults
 from lrpo.manifest import record
 from lrpo.checkpoint import CorruptCheckpointError, DiskFullError, find_checkpoint, save_checkpoint
 
-from conftest import single_thread
+from tests.conftest import single_thread
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

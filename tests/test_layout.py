@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("lrpo.rewards", "lrpo.policies")),
     ("scoring", ("lrpo.eval",)),
     ("workflows", ("lrpo.rl", "lrpo.pretrain", "lrpo.inference")),
-    ("evaluation", ("lrpo.eval.evaluate", "lrpo.eval.report", "lrpo.eval.cli", "lrpo.eval.run")),
+    ("evaluation", ("lrpo.eval.evaluate", "lrpo.eval.report", "lrpo.eval.cli")),
     ("apps", ("lrpo.quickstart", "lrpo.demo", "lrpo.standins")),
     ("entry", ("lrpo.cli",)),  # the command line: dispatches to every app and workflow
 ]
@@ -208,6 +208,21 @@ def test_imports_of_lrpo_modules_inside_functions_say_why():
     hidden = [f"{e.source}:{e.line}: {e.text}" for e in import_edges()
               if not e.top_level and not any(r in e.text.lower() for r in INNER_IMPORT_REASONS)]
     assert hidden == []
+
+
+def test_tests_mirror_the_package():
+    # tests/<folder>/ holds the tests of src/lrpo/<folder>/ (bench/: of the benchmark scripts);
+    # the tests of top-level modules and of the whole (layout, docs, hostile files) sit in tests/
+    tests = Path(__file__).parent
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders - packages - {"bench"} == set()
+    top_level_modules = {p.stem for p in PACKAGE.glob("*.py")}
+    for test in tests.glob("test_*.py"):
+        subject = test.stem.removeprefix("test_")
+        assert subject not in packages, f"{test.name} tests the package {subject}: move it to tests/{subject}/"
+    assert {"test_config.py", "test_checkpoint.py", "test_engine.py"} <= {p.name for p in tests.glob("test_*.py")}
+    assert "config" in top_level_modules
 
 
 # --------------------------------------------------------------------------------------------

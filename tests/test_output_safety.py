@@ -21,8 +21,8 @@ from lrpo.inference.photo import PhotoOptions, restore_photos, summary_lines
 from lrpo.manifest import MANIFEST_NAME, read_manifest, record, sha256_file
 from lrpo.outputs import KIND_FILE, NAME_MAX_BYTES, OutputError, OutputFolder, fit_name
 
-from conftest import single_thread, write_tiny_faces
-from photo_scenes import FakeDetector, Placement, identity_restore, make_photo
+from tests.conftest import single_thread, write_tiny_faces
+from tests.photo_scenes import FakeDetector, Placement, identity_restore, make_photo
 
 
 def _tree(folder: Path) -> dict[str, bytes | str]:

@@ -28,7 +28,7 @@ from lrpo.model_files import CheckpointFormatError, read_state_dict
 from lrpo.runlog import append_record, rewrite_log
 from lrpo.runs import RUN_ARTIFACTS, RunFolderError, claim_run_dir, clear_run_dir
 
-from conftest import single_thread, tiny_overrides, write_tiny_faces
+from tests.conftest import single_thread, tiny_overrides, write_tiny_faces
 
 ROOT = Path(__file__).resolve().parents[1]
 

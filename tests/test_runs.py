@@ -18,7 +18,7 @@ from lrpo.cli import main
 from lrpo.runlog import append_record
 from lrpo.runs import RunFolderError, claim_run_dir, clear_run_dir, config_changes
 
-from conftest import single_thread, tiny_overrides, write_tiny_faces
+from tests.conftest import single_thread, tiny_overrides, write_tiny_faces
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import single_thread
+from tests.conftest import single_thread
 from lrpo import weights
 from lrpo.config import DiffusionConfig, from_dict, to_dict
 from lrpo.diffusion.schedules import make_alphas_cumprod

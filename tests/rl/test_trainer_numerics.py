@@ -1,0 +1,60 @@
+"""The trainer's invariants in every numeric mode (precision x compile), on the tiny pixel policy:
+
+  * before the first optimiser step of an epoch the PPO ratio is exactly 1 and nothing is clipped:
+    eager modes because the rollout and the update run the same function and every output row
+    depends only on its own input row; the compiled mode because the update recomputes log pi_old
+    with its own (eager) forward;
+  * 1 + 1 epochs with a resume equal 2 straight, bit for bit (weights and AdamW state);
+  * the mode used is in every epoch's log record.
+Settings: lrpo-cpu.yaml's update settings and the shipped defaults (per_timestep, train_fraction 0.99).
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lrpo.config import SHIPPED_CONFIG_DIR
+from lrpo.precision import resolve_precision
+from lrpo.rl.trainer import LRPOTrainer
+
+from tests.rl.test_trainer import DEFAULTS, _state_equal, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
+
+MODES = [("bf16", "off"), ("bf16", "on"), ("fp32", "on")]
+
+
+def _shipped_update_settings() -> dict:
+    shipped = yaml.safe_load((SHIPPED_CONFIG_DIR / "lrpo-cpu.yaml").read_text())
+    keys = ("train_timesteps", "update_mode", "train_fraction", "minibatch_size", "lr", "clip_range", "reg_weight", "reg_last_k",
+            "precision", "compile")
+    return {k: shipped[k] for k in keys if k in shipped}
+
+
+@pytest.mark.parametrize("precision, compile", MODES)
+def test_first_ratio_is_exactly_one_with_the_shipped_defaults(setup_dirs, tmp_path, precision, compile):
+    faces, base = setup_dirs
+    tr = LRPOTrainer(make_cfg(faces, base, tmp_path / "run", epochs=2, **DEFAULTS, precision=precision, compile=compile),
+                     progress=False)
+    assert (tr.sample_forward is not None) == (compile == "on")
+    tr.run()
+    for rec in tr.history:
+        assert rec["first_max_abs_log_ratio"] == 0.0 and rec["first_clip_fraction"] == 0.0, rec
+        assert rec["precision"] == precision and rec["compiled"] == (compile == "on")
+    assert tr.history[-1]["approx_kl"] > 0  # later steps moved the policy: the check is not vacuous
+
+
+@pytest.mark.parametrize("precision, compile", MODES + [("shipped", "shipped")])
+def test_cpu_preset_update_keeps_ratio_one_and_resumes_exactly(setup_dirs, tmp_path, precision, compile):
+    over = _shipped_update_settings()
+    assert over["train_fraction"] == 0.99 and "precision" in over and "compile" in over  # the preset still sets them
+    if precision != "shipped":
+        over.update(precision=precision, compile=compile)
+    faces, base = setup_dirs
+    straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "a", epochs=2, **over), progress=False)
+    straight.run()
+    assert [rec["first_max_abs_log_ratio"] for rec in straight.history] == [0.0, 0.0]
+    assert straight.history[0]["precision"] == resolve_precision(over["precision"], "cpu")
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
+    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
+    resumed.run()
+    _state_equal(straight, resumed)
