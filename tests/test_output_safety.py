@@ -310,7 +310,7 @@ def scene():
 
 
 def _photos(restorer_size: int, folder: Path, out: Path, detector, **kw):
-    restorer = SimpleNamespace(policy=SimpleNamespace(cfg=SimpleNamespace(resolution=restorer_size)), restore=identity_restore)
+    restorer = SimpleNamespace(policy=SimpleNamespace(resolution=restorer_size), restore=identity_restore)
     return restore_photos(restorer, folder, out, PhotoOptions(min_face_size=8), progress=False, detector=detector, **kw)
 
 

@@ -17,7 +17,7 @@ from .config import DEGRADATION_PRESETS, SHIPPED_CONFIG_DIR, PretrainConfig, loa
 from .data.datasets import FaceImageSet
 from .data.images import list_images
 from .data.samples import embedded_faces
-from .degradation.paired import _check_unique_stems, make_paired_set
+from .degradation.paired import check_unique_stems, make_paired_set
 from .eval.evaluate import EvalOptions, MethodSpec, evaluate_paired
 from .pretrain.trainer import Pretrainer
 from .rewards.composite import PRESETS
@@ -107,7 +107,7 @@ def _usable_faces(source: Path):
     faces = FaceImageSet(source, resolution=None, skip_bad=True)  # fails early when nothing is usable
     if len(faces) < 8:
         raise ValueError(f"{source}: only {len(faces)} usable face image(s); quickstart needs at least 8")
-    _check_unique_stems(faces.paths)  # outputs are named by stem: a.jpg and a.png would collide at evaluation
+    check_unique_stems(faces.paths)  # outputs are named by stem: a.jpg and a.png would collide at evaluation
     return faces
 
 

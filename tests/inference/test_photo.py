@@ -70,7 +70,7 @@ def test_seam_figure_is_reported_for_restored_faces(scene):
         return [np.clip(c.astype(int) + 60, 0, 255).astype(np.uint8) for c in crops]
 
     # a face 60 levels off is blended over the feather: the figure rises, yet stays well below a
-    # hard paste's (see test_photo_paste)
+    # hard paste's (see test_paste)
     worse = np.array([f.seam for f in _run(scene, restore=brighter).faces])
     assert (worse > seams).all()
 

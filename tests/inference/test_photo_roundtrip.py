@@ -79,7 +79,7 @@ def test_round_trip_upscaled_is_as_good_as_detecting_a_resized_photo(detector, s
     ours = [_round_trip(detector, photo, f, 256, u) for f in faces]
     # the detector's own disagreement between the photo and the photo resized by Lanczos (2-5 px):
     # pasting into the enlarged canvas must not add more than a pixel to it (a paste 2 px off would;
-    # sub-pixel conventions are checked exactly, without a detector, in test_photo_paste)
+    # sub-pixel conventions are checked exactly, without a detector, in test_paste)
     big = cv2.resize(photo, None, fx=u, fy=u, interpolation=cv2.INTER_LANCZOS4)
     found = detector.detect(big)
     resized = []

@@ -45,21 +45,6 @@ def _smooth(size=128, seed=0):
 # ---------------------------------------------------------------------------------------------
 # geometry
 # ---------------------------------------------------------------------------------------------
-def test_similarity_transform_recovers_a_known_one():
-    angle, scale, t = math.radians(10), 0.8, np.array([5.0, -3.0])
-    rot = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    src = ARCFACE_TEMPLATE
-    dst = src @ rot.T + t
-    m = similarity_transform(src, dst)
-    np.testing.assert_allclose(m[:, :2], rot, atol=1e-12)
-    np.testing.assert_allclose(m[:, 2], t, atol=1e-10)
-
-
-def test_similarity_transform_rejects_bad_points():
-    with pytest.raises(ValueError, match=r"\[N, 2\]"):
-        similarity_transform(np.zeros((5, 3)), np.zeros((5, 3)))
-
-
 def test_ffhq_template_maps_near_the_arcface_template():
     # the fixed transform is a least-squares fit: the mean FFHQ landmarks land within 3 px of the
     # ArcFace points (measured: 2.5 px at most, the nose and mouth of YuNet's FFHQ mean sitting a

@@ -82,7 +82,7 @@ def make_cfg(faces: Path, base: Path, out: Path, **over) -> LRPOConfig:
         degradation=dict(blur_sigma=[0.1, 1.0], downscale=[1.0, 2.0], noise_sigma=[0.0, 2.0], jpeg_quality=[80, 99]),
         reward=dict(preset="", terms={"brightness": {"weight": 1.0}}),
         # fp32: the tests here compare exact maths (one process against two, straight against
-        # resumed); the bf16 and compiled modes' invariants are in test_lrpo_numerics.py
+        # resumed); the bf16 and compiled modes' invariants are in test_trainer_numerics.py
         precision="fp32",
     )
     for k, v in over.items():

@@ -64,7 +64,7 @@ def image_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _check_unique_stems(files: list[Path]) -> None:
+def check_unique_stems(files: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for p in files:
         if p.stem in seen:
@@ -108,7 +108,7 @@ def make_paired_set(
         raise ValueError(f"size must be >= 1, got {size}")
     source = require_input(hq_source)
     files = list_images(source)
-    _check_unique_stems(files)
+    check_unique_stems(files)
     out = OutputFolder(out_dir, command="lrpo degrade", overwrite=overwrite, inputs=[source, *files])
     _first_readable(files, skip_bad)  # no folder is made for a set whose inputs cannot be read
     # written into a hidden folder inside out_dir (the same file system, so every move is a rename)

@@ -24,7 +24,7 @@ most one request per connection, ``max_connections`` bounds the requests in flig
 The subclass relies on these parts of ``uvicorn.protocols.http.h11_impl.H11Protocol``: ``connection_made``,
 ``connection_lost``, ``data_received``, ``handle_events``, ``on_response_complete``, ``send_400_response``
 and the attributes ``loop``, ``transport``, ``conn``, ``cycle``, ``flow``, ``connections``, ``client``
-(tests/test_demo_server.py exercises each rule against a real uvicorn).
+(tests/demo/test_server.py exercises each rule against a real uvicorn).
 """
 
 from __future__ import annotations

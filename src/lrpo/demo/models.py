@@ -89,7 +89,7 @@ def published_choice(name: str) -> ModelChoice:
 class ModelCatalog:
     """The models of one demo: the one given at start, the runs under ``runs`` and the published policies.
 
-    ``start``: the source the demo loaded first, as :func:`~lrpo.inference.restorer.load_policy`
+    ``start``: the source the demo loaded first, as :func:`~lrpo.policies.loading.load_policy`
     returned it (a checkpoint folder or a policy YAML); ``runs``: a RunBrowser or None.
     """
 

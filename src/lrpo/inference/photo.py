@@ -347,7 +347,7 @@ def restore_photos(
     (earlier outputs need ``overwrite``)."""
     options = (options or PhotoOptions()).validate()
     detector = detector or restorer.face_detector()
-    size = restorer.policy.cfg.resolution
+    size = restorer.policy.resolution
     paths = input_paths(source)
     writer = _PhotoWriter(output_folder(source, paths, out_dir, overwrite), options,
                           PhotoSummary(face_policy=options.face_policy, resolution=size))

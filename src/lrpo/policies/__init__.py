@@ -70,12 +70,10 @@ def _resolve_registry_paths(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def policy_state_dict(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+def policy_state_dict(policy: Policy) -> dict[str, torch.Tensor]:
     """What a checkpoint stores: the trainable part for a policy with frozen pretrained parts
     (the latent policy: ControlNet or LoRA only), the whole state otherwise."""
-    if hasattr(policy, "trainable_state_dict"):
-        return policy.trainable_state_dict()
-    return policy.state_dict()
+    return policy.trainable_state_dict()
 
 
 __all__ = ["CODE_SWITCHES", "Policy", "POLICY_KINDS", "build_policy_from_dict", "policy_state_dict", "trusted_policy_section"]

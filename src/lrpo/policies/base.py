@@ -11,7 +11,7 @@ Notation (SPEC sections 1-2):
 A policy only predicts; the DDIM maths lives in :mod:`lrpo.diffusion`. Because ``cond`` is one
 batch-first tensor, trainers can index, repeat and concatenate it like any other batch.
 
-What restoring callers (``lrpo.inference.Restorer``, the demo) need is part of the protocol too:
+What restoring callers (``lrpo.inference.restorer.Restorer``, the demo) need is part of the protocol too:
 ``resolution``, ``resize_antialias``, ``compilable`` and ``restore_faces``, so they never probe a
 policy for what kind it is.
 """
@@ -27,6 +27,7 @@ from torch import Tensor
 @runtime_checkable
 class Policy(Protocol):
     prediction: str  # "eps" | "v" | "x0"
+    cfg: object  # the policy's config section (PolicyConfig, LatentPolicyConfig): a checkpoint rebuilds it from this
     # how callers resize faces to the policy's side and back (bicubic): None antialiases only when
     # shrinking; True in both directions (DiffBIR's resize, which the latent policy was trained with)
     resize_antialias: bool | None
@@ -54,6 +55,15 @@ class Policy(Protocol):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the RL update may change (the frozen backbone is excluded)."""
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """What a checkpoint stores (the latent policy: ControlNet or LoRA only; the pixel one: everything)."""
+
+    def load_trainable_state_dict(self, sd: dict[str, Tensor], source: str = "state dict") -> None:
+        """Strict inverse of ``trainable_state_dict``; a mismatch names ``source`` and the keys."""
+
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """What ``engine=fsdp`` shards, inner modules first (lrpo.engine)."""
 
     def restore_faces(self, sampler, lq: Tensor, seeds: list[int], precision: str = "fp32",
                       forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import check_state_dict
 from ..config import PolicyConfig
 from .sampling import restore_images
 
@@ -241,6 +242,15 @@ class PixelPolicy(nn.Module):
     def fsdp_units(self) -> list[nn.Module]:
         """What ``engine=fsdp`` shards: the diffusion network (the stage-1 restorer stays whole)."""
         return [self.unet]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """What a checkpoint stores: the whole state (the pixel policy has no frozen pretrained part)."""
+        return self.state_dict()
+
+    def load_trainable_state_dict(self, sd: dict[str, Tensor], source: str = "state dict") -> None:
+        """Strict inverse of :meth:`trainable_state_dict`: every name and shape must match."""
+        check_state_dict(self, sd, source=source)
+        self.load_state_dict(sd, strict=True)
 
     def restore_faces(self, sampler, lq: Tensor, seeds: list[int], precision: str = "fp32", forward=None) -> Tensor:
         """LQ [B,3,H,W] in [0,1] -> restored [B,3,R,R] in [0,1] (:func:`lrpo.policies.sampling.restore_images`)."""

@@ -60,7 +60,7 @@ class RunRecordMethods:
             self._recorded_tb.update(str(f) for f in new)
 
 
-def _tensorboard(out_dir: Path):
+def open_tensorboard(out_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard
     except Exception:  # tensorboard not installed: JSONL only

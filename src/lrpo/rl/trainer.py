@@ -60,7 +60,7 @@ from .config import LRPOConfig
 from .diagnostics import gradient_balance, group_signal_to_noise, shift_one_pixel
 from .guards import GuardMetrics
 from .losses import gt_likelihood_regularizer, gt_path, kl_to_reference, num_train_steps, ppo_clip_loss
-from .records import RunRecordMethods, _tensorboard
+from .records import RunRecordMethods, open_tensorboard
 from .timesteps import parse_timestep_selection, selected_steps
 from .types import RolloutBatch
 
@@ -644,7 +644,7 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
             record_written(self.out_dir, "config.yaml")
-        self._tb = _tensorboard(self.out_dir) if self.ctx.is_main else None
+        self._tb = open_tensorboard(self.out_dir) if self.ctx.is_main else None
         if self._tb is not None:
             self._record_tb()
         for rec in self.pending_records:
