@@ -40,7 +40,7 @@ NAMED_LOADS = {
     "lrpo.faults": "test tooling: LRPO_FAULT_AT wraps the trainers' seams by name to kill a run at a chosen point",
 }
 # why an import may sit inside a function: an optional package, or the start-up time of a command
-INNER_IMPORT_REASONS = ("optional", "start-up", "startup", "lazy", "circular")
+INNER_IMPORT_REASONS = ("optional", "start-up", "startup", "lazy")
 
 
 @dataclass(frozen=True)
@@ -244,12 +244,9 @@ def test_tests_mirror_the_package():
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders - packages - {"bench"} == set()
-    top_level_modules = {p.stem for p in PACKAGE.glob("*.py")}
     for test in tests.glob("test_*.py"):
         subject = test.stem.removeprefix("test_")
         assert subject not in packages, f"{test.name} tests the package {subject}: move it to tests/{subject}/"
-    assert {"test_config.py", "test_checkpoint.py", "test_engine.py"} <= {p.name for p in tests.glob("test_*.py")}
-    assert "config" in top_level_modules
 
 
 # --------------------------------------------------------------------------------------------
