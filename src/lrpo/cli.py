@@ -270,6 +270,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import shutdown  # start-up time: lrpo --help stays fast
     from .rl.config import LRPOConfig  # start-up time: lrpo --help stays fast
     from .rl.trainer import LRPOTrainer  # start-up time: lrpo --help stays fast
 
@@ -286,6 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           allow_changes=args.allow_changes)
     started = trainer.epoch
     trainer.run(eval_every=args.eval_every)
+    shutdown(trainer.ctx)  # (not after a failure: the others may be inside a collective; the launcher stops them)
     print("\n".join(train_summary(trainer, started)))
     skipped = trainer.train_set.skipped  # data.skip_bad: name what was left out, as lrpo pretrain does
     if skipped:

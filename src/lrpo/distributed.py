@@ -50,6 +50,16 @@ def init_from_env(backend: str | None = None) -> DistContext:
     return DistContext(rank=rank, world_size=world, local_rank=local_rank)
 
 
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group cleanly after a finished run: every rank waits for the others, then
+    releases gloo's or NCCL's threads before the interpreter exits (left to the interpreter's exit
+    they can be torn down mid-use, and the process aborts with "terminate called without an
+    active exception" after a run that succeeded)."""
+    if ctx.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _attempt_store(rank: int, world: int) -> "dist.Store | None":
     """Under torchrun, the store of this attempt only (None elsewhere: init_process_group's own).
 
