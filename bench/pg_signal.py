@@ -1,6 +1,6 @@
 """Does the policy-gradient term carry signal at this scale? (issue 21)
 
-    python bench/pg_signal.py --base RUN --faces FACES --epochs 20 --out runs/pg_signal [--lr 1e-4]
+    python bench/pg_signal.py --base RUN --faces FACES --epochs 20 --out runs/pg_signal [--lr 1e-4] [--set KEY=VALUE ...]
 
 Three arms from one base, on the same faces, sequentially in one process (one thread each):
 
@@ -62,7 +62,7 @@ def true_rewards(history: list[dict], flipped: bool) -> list[float]:
 
 def run_arm(name: str, args: argparse.Namespace) -> list[float]:
     over = [f"init_checkpoint={args.base}", f"data.hq={args.faces}", "data.val_count=0", f"out_dir={args.out / name}",
-            f"epochs={args.epochs}", "time_budget_min=0", "diagnostics=false", f"seed={args.seed}", *ARMS[name]]
+            f"epochs={args.epochs}", "time_budget_min=0", "diagnostics=false", f"seed={args.seed}", *args.set, *ARMS[name]]
     if name != "frozen":
         over.append(f"lr={args.lr}")
     cfg = load_config(LRPOConfig, args.config, over)
@@ -88,6 +88,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lr", type=float, default=1e-4, help="learning rate of the pg and flipped arms")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for all three arms (repeatable), e.g. --set branch_step=14")
     ap.add_argument("--out", type=Path, default=Path("runs/pg_signal"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -101,7 +103,7 @@ def main() -> int:
         "bench": "pg_signal", "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "base": str(args.base), "faces": str(args.faces), "config": os.path.relpath(args.config, ROOT),
-        "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "arms": ARMS,
+        "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "set": args.set, "arms": ARMS,
         "train_reward": {k: [round(v, 5) for v in vs] for k, vs in rewards.items()},
         "pg_minus_frozen": paired(rewards["pg"], rewards["frozen"]),
         "flipped_minus_frozen": paired(rewards["flipped"], rewards["frozen"]),

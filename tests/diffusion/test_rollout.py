@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lrpo.diffusion.ddim import DDIMSampler
-from lrpo.diffusion.rollout import Trajectory, initial_noise, rollout
+from lrpo.diffusion.rollout import Trajectory, branched_rollout, initial_noise, rollout
 from lrpo.diffusion.schedules import alphas_cumprod, sd_linear_betas
 
 SD_AC = alphas_cumprod(sd_linear_betas())
@@ -111,3 +111,64 @@ def test_rollout_errors_and_no_grad():
         rollout(linear_model, s, x_T, prediction="eps")
     traj = rollout(linear_model, s, x_T, prediction="eps", generators=_generators([0, 1]))
     assert not traj.sample.requires_grad and not traj.log_probs.requires_grad
+
+
+class _Counted:
+    """linear_model, counting the samples it is called on."""
+
+    def __init__(self):
+        self.samples = 0
+
+    def __call__(self, x_t, t):
+        self.samples += x_t.shape[0]
+        return linear_model(x_t, t)
+
+
+def _branched(seeds, group_size, branch_step, steps=10):
+    s = DDIMSampler(SD_AC, steps, eta=1.0)
+    gens = _generators(seeds)
+    x_T = initial_noise((len(seeds), *SHAPE), gens)
+    model, head = _Counted(), _Counted()
+    traj = branched_rollout(model, head, s, x_T, group_size=group_size, branch_step=branch_step, prediction="eps", generators=gens)
+    return s, x_T, traj, model.samples + head.samples
+
+
+def test_branched_rollout_shares_the_prefix_and_costs_fewer_forwards():
+    # 2 groups of 3, 10 steps, branching at step 6: each group's first 6 steps run once
+    s, x_T, traj, forwards = _branched([0, 1, 2, 3, 4, 5], group_size=3, branch_step=6)
+    assert forwards == 2 * 6 + 6 * 4  # (B / G) * branch_step + B * (S - branch_step) = 36, against B * S = 60
+    assert traj.latents.shape == (6, 11, *SHAPE) and traj.log_probs.shape == (6, 10)
+    # the shared steps: a deterministic (eta 0) path from the group's first member's x_T
+    head = rollout(linear_model, s.with_eta(0.0), x_T[[0, 3]], prediction="eps")
+    for g, rows in enumerate(([0, 1, 2], [3, 4, 5])):
+        for r in rows:
+            assert torch.equal(traj.latents[r, :7], head.latents[g, :7])
+    assert torch.equal(traj.log_probs[:, :6], torch.zeros(6, 6))  # no density on deterministic steps
+    # from step 6 on the members part: each draws its own noise (non-zero log-probabilities)
+    assert not torch.equal(traj.latents[0, 7], traj.latents[1, 7])
+    assert bool((traj.log_probs[:, 6:] != 0).all())
+    assert torch.equal(traj.latents[:, -1], traj.sample)
+
+
+def test_branched_steps_recompute_their_recorded_log_probs():
+    # what PPO needs: log pi(latents[j+1] | latents[j]) recomputed at a branched step equals the record
+    s, _, traj, _ = _branched([7, 8, 9, 10], group_size=2, branch_step=4)
+    for j in range(4, 10):
+        x_t = traj.latents[:, j]
+        out = s.step(linear_model(x_t, traj.timesteps[j].expand(4)), x_t, j, prediction="eps", prev_sample=traj.latents[:, j + 1])
+        assert torch.equal(out.log_prob, traj.log_probs[:, j]), j
+
+
+def test_branched_rollout_at_step_zero_is_the_plain_rollout():
+    _, _, traj, forwards = _branched([0, 1, 2, 3], group_size=2, branch_step=0)
+    plain = _run([0, 1, 2, 3], DDIMSampler(SD_AC, 10, eta=1.0))
+    assert forwards == 40 and torch.equal(traj.latents, plain.latents) and torch.equal(traj.log_probs, plain.log_probs)
+
+
+def test_branched_rollout_errors():
+    with pytest.raises(ValueError, match="whole number of groups of 4"):
+        _branched([0, 1, 2], group_size=4, branch_step=2)
+    with pytest.raises(ValueError, match=r"branch_step must be in \[0, 10\)"):
+        _branched([0, 1], group_size=2, branch_step=10)
+    with pytest.raises(ValueError, match="not a range"):
+        rollout(linear_model, DDIMSampler(SD_AC, 10, eta=0.0), torch.zeros(1, *SHAPE), prediction="eps", start=5, stop=5)

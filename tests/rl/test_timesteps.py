@@ -176,3 +176,59 @@ def test_the_shipped_cpu_preset_update_settings_keep_ratio_one_first_and_resume_
     resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
     resumed.run()
     _state_equal(straight, resumed)
+
+
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_shared_prefix_rollouts_train_only_branched_steps_with_ratio_one_first_and_resume_exactly(setup_dirs, tmp_path, monkeypatch, compile):
+    """branch_step=1 with the shipped per_timestep mode and train_fraction 0.99: 4 sampler steps -> 3
+    trained (0, 1, 2); a group shares step 0, so only steps 1 and 2 are trained (reg_last_k 2 = both).
+    A group's members hold one latent at steps 0 and 1 and part after; the first ratio of an epoch is 1
+    (also with a compiled rollout, whose shared steps run eager); 1 + 1 epochs equal 2 straight."""
+    faces, base = setup_dirs
+    over = dict(SHIPPED, train_fraction=0.99, branch_step=1, compile=compile)
+    seen: list[list[int]] = []
+    real_loss, real_collect = LRPOTrainer.step_loss, LRPOTrainer.collect
+    batches = []
+
+    def spy(self, batch, idx, steps, adv, gt):
+        seen.append(steps.tolist())
+        return real_loss(self, batch, idx, steps, adv, gt)
+
+    def keep(self, epoch):
+        batches.append(real_collect(self, epoch))
+        return batches[-1]
+
+    monkeypatch.setattr(LRPOTrainer, "step_loss", spy)
+    monkeypatch.setattr(LRPOTrainer, "collect", keep)
+    straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "a", epochs=2, **over), progress=False)
+    assert straight.n_train == 3 and straight.n_slots == 2
+    straight.run()
+    monkeypatch.setattr(LRPOTrainer, "step_loss", real_loss)
+    monkeypatch.setattr(LRPOTrainer, "collect", real_collect)
+    assert {j for s in seen for j in s} == {1, 2}
+    latents, gids = batches[0].latents, batches[0].group_ids
+    for g in gids.unique():
+        rows = latents[gids == g]
+        assert torch.equal(rows[:, :2], rows[:1, :2].expand_as(rows[:, :2]))  # x_T and step 0's result: shared
+        assert not torch.equal(rows[0, 2], rows[1, 2])  # step 1 draws each member's own noise
+    assert torch.equal(batches[0].log_probs[:, 0], torch.zeros(len(gids)))
+    for rec in straight.history:
+        assert rec["first_max_abs_log_ratio"] == 0.0 and rec["first_clip_fraction"] == 0.0, rec
+    assert "reg" in straight.history[-1]
+    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
+    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
+    resumed.run()
+    _state_equal(straight, resumed)
+
+
+def test_branch_step_is_checked_against_the_trained_steps_and_the_gt_term(setup_dirs, tmp_path):
+    faces, base = setup_dirs
+    # 4 sampler steps x 0.75 -> 3 trained steps: branch_step 3 would leave none to train
+    with pytest.raises(ConfigError, match=r"branch_step must be in \[0, 3\).*got 3"):
+        make_cfg(faces, base, tmp_path / "x", train_fraction=0.75, branch_step=3)
+    # branching at 2 leaves 1 trainable step, but the GT-guided term was asked for the last 2
+    with pytest.raises(ConfigError, match="reg_last_k=2 reaches into the 2 shared steps"):
+        make_cfg(faces, base, tmp_path / "x", train_fraction=0.75, branch_step=2, reg_weight=1e-2, reg_last_k=2)
+    # train_timesteps counts the branched steps: 2 of them, so random:3 is refused
+    with pytest.raises(ConfigError, match=r"1 <= K <= 2.*'random:3'.*from branch_step on"):
+        make_cfg(faces, base, tmp_path / "x", train_fraction=0.75, branch_step=1, reg_last_k=1, train_timesteps="random:3")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion.ddim import DDIMSampler
-from ..diffusion.rollout import Trajectory, initial_noise, rollout
+from ..diffusion.rollout import Trajectory, branched_rollout, initial_noise, rollout
 from .base import Policy
 from ..precision import autocast_context
 
@@ -29,22 +29,39 @@ def sample_trajectories(
     record: bool = True,
     precision: str = "fp32",
     forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    group_size: int = 1,
+    branch_step: int = 0,
 ) -> Trajectory:
     """Roll out ``sampler`` from fresh noise for a condition batch [B, ...].
 
     The generators (one per sample, on CPU) draw x_T and then the sampler noise, so a trajectory
     is reproducible from its seed alone. The network may run in bf16; latents stay float32.
     ``forward`` replaces ``policy(x_t, t, cond)`` (a compiled forward, :mod:`lrpo.policies.compiled`).
+    ``branch_step > 0``: groups of ``group_size`` contiguous samples with one condition share their
+    first ``branch_step`` steps (:func:`lrpo.diffusion.rollout.branched_rollout`; a recorded rollout).
+    The shared steps run eager: a compiled forward is built for the whole batch, and would pad the
+    groups' B / group_size samples back to B.
     """
     device = cond.device
     x_T = initial_noise(policy.sample_shape(cond), generators, device=device, dtype=torch.float32)
-    net = forward or policy
+    model_fn = _model_fn(forward or policy, cond, precision)
+    if branch_step:
+        if not record:
+            raise ValueError("branch_step > 0 is for recorded rollouts (training); inference samples each image alone")
+        head_fn = _model_fn(policy, cond[::group_size], precision)
+        return branched_rollout(model_fn, head_fn, sampler, x_T, group_size=group_size, branch_step=branch_step,
+                                prediction=policy.prediction, generators=generators)
+    return rollout(model_fn, sampler, x_T, prediction=policy.prediction, generators=generators, record=record)
+
+
+def _model_fn(net: Callable[[Tensor, Tensor, Tensor], Tensor], cond: Tensor, precision: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """``net(x_t, t, cond)`` in ``precision``, as float32: the model function a rollout calls."""
 
     def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        with autocast_context(device, precision):
+        with autocast_context(cond.device, precision):
             return net(x_t, t, cond).float()
 
-    return rollout(model_fn, sampler, x_T, prediction=policy.prediction, generators=generators, record=record)
+    return model_fn
 
 
 @torch.no_grad()

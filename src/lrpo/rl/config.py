@@ -101,6 +101,10 @@ class LRPOConfig:
     # drawn per epoch) | random:K+reg (those K from the steps before the last reg_last_k, plus the
     # last reg_last_k every epoch) | window:K[:stride] (K consecutive steps sliding over epochs)
     train_timesteps: str = "all"
+    # shared-prefix rollouts: a group's members share steps 0 .. branch_step-1 (one deterministic
+    # eta-0 path per group) and branch there; only steps from branch_step on are trained, and
+    # train_timesteps chooses among those (lrpo.diffusion.rollout.branched_rollout). 0 = off
+    branch_step: int = 0
     inner_epochs: int = 1
     lr: float = 1e-6
     weight_decay: float = 0.01
@@ -159,10 +163,17 @@ class LRPOConfig:
             n_train = num_train_steps(self.sample_steps, self.train_fraction)
         except ValueError as e:
             raise ConfigError(f"train_fraction={self.train_fraction} with sample_steps={self.sample_steps}: {e}") from None
+        if not 0 <= self.branch_step < n_train:
+            raise ConfigError(f"branch_step must be in [0, {n_train}) (the {n_train} trained steps of sample_steps={self.sample_steps} "
+                              f"with train_fraction={self.train_fraction}), got {self.branch_step}")
+        branched = n_train - self.branch_step  # the steps an update may train
+        if self.branch_step and self.reg_weight > 0 and self.reg_last_k > branched:
+            raise ConfigError(f"reg_last_k={self.reg_last_k} reaches into the {self.branch_step} shared steps (branch_step): the GT-guided "
+                              f"term trains only branched steps, of which there are {branched}; lower reg_last_k or branch_step")
         try:
-            parse_timestep_selection(self.train_timesteps, n_train, reg_last_k=self.reg_last_k)
+            parse_timestep_selection(self.train_timesteps, branched, reg_last_k=self.reg_last_k)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(f"{e}{' (the steps from branch_step on)' if self.branch_step else ''}") from None
         if self.gt_path == "compounded" and self.reg_weight > 0 and n_train == self.sample_steps:
             # the reference's chain runs through the sampler's timesteps; the final step's target
             # (alphas_cumprod[0]) is not one of them, so that step has no compounded GT latent

@@ -196,9 +196,11 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         self.precision = resolve_precision(cfg.precision, self.device)
         self.sample_forward, self.compile_note = self._sampling_forward()
         self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
-        self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, self.n_train, reg_last_k=cfg.reg_last_k)
-        # steps one update trains per trajectory (all n_train, or those train_timesteps picks)
-        self.n_slots = self.timestep_selection.width or self.n_train
+        # steps branch_step .. n_train-1 may be trained (before branch_step a group shares one deterministic path)
+        branched = self.n_train - cfg.branch_step
+        self.timestep_selection = parse_timestep_selection(cfg.train_timesteps, branched, reg_last_k=cfg.reg_last_k)
+        # steps one update trains per trajectory (all of them, or those train_timesteps picks)
+        self.n_slots = self.timestep_selection.width or branched
         k = min(cfg.reg_last_k, self.n_train)
         # the last K trained steps carry the GT-guided likelihood term (SPEC: t = 101 ... 21)
         self.reg_steps = list(range(self.n_train - k, self.n_train)) if cfg.reg_weight > 0 else []
@@ -233,7 +235,8 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
             hq, lq = hq.to(self.device), lq.to(self.device)
             cond = self.policy.condition(lq)
             traj = sample_trajectories(self.policy, self.sampler, cond, sample_generators(seeds), record=True,
-                                       precision=self.precision, forward=self.sample_forward)
+                                       precision=self.precision, forward=self.sample_forward, group_size=G,
+                                       branch_step=cfg.branch_step)
             parts.append(
                 dict(
                     group_ids=torch.tensor([g.group_id for g in chunk for _ in range(G)]),
@@ -408,8 +411,7 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         n_mb = all_reduce_max(self.ctx, math.ceil(len(kept) / cfg.minibatch_size))
         total_steps = cfg.inner_epochs * n_mb * (self.n_slots if cfg.update_mode == "per_timestep" else 1)
         # [N, width] steps per trajectory (train_timesteps), or None: every trajectory trains every step
-        chosen = selected_steps(self.timestep_selection, self.n_train, epoch, batch.seeds)
-        chosen = chosen.to(self.device) if chosen is not None else None
+        chosen = self.chosen_steps(epoch, batch.seeds)
         if self.sample_forward is not None:  # the rollout ran a compiled graph: log pi_old in the update's mode
             batch = self.recompute_log_probs(batch, chosen)
         bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{cfg.epochs} update", unit="opt", disable=not self.progress, leave=False)
@@ -483,6 +485,15 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
             return None, "compile: off (not with engine=fsdp)"
         on, note = compile_decision(cfg.compile, forwards, self.device)
         return (CompiledForward(self.policy, batch) if on else None), note
+
+    def chosen_steps(self, epoch: int, seeds: list[int]) -> Tensor | None:
+        """[N, n_slots] the steps each trajectory trains this epoch (train_timesteps, counted from
+        branch_step), or None when every trajectory trains every step from 0."""
+        first = self.cfg.branch_step
+        chosen = selected_steps(self.timestep_selection, self.n_train - first, epoch, seeds)
+        if chosen is None and first:
+            chosen = torch.arange(self.n_train - first).expand(len(seeds), -1)
+        return None if chosen is None else (chosen + first).to(self.device)
 
     def _steps_of(self, idx: Tensor, slots: list[int], chosen: Tensor | None) -> Tensor:
         """[len(slots), len(idx)] step indices: slot s of each trajectory (the step itself for ``all``)."""
