@@ -23,7 +23,9 @@ identity and LMD (YuNet, px of a 512 face): mean and std over seeds, and a paire
 interval over faces of (variant averaged over its seeds) minus base. It writes summary.json,
 reward_vs_cpu.png, heldout_grid.png (LQ | base | each variant, seed 0 | GT | 8x |the first variant
 that is not the reference - base|) and report.html (table, plot, grid) under --out. The grid is made from
-third-party photos: keep --out out of the repository.
+third-party photos: keep --out out of the repository. Re-running the same command skips the runs that
+finished with the same settings (RUN.finished.json beside each run folder) and starts the others over,
+so a long comparison can be completed in parts.
 """
 
 from __future__ import annotations
@@ -60,14 +62,37 @@ def pretrain_command(base: str, faces: str, out: Path, minutes: float, extra: li
             "--no-progress", *over]
 
 
+def run_settings(base: str, faces: str, minutes: float, extra: list[str], config: str, eval_every: int) -> dict:
+    """What a run is trained with: a finished run with the same settings is not trained again."""
+    return {"base": str(base), "faces": str(faces), "minutes": minutes, "overrides": list(extra), "config": str(config),
+            "eval_every": eval_every}
+
+
+def finished_marker(out: Path) -> Path:
+    """Written beside a run folder when its training ended normally (holds its run_settings)."""
+    return out.parent / f"{out.name}.finished.json"
+
+
+def is_finished(out: Path, settings: dict) -> bool:
+    """True when ``out`` holds a run that finished with ``settings``: re-running the bench skips it,
+    so a long comparison completes in parts (an unfinished run starts over: its CPU budget counts one
+    invocation)."""
+    try:
+        return json.loads(finished_marker(out).read_text()) == settings and out.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def train(base: str, faces: str, out: Path, minutes: float, extra: list[str], config: str, threads: int, eval_every: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    finished_marker(out).unlink(missing_ok=True)
+    again = ["--overwrite"] if out.exists() else []  # an unfinished run of an earlier invocation: start it over
     if extra[:1] == [PRETRAIN_ARM]:
-        cmd = pretrain_command(base, faces, out, minutes, extra[1:])
+        cmd = pretrain_command(base, faces, out, minutes, extra[1:]) + again
     else:
         over = [f"init_checkpoint={base}", f"data.hq={faces}", f"out_dir={out}", f"time_budget_min={minutes}", "time_budget_clock=cpu",
                 "epochs=1000", *extra]
-        cmd = [sys.executable, "-m", "lrpo.cli", "train", "--config", config, "--eval-every", str(eval_every), "--no-progress", *over]
+        cmd = [sys.executable, "-m", "lrpo.cli", "train", "--config", config, "--eval-every", str(eval_every), "--no-progress", *again, *over]
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -362,7 +387,11 @@ def main() -> int:
     run_dir = (lambda name, seed: out / name) if args.seeds == 1 else (lambda name, seed: out / name / f"seed_{seed}")
     if not args.skip_train:
         threads = 1 if args.parallel > 1 else torch.get_num_threads()
-        waiting, running = list(jobs), []
+        settings = {job: run_settings(args.base, args.faces, args.minutes, runs[job[0]] + ([f"seed={job[1]}"] if args.seeds > 1 else []),
+                                      args.config, args.eval_every) for job in jobs}
+        waiting, running = [j for j in jobs if not is_finished(run_dir(*j), settings[j])], []
+        if len(waiting) < len(jobs):
+            print(f"{len(jobs) - len(waiting)} run(s) finished earlier with the same settings: not trained again", file=sys.stderr)
         while waiting or running:  # a pool: a core that frees up takes the next run at once
             while waiting and len(running) < args.parallel:
                 name, seed = waiting.pop(0)
@@ -373,6 +402,8 @@ def main() -> int:
             time.sleep(2)
             for job in [j for j in running if j[2].poll() is not None]:
                 running.remove(job)
+                if not job[2].returncode:
+                    finished_marker(run_dir(job[0], job[1])).write_text(json.dumps(settings[job[:2]]))
                 if job[2].returncode:
                     for _, _, p in running:
                         p.terminate()
