@@ -10,7 +10,9 @@ and a compiled RL epoch pays for recomputing log pi_old of its trained steps in 
 
 Figures (the policy of configs/pixel-64.yaml, random weights; batch sizes as configs/lrpo-cpu.yaml):
   forward      no-grad forwards of a batch of 24: ms per batch and sample-forwards/s
-  rollout      24 trajectories x 20 DDIM steps, latents and log-probs recorded: trajectories/s
+  rollout      24 trajectories x 20 DDIM steps, latents and log-probs recorded: trajectories/s;
+               also with shared-prefix rollouts (branch_step 14: each group of 8 runs steps 0-13
+               once, eager, and branches for the last 6; lrpo.diffusion.rollout.branched_rollout)
   update       forward + backward of 24 sample-steps (lrpo-cpu: minibatch 12 x 2 steps): sample-steps/s;
                compiled modes add the eager recomputation of log pi_old (2 steps x 24 trajectories)
   epoch        an lrpo-cpu epoch without the reward: rollout + update (+ recomputation), seconds
@@ -54,6 +56,7 @@ from lrpo.precision import autocast_context, capability
 ROOT = Path(__file__).resolve().parents[1]
 MODES = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
 ROLLOUT_BATCH, ROLLOUT_STEPS, UPDATE_ROWS, TRAINED_STEPS, PRETRAIN_BATCH = 24, 20, 24, 2, 16
+GROUP_SIZE, BRANCH_STEP = 8, 14  # lrpo-cpu's groups; the branched rollout of configs/lrpo-cpu-branch.yaml
 
 
 def build_policy(seed: int = 0) -> PixelPolicy:
@@ -112,6 +115,15 @@ def measure_mode(policy: PixelPolicy, precision: str, compiled: bool, reps: int)
     out["rollout_s"] = round(s, 3)
     out["rollout_traj_per_s"] = round(ROLLOUT_BATCH / s, 2)
     traj = rollout()
+    cond_groups = cond[::GROUP_SIZE].repeat_interleave(GROUP_SIZE, dim=0)  # a group's members share their condition
+
+    def branched():
+        return sample_trajectories(policy, sampler, cond_groups, sample_generators(seeds), record=True, precision=precision, forward=fwd,
+                                   group_size=GROUP_SIZE, branch_step=BRANCH_STEP)
+
+    s = timed(branched, reps)
+    out["rollout_branched_s"] = round(s, 3)
+    out["rollout_branched_traj_per_s"] = round(ROLLOUT_BATCH / s, 2)
     out["update_sample_steps_per_s"], out["update_s"] = _update(policy, sampler, traj, cond, precision, reps)
     out["recompute_s"] = _recompute(policy, sampler, traj, cond, precision, reps) if compiled else 0.0
     out["epoch_without_reward_s"] = round(out["rollout_s"] + out["update_s"] + out["recompute_s"], 3)
@@ -212,7 +224,7 @@ def main() -> int:
     for r in rows:
         a = r.pop("forward_output")
         r["rel_l2_vs_fp32_eager"] = round(float((a - ref_output).norm() / ref_output.norm()), 5)
-        for key in ("sample_forwards_per_s", "rollout_traj_per_s", "update_sample_steps_per_s", "pretrain_steps_per_s"):
+        for key in ("sample_forwards_per_s", "rollout_traj_per_s", "rollout_branched_traj_per_s", "update_sample_steps_per_s", "pretrain_steps_per_s"):
             r[f"{key}_x"] = round(r[key] / ref[key], 2)
         r["epoch_speedup_x"] = round(ref["epoch_without_reward_s"] / r["epoch_without_reward_s"], 2)
         r["restore_speedup_x"] = round(ref["restore_s_per_face_10_steps"] / r["restore_s_per_face_10_steps"], 2)
@@ -229,12 +241,14 @@ def main() -> int:
 
 
 def table(result: dict) -> str:
-    head = "| mode | forward ms (x) | rollout traj/s (x) | update sample-steps/s (x) | epoch s (x) | pretrain steps/s (x) | restore s/face (x) | compile s |"
-    lines = [head, "|" + "---|" * 8]
+    head = ("| mode | forward ms (x) | rollout traj/s (x) | branched rollout traj/s (x) | update sample-steps/s (x) | epoch s (x) "
+            "| pretrain steps/s (x) | restore s/face (x) | compile s |")
+    lines = [head, "|" + "---|" * 9]
     for r in result["modes"]:
         lines.append(
             f"| {r['precision']} {'compiled' if r['compiled'] else 'eager'} | {r['forward_ms_per_batch24']} ({r['sample_forwards_per_s_x']}x) "
-            f"| {r['rollout_traj_per_s']} ({r['rollout_traj_per_s_x']}x) | {r['update_sample_steps_per_s']} ({r['update_sample_steps_per_s_x']}x) "
+            f"| {r['rollout_traj_per_s']} ({r['rollout_traj_per_s_x']}x) | {r['rollout_branched_traj_per_s']} ({r['rollout_branched_traj_per_s_x']}x) "
+            f"| {r['update_sample_steps_per_s']} ({r['update_sample_steps_per_s_x']}x) "
             f"| {r['epoch_without_reward_s']} ({r['epoch_speedup_x']}x) | {r['pretrain_steps_per_s']} ({r['pretrain_steps_per_s_x']}x) "
             f"| {r['restore_s_per_face_10_steps']} ({r['restore_speedup_x']}x) | {r.get('compile_s', '-')} |")
     return "\n".join(lines)
