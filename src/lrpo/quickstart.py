@@ -27,8 +27,9 @@ from .runs import Interrupted, RunFolderError, claim_run_dir, clear_run_dir
 
 
 # what the base -> lrpo rows do not show: which of LRPO's two terms made the change
-CONTROL_NOTE = ("lrpo - base is the whole method (policy-gradient + GT-guided term), not the RL alone: the control "
-                "without the policy-gradient term (pg_weight=0) was not run here; bench/lrpo_cpu.py --arms standard runs it")
+CONTROL_NOTE = ("lrpo - base is the whole method (policy-gradient + GT-guided term), not the RL alone: at this scale the "
+                "GT-guided term accounts for the gain (docs/results-cpu.md, 'Does the RL add?'); the control without the "
+                "policy-gradient term (pg_weight=0) was not run here; bench/lrpo_cpu.py --arms standard runs it")
 
 
 EMBEDDED_NOTE = ("the embedded held-out faces are crops of the same public-domain photograph as the training faces "

@@ -398,6 +398,7 @@ def test_quickstart_end_to_end_on_tiny_faces(tiny_faces, tmp_path, capsys):
     assert find_checkpoint(out / "lrpo").name.startswith("step_")
     assert f"report: {out / 'eval' / 'report.html'}" in printed
     assert "not the RL alone" in printed and "pg_weight=0" in printed  # the summary credits the method, not the RL
+    assert "GT-guided term accounts for the gain" in printed  # and says where the gain comes from at this scale
 
 
 def test_overrides_may_follow_the_options(monkeypatch):
