@@ -205,6 +205,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="network precision: auto = bf16 where the processor has bf16 units, else fp32 (default auto)")
+    p.add_argument("--compile", choices=["auto", "off", "on"], default="auto",
+                   help="the one-face sampling forward through torch.compile (about a third faster on a CPU; compiling "
+                   "takes about half a minute): auto = in the background while the demo serves eager, where a C++ "
+                   "compiler is found; on = before serving; off = never (default auto)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
     p.add_argument("--max-megapixels", type=float, default=36.0, help="largest upload in megapixels (default 36)")
     p.add_argument("--queue", type=int, default=4, help="jobs that may wait behind the running one (default 4)")
@@ -491,7 +495,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         runs = ckpt.parent if (ckpt / "model.safetensors").is_file() else ckpt  # a checkpoint's run folder
     limits = UploadLimits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
     run_demo(source, args.host, args.port, allow_hosts=tuple(args.allow_host), device=args.device, precision=args.precision,
-             detector_path=args.detector, runs_root=runs, limits=limits, max_waiting=args.queue)
+             detector_path=args.detector, runs_root=runs, limits=limits, max_waiting=args.queue, compile=args.compile)
     return 0
 
 

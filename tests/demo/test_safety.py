@@ -372,6 +372,37 @@ def test_service_restore_aligned_keeps_the_size_and_photos_need_a_detector(servi
         service.restore(face, RestoreRequest(aligned=False))
 
 
+def test_service_compile_on_restores_through_the_compiled_batch1_forward(service, tiny_run, tmp_path):
+    """compile=on compiles the one-face forward before serving; a restore then goes through it and
+    gives the eager restore (fp32: the same image within a grey level); info() says it is ready."""
+    from lrpo.demo.service import DemoService, RestoreRequest
+    from lrpo.policies.compiled import CompiledForward
+
+    compiled = DemoService(tiny_run, device="cpu", detector_path=str(tmp_path), compile="on")
+    forward = compiled.compiled_forward()
+    assert isinstance(forward, CompiledForward) and forward.policy is compiled.policy and forward.batch_size == 1
+    assert compiled.info()["compile"].startswith("ready (compiled in ")
+    assert service.compile_status() == "off" and service.compiled_forward() is None
+    calls = []
+    real = forward._compiled
+    forward._compiled = lambda *a: calls.append(1) or real(*a)
+    face = np.random.default_rng(5).integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    request = RestoreRequest(aligned=True, steps=3)
+    a = _decode(compiled.restore(face, request)["image"])
+    b = _decode(service.restore(face, request)["image"])
+    assert len(calls) == 3  # one compiled forward per step
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def _decode(data_uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB"))
+
+
 @pytest.fixture(scope="module")
 def server(service):
     """The app on a free loopback port, served in a thread as `lrpo demo` serves it (make_server)."""

@@ -36,6 +36,7 @@ from ..eval.report import image_data_uri
 from ..inference.detect import FaceDetector
 from ..inference.photo import PhotoOptions
 from ..inference.restorer import Restorer
+from ..policies.compiled import AUTO_MIN_FORWARDS, BackgroundCompile, compile_decision
 from ..policies.loading import load_policy
 from ..policies.sampling import sample_generators, sample_trajectories
 from ..rewards import PRESETS, CompositeReward, RewardInput, available_rewards, build_composite, check_weights
@@ -248,10 +249,12 @@ class DemoService:
     def __init__(
         self, source: str | Path, device: str = "auto", precision: str = "fp32", detector_path: str | None = None,
         runs_root: str | Path | None = None, limits: UploadLimits = UploadLimits(), max_waiting: int = 4,
-        reward_names: list[str] | None = None, ema: bool = True,
+        reward_names: list[str] | None = None, ema: bool = True, compile: str = "off",
     ):
         self.device = resolve_device(device)
         self.precision = precision
+        self.compile = compile  # auto | off | on: the batch-1 sampling forward (lrpo.policies.compiled.BackgroundCompile)
+        self.compiling: BackgroundCompile | None = None
         self.ema = ema
         self.limits = limits
         self.gate = JobGate(max_waiting)
@@ -273,6 +276,28 @@ class DemoService:
         self.policy, self.diffusion, self.source = policy, diffusion, resolved
         self.resolution = policy.resolution
         self.train_degradation, self.defaults = degradation, defaults
+        self.compiling = self._start_compile(policy)
+
+    def _start_compile(self, policy) -> BackgroundCompile | None:
+        """``compile`` on: compile the batch-1 forward now (before the demo serves); auto: in a thread
+        while it serves eager (a server runs for long, so only the C++ compiler is asked for); off: never."""
+        # (the forward count does not limit a server: it runs as long as it is up)
+        if not policy.compilable or not compile_decision(self.compile, AUTO_MIN_FORWARDS, self.device)[0]:
+            return None
+        job = BackgroundCompile(policy, self.device, self.precision)
+        if self.compile == "on":
+            job.wait()
+        return job
+
+    def compiled_forward(self):
+        """The loaded model's compiled batch-1 forward when it is ready, else None (eager)."""
+        job = self.compiling
+        return job.ready() if job is not None and job.policy is self.policy else None
+
+    def compile_status(self) -> str:
+        if self.compiling is None:
+            return "off" if self.compile == "off" or self.policy is None or not self.policy.compilable else "off (no C++ compiler)"
+        return self.compiling.status()
 
     def use_model(self, name: str | None) -> None:
         """Make the model called ``name`` (from :attr:`models`' list; None: the current one) the loaded one.
@@ -288,7 +313,7 @@ class DemoService:
         if choice.key == self._loaded_key:
             return
         previous = (self.model_name, self._loaded_key, self.source)
-        self.policy = None
+        self.policy, self.compiling = None, None
         _release_memory(self.device)
         try:
             self._load(choice.source)
@@ -345,6 +370,7 @@ class DemoService:
             "source": str(self.source),
             "resolution": self.resolution,
             "device": str(self.device),
+            "compile": self.compile_status(),
             "defaults": vars(self.defaults),
             "detector": self.detector_error is None,
             "detector_error": self.detector_error,
@@ -363,7 +389,7 @@ class DemoService:
     # -- Restore ---------------------------------------------------------------------------
     def restorer(self, steps: int | None, eta: float | None) -> Restorer:
         sampler = DDIMSampler.from_config(self.diffusion, eta=eta, num_steps=steps)
-        return Restorer(self.policy, sampler, self.device, self.precision, detector=self.detector)
+        return Restorer(self.policy, sampler, self.device, self.precision, detector=self.detector, forward=self.compiled_forward())
 
     def restore(self, image: np.ndarray, req: RestoreRequest) -> dict:
         """One photo (or aligned crop) -> the restored image, its faces and the time taken."""

@@ -16,9 +16,13 @@ smaller batch of an epoch never recompiles.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 import torch
 from torch import Tensor, nn
+
+from ..precision import autocast_context
 
 COMPILE_SETTINGS = ("auto", "off", "on")
 AUTO_MIN_FORWARDS = 2000  # batched forwards of one job before `auto` compiles (about 3x the measured payback)
@@ -67,3 +71,59 @@ class CompiledForward:
         pad = self.batch_size - n
         grow = lambda v: torch.cat([v, v[-1:].expand(pad, *v.shape[1:])])  # noqa: E731
         return self._compiled(grow(x_t), grow(t), grow(cond))[:n]
+
+
+def batch1_example(policy, device: torch.device | str) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_t, t, cond) of one face at the policy's resolution: what a compiled batch-1 forward is traced with."""
+    lq = torch.full((1, 3, policy.resolution, policy.resolution), 0.5, device=device)
+    with torch.no_grad():
+        cond = policy.condition(lq)
+    return torch.zeros(policy.sample_shape(cond), device=device), torch.full((1,), 500, dtype=torch.long, device=device), cond
+
+
+class BackgroundCompile:
+    """A batch-1 sampling forward of ``policy`` compiled in a thread, for a long-lived process (the demo).
+
+    One face at a time is what a server restores, and a forward compiled for batch 1 is about a third
+    faster there on a CPU (``bench/cpu_speed.py``), but compiling takes half a minute. The thread traces
+    the forward with :func:`batch1_example` under ``precision``; until :meth:`ready` returns it,
+    callers run the policy eager. A failure leaves ``error`` set and the callers eager.
+    """
+
+    def __init__(self, policy: nn.Module, device: torch.device | str, precision: str):
+        self.policy = policy
+        self.error: str | None = None
+        self.seconds: float | None = None
+        self._forward: CompiledForward | None = None
+        self._thread = threading.Thread(target=self._build, args=(device, precision), name="lrpo-compile", daemon=True)
+        self._thread.start()
+
+    def _build(self, device: torch.device | str, precision: str) -> None:
+        start = time.perf_counter()
+        try:
+            forward = CompiledForward(self.policy, 1)
+            example = batch1_example(self.policy, device)
+            with torch.no_grad(), autocast_context(device, precision):
+                forward(*example)
+        except Exception as e:  # noqa: BLE001  (any compiler failure leaves the eager forward in use)
+            self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return
+        self.seconds = round(time.perf_counter() - start, 1)
+        self._forward = forward
+
+    def ready(self) -> CompiledForward | None:
+        """The compiled forward once built, else None (run eager)."""
+        return self._forward
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the thread ends (or ``timeout`` seconds pass); True when it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def status(self) -> str:
+        """'ready (compiled in N s)', 'compiling' or 'failed: ...' (eager)."""
+        if self._forward is not None:
+            return f"ready (compiled in {self.seconds} s)"
+        if self.error is not None:
+            return f"failed, running eager: {self.error}"
+        return "compiling (eager until it is ready)"
