@@ -479,7 +479,8 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         cfg = self.cfg
         batch = cfg.rollout_groups_per_batch * cfg.group_size
         local_groups = math.ceil(cfg.groups_per_epoch / self.ctx.world_size)
-        forwards = cfg.epochs * math.ceil(local_groups / cfg.rollout_groups_per_batch) * cfg.sample_steps
+        # (with shared prefixes only the branched steps run the compiled, whole-batch forward)
+        forwards = cfg.epochs * math.ceil(local_groups / cfg.rollout_groups_per_batch) * (cfg.sample_steps - cfg.branch_step)
         if cfg.engine == "fsdp" and self.ctx.enabled and cfg.compile != "off":
             # the recomputation of log pi_old runs per process, and FSDP's forward is a collective
             return None, "compile: off (not with engine=fsdp)"
