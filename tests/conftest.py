@@ -108,6 +108,14 @@ def demo_server(service, allowed=None, limits=None) -> Iterator[int]:
         thread.join(10)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """A module's tests on one torch thread (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    tiny tensors, where thread start-up and contention on a shared 2-core machine cost 100x the work."""
+    with single_thread():
+        yield
+
+
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Run torch on one intra-op thread, then restore the previous count.

@@ -18,13 +18,7 @@ from lrpo.standins import ldm_file_state_dict
 TINY = LatentPolicyConfig.preset("tiny", random_init=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread start-up and contention on a shared 2-core machine cost 100x the work
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (tests/conftest.py)
 
 
 def _perturb_zero_convs(policy: LatentPolicy, seed: int = 0) -> None:

@@ -16,13 +16,7 @@ from lrpo.policies.swinir import (
 TINY = SwinIRArch(img_size=8, embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=4, num_feat=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread start-up and contention on a shared 2-core machine cost 100x the work
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (tests/conftest.py)
 
 
 def _tiny(seed: int = 0) -> SwinIR:
