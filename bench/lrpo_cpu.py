@@ -62,10 +62,11 @@ def pretrain_command(base: str, faces: str, out: Path, minutes: float, extra: li
             "--no-progress", *over]
 
 
-def run_settings(base: str, faces: str, minutes: float, extra: list[str], config: str, eval_every: int) -> dict:
-    """What a run is trained with: a finished run with the same settings is not trained again."""
+def run_settings(base: str, faces: str, minutes: float, extra: list[str], config: str, eval_every: int, threads: int) -> dict:
+    """What a run is trained with: a finished run with the same settings is not trained again. The
+    threads count too: a CPU-minute buys another amount of work on another number of threads."""
     return {"base": str(base), "faces": str(faces), "minutes": minutes, "overrides": list(extra), "config": str(config),
-            "eval_every": eval_every}
+            "eval_every": eval_every, "threads": threads}
 
 
 def finished_marker(out: Path) -> Path:
@@ -86,7 +87,9 @@ def is_finished(out: Path, settings: dict) -> bool:
 def train(base: str, faces: str, out: Path, minutes: float, extra: list[str], config: str, threads: int, eval_every: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     finished_marker(out).unlink(missing_ok=True)
-    again = ["--overwrite"] if out.exists() else []  # an unfinished run of an earlier invocation: start it over
+    # an unfinished run of an earlier invocation: start it over (the pretraining arm resumes the base
+    # into its folder, where the new checkpoints and log supersede what was left)
+    again = ["--overwrite"] if out.exists() else []
     if extra[:1] == [PRETRAIN_ARM]:
         cmd = pretrain_command(base, faces, out, minutes, extra[1:]) + again
     else:
@@ -388,7 +391,7 @@ def main() -> int:
     if not args.skip_train:
         threads = 1 if args.parallel > 1 else torch.get_num_threads()
         settings = {job: run_settings(args.base, args.faces, args.minutes, runs[job[0]] + ([f"seed={job[1]}"] if args.seeds > 1 else []),
-                                      args.config, args.eval_every) for job in jobs}
+                                      args.config, args.eval_every, threads) for job in jobs}
         waiting, running = [j for j in jobs if not is_finished(run_dir(*j), settings[j])], []
         if len(waiting) < len(jobs):
             print(f"{len(jobs) - len(waiting)} run(s) finished earlier with the same settings: not trained again", file=sys.stderr)

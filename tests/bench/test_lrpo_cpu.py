@@ -104,14 +104,16 @@ def test_the_standard_arms_name_the_controls_and_the_supervised_arm_resumes_the_
 
 def test_a_finished_run_is_skipped_only_with_the_same_settings(bench, tmp_path):
     run = tmp_path / "pg0" / "seed_0"
-    settings = bench.run_settings("base", "faces", 5.0, ["pg_weight=0", "seed=0"], "lrpo-cpu.yaml", 3)
+    settings = bench.run_settings("base", "faces", 5.0, ["pg_weight=0", "seed=0"], "lrpo-cpu.yaml", 3, 1)
     assert not bench.is_finished(run, settings)  # nothing there yet
     run.mkdir(parents=True)
     assert not bench.is_finished(run, settings)  # a folder without the marker: an interrupted run, trained again
     bench.finished_marker(run).write_text(__import__("json").dumps(settings))
     assert bench.finished_marker(run) == tmp_path / "pg0" / "seed_0.finished.json"
     assert bench.is_finished(run, settings)
-    longer = bench.run_settings("base", "faces", 60.0, ["pg_weight=0", "seed=0"], "lrpo-cpu.yaml", 3)
+    longer = bench.run_settings("base", "faces", 60.0, ["pg_weight=0", "seed=0"], "lrpo-cpu.yaml", 3, 1)
     assert not bench.is_finished(run, longer)  # more minutes asked: not the run that finished
+    wider = bench.run_settings("base", "faces", 5.0, ["pg_weight=0", "seed=0"], "lrpo-cpu.yaml", 3, 2)
+    assert not bench.is_finished(run, wider)  # a CPU-minute on 2 threads is another amount of work
     bench.finished_marker(run).write_text("{not json")
     assert not bench.is_finished(run, settings)

@@ -304,7 +304,8 @@ class DemoService:
 
         Called inside the job gate, so one job loads at a time and none runs on a half-switched
         model. The model loaded last stays loaded: a request for it (same checkpoint) loads nothing.
-        The previous model is let go before the next loads (two SD models need not fit at once);
+        The previous model is let go before the next loads (two SD models need not fit at once; a
+        compile of a pixel model still running in the background holds it until it ends);
         when the next fails to load, the previous is loaded again and the failure is one line.
         """
         if name is None:

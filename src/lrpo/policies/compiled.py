@@ -59,7 +59,10 @@ class CompiledForward:
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         n = x_t.shape[0]
-        t = t.expand(n) if t.ndim == 0 else t
+        # one memory layout whatever the caller passes (a rollout's t is an expanded scalar, stride 0):
+        # torch.compile guards on strides, and another layout would compile the graph again
+        # (.contiguous() keeps stride 0 on a batch of one: a fresh tensor has stride 1 at every size)
+        t = t.new_empty(n).copy_(t.expand(n))
         outs = [self._padded(x_t[s : s + self.batch_size], t[s : s + self.batch_size], cond[s : s + self.batch_size])
                 for s in range(0, n, self.batch_size)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
