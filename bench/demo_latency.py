@@ -8,7 +8,9 @@ embedded public-domain photo (skimage astronaut, 512 x 512, one face) to /api/re
 checkpoint's own steps and with --steps, once to warm up and then --repeats times, and prints JSON:
 per setting the start-up seconds, the seconds until the compiled forward was ready, and per step
 count the median server time, the median round trip and the server's split (detection, restoration)
-of the last request.
+of the last request. Then, in this process, the same photo through `Restorer.restore_photo` (what
+`lrpo restore` runs per photo, file I/O left out) on the main thread and on a worker thread, as the
+demo's server runs its jobs: torch's CPU ops are slower on a thread that is not the main one.
 """
 
 from __future__ import annotations
@@ -63,9 +65,38 @@ def main() -> int:
         if result is None:
             return 1
         settings[setting] = result
+    threads = in_process(args.checkpoint, skdata.astronaut(), args.repeats)
     print(json.dumps({"bench": "demo_latency", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
-                      f"{os.cpu_count()} cores", "checkpoint": args.checkpoint, "repeats": args.repeats, "compile": settings}, indent=1))
+                      f"{os.cpu_count()} cores", "checkpoint": args.checkpoint, "repeats": args.repeats, "compile": settings,
+                      "in_process_eager_checkpoint_steps": threads}, indent=1))
     return 0
+
+
+def in_process(checkpoint: str, photo, repeats: int) -> dict:
+    """Median seconds of ``Restorer.restore_photo`` (eager, auto precision, the checkpoint's steps) on
+    the main thread and on one worker thread, after two warm-up calls on each."""
+    import threading
+
+    from lrpo.inference.restorer import Restorer
+
+    restorer = Restorer.from_checkpoint(checkpoint, steps=None, eta=0.0, device="cpu", precision="auto")
+
+    def median() -> float:
+        for _ in range(2):
+            restorer.restore_photo(photo)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            restorer.restore_photo(photo)
+            times.append(time.perf_counter() - start)
+        return round(statistics.median(times), 3)
+
+    main = median()
+    worker: list[float] = []
+    thread = threading.Thread(target=lambda: worker.append(median()))
+    thread.start()
+    thread.join()
+    return {"steps": restorer.sampler.num_steps, "main_thread_s": main, "worker_thread_s": worker[0]}
 
 
 def time_setting(args: argparse.Namespace, setting: str, photo: bytes) -> dict | None:
