@@ -28,8 +28,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import socket
 import sys
+import threading
 import traceback
 from importlib import resources
 from typing import Awaitable, Callable
@@ -49,6 +51,7 @@ from ..data.images import to_tensor, to_uint8
 from ..data.samples import ASTRONAUT_FACE_BOX, astronaut_photo
 from ..degradation.pipeline import DegradationParams, degrade
 from .connections import ConnectionLimits, guarded_protocol
+from .mainthread import MainThreadJobs
 from .safety import LOOPBACK_NAMES, DemoError, HostAllowList, decode_upload, is_loopback
 from .service import DemoService, GroupRequest, RestoreRequest, check_restore_size
 
@@ -321,4 +324,17 @@ def serve(service: DemoService, host: str = "127.0.0.1", port: int = 7860, allow
     if not is_loopback(host):
         print(f"lrpo demo: warning: --host {host} is not loopback; anyone who can reach this machine can use the demo "
               f"(it answers to Host {allowed.describe()})", flush=True)
-    make_server(service, allowed).run(sockets=[sock])
+    server = make_server(service, allowed)
+    jobs = MainThreadJobs()
+    service.gate.executor = jobs.execute  # the jobs on this (main) thread: torch is faster here
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="lrpo-demo-server", daemon=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    thread.start()
+    try:
+        jobs.serve_until(lambda: stop.is_set() or not thread.is_alive())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

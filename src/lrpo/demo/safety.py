@@ -245,6 +245,9 @@ class JobGate:
         if max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
         self.max_waiting = max_waiting
+        # runs a job and returns its result (None: on the calling thread; `lrpo demo` hands jobs to
+        # the main thread, lrpo.demo.mainthread)
+        self.executor: Callable[[Callable[[], T]], T] | None = None
         self._run = threading.Lock()
         self._count = threading.Lock()
         self._admitted = 0  # running + waiting
@@ -265,7 +268,7 @@ class JobGate:
             self._admitted += 1
         try:
             with self._run:
-                return fn()
+                return self.executor(fn) if self.executor is not None else fn()
         finally:
             with self._count:
                 self._admitted -= 1

@@ -1,0 +1,105 @@
+"""Handing the demo's jobs to the main thread (lrpo.demo.mainthread)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from lrpo.demo.mainthread import MainThreadJobs
+from lrpo.demo.safety import JobGate
+
+
+def test_jobs_sent_from_other_threads_run_on_the_serving_thread_and_return_or_raise():
+    jobs = MainThreadJobs(poll_s=0.01)
+    gate = JobGate(max_waiting=4)
+    gate.executor = jobs.execute
+    results: dict[str, object] = {}
+
+    def fail():
+        raise ValueError("bad job")
+
+    def client(name, fn):
+        try:
+            results[name] = gate.run(fn)
+        except ValueError as e:
+            results[name] = e
+
+    clients = [threading.Thread(target=client, args=("where", lambda: threading.current_thread().name)),
+               threading.Thread(target=client, args=("sum", lambda: 2 + 3)),
+               threading.Thread(target=client, args=("fail", fail))]
+    for c in clients:
+        c.start()
+    jobs.serve_until(lambda: not any(c.is_alive() for c in clients))
+    assert results["where"] == threading.current_thread().name  # run here, not on the client's thread
+    assert results["sum"] == 5
+    assert isinstance(results["fail"], ValueError) and str(results["fail"]) == "bad job"
+    assert gate.admitted == 0
+
+
+def test_serving_stops_when_told_and_ctrl_c_in_a_job_fails_its_request_and_stops():
+    jobs = MainThreadJobs(poll_s=0.01)
+    jobs.serve_until(lambda: True)  # returns at once: nothing to run
+    seen = []
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    client = threading.Thread(target=lambda: seen.append(_outcome(jobs, interrupted)))
+    client.start()
+    with pytest.raises(KeyboardInterrupt):
+        jobs.serve_until(lambda: False)
+    client.join(5)
+    assert seen == ["KeyboardInterrupt"]
+
+
+def _outcome(jobs, fn):
+    try:
+        jobs.execute(fn)
+    except BaseException as e:  # noqa: BLE001
+        return type(e).__name__
+    return "returned"
+
+
+def test_lrpo_demo_restores_on_its_main_thread_and_stops_on_sigterm(tiny_run, tmp_path):
+    """The real `lrpo demo` process, whose server thread hands jobs to the main thread: a restore
+    request is answered, and SIGTERM ends the process cleanly within seconds."""
+    pytest.importorskip("starlette", reason='the demo needs pip install "lrpo[demo]"')
+    import http.client
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    lrpo = Path(sys.executable).with_name("lrpo")
+    proc = subprocess.Popen([str(lrpo), "demo", "--checkpoint", str(tiny_run), "--port", "0", "--compile", "off",
+                             "--detector", str(tmp_path / "none.onnx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        port = None
+        for line in proc.stdout:
+            found = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "lrpo demo did not print its address"
+        face = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        path = tmp_path / "face.png"
+        Image.fromarray(face).save(path)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/api/restore?aligned=1&steps=2", body=path.read_bytes(), headers={"X-LRPO-Demo": "1"})
+        reply = json.loads(conn.getresponse().read())
+        conn.close()
+        assert reply.get("image", "").startswith("data:image/png;base64,"), reply
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
