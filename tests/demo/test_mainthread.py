@@ -103,3 +103,24 @@ def test_lrpo_demo_restores_on_its_main_thread_and_stops_on_sigterm(tiny_run, tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_from_another_thread_keeps_the_server_on_that_thread(tiny_run, tmp_path, monkeypatch):
+    """run_demo called from a thread of the caller's: no signal handler (only the main thread may set
+    one), no hand-over; the server runs where it was called and its jobs run there."""
+    pytest.importorskip("starlette", reason='the demo needs pip install "lrpo[demo]"')
+    from lrpo.demo import app
+    from lrpo.demo.service import DemoService
+
+    ran = []
+
+    class _Server:
+        def run(self, sockets):
+            ran.append(threading.current_thread().name)
+
+    monkeypatch.setattr(app, "make_server", lambda service, allowed: _Server())
+    service = DemoService(tiny_run, device="cpu", detector_path=str(tmp_path))
+    caller = threading.Thread(target=app.serve, args=(service, "127.0.0.1", 0), name="callers-thread")
+    caller.start()
+    caller.join(30)
+    assert ran == ["callers-thread"] and service.gate.executor is None

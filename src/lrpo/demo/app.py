@@ -325,6 +325,9 @@ def serve(service: DemoService, host: str = "127.0.0.1", port: int = 7860, allow
         print(f"lrpo demo: warning: --host {host} is not loopback; anyone who can reach this machine can use the demo "
               f"(it answers to Host {allowed.describe()})", flush=True)
     server = make_server(service, allowed)
+    if threading.current_thread() is not threading.main_thread():  # (run_demo called from a thread of the caller's)
+        server.run(sockets=[sock])
+        return
     jobs = MainThreadJobs()
     service.gate.executor = jobs.execute  # the jobs on this (main) thread: torch is faster here
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="lrpo-demo-server", daemon=True)
