@@ -21,11 +21,12 @@ import io
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
+
+from lrpo.demo import served_port
 
 
 def post(port: int, path: str, body: bytes) -> tuple[dict, float]:
@@ -105,12 +106,7 @@ def time_setting(args: argparse.Namespace, setting: str, photo: bytes) -> dict |
     proc = subprocess.Popen([sys.executable, "-m", "lrpo.cli", "demo", "--checkpoint", args.checkpoint, "--port", "0", "--compile", setting],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        port = None
-        for line in proc.stdout:
-            found = re.search(r"127\.0\.0\.1:(\d+)", line)
-            if found:
-                port = int(found.group(1))
-                break
+        port = next((p for p in map(served_port, proc.stdout) if p is not None), None)
         if port is None:
             print(f"lrpo demo --compile {setting} did not start", file=sys.stderr)
             return None

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import queue
-import re
 import select
 import socket
 import subprocess
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lrpo.demo import served_port
 
 START_TIMEOUT_S = 120
 
@@ -54,9 +55,9 @@ def start_demo(checkpoint: str, detector: str | None) -> tuple[subprocess.Popen,
             line = lines.get(timeout=0.5)
         except queue.Empty:
             continue
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        if m:
-            return proc, int(m.group(1)), lines
+        port = served_port(line)
+        if port is not None:
+            return proc, port, lines
     proc.kill()
     raise SystemExit("lrpo demo did not start")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from lrpo.demo import served_port
 
 from tests.photo_scenes import yunet_dir
 from tests.demo.test_safety import write_fake_run
@@ -62,9 +63,9 @@ def _start_demo(args: list[str], env: dict) -> tuple[subprocess.Popen, str]:
                 break
             continue
         seen.append(line)
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        if m:
-            return proc, m.group(0)
+        port = served_port(line)
+        if port is not None:
+            return proc, f"http://127.0.0.1:{port}/"
     proc.kill()
     pytest.fail(f"lrpo demo did not start within {START_TIMEOUT_S} s:\n{''.join(seen)}")
 

@@ -68,7 +68,6 @@ def test_lrpo_demo_restores_on_its_main_thread_and_stops_on_sigterm(tiny_run, tm
     import http.client
     import json
     import os
-    import re
     import signal
     import subprocess
     import sys
@@ -77,17 +76,14 @@ def test_lrpo_demo_restores_on_its_main_thread_and_stops_on_sigterm(tiny_run, tm
     import numpy as np
     from PIL import Image
 
+    from lrpo.demo import served_port
+
     lrpo = Path(sys.executable).with_name("lrpo")
     proc = subprocess.Popen([str(lrpo), "demo", "--checkpoint", str(tiny_run), "--port", "0", "--compile", "off",
                              "--detector", str(tmp_path / "none.onnx")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        port = None
-        for line in proc.stdout:
-            found = re.search(r"127\.0\.0\.1:(\d+)", line)
-            if found:
-                port = int(found.group(1))
-                break
+        port = next((p for p in map(served_port, proc.stdout) if p is not None), None)
         assert port, "lrpo demo did not print its address"
         face = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
         path = tmp_path / "face.png"
@@ -124,3 +120,12 @@ def test_serve_from_another_thread_keeps_the_server_on_that_thread(tiny_run, tmp
     caller.start()
     caller.join(30)
     assert ran == ["callers-thread"] and service.gate.executor is None
+
+
+def test_the_start_line_gives_the_port_and_other_lines_none():
+    from lrpo.demo import served_port
+
+    assert served_port("lrpo demo: serving runs/q/lrpo/step_000008 on http://127.0.0.1:41235/ (Ctrl-C stops)\n") == 41235
+    assert served_port("lrpo demo: serving /a b/c on http://[::1]:7860/ (Ctrl-C stops)") == 7860  # a path with a space, IPv6
+    assert served_port("lrpo demo: loading http://127.0.0.1:9/ ...") is None  # not the serving line
+    assert served_port("lrpo demo: warning: --host 0.0.0.0 is not loopback; see http://127.0.0.1:80/") is None

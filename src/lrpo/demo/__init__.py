@@ -19,13 +19,22 @@ Needs ``pip install "lrpo[demo]"`` (Starlette and uvicorn). Layout:
 from __future__ import annotations
 
 import importlib
+import re
 
 from ..optional import MissingDependencyError
 from .service import DemoService
 
-__all__ = ["require_demo_packages", "run_demo"]
+__all__ = ["require_demo_packages", "run_demo", "served_port"]
 
 PACKAGES = ("starlette", "uvicorn")
+
+
+def served_port(line: str) -> int | None:
+    """The port in the line ``lrpo demo`` prints once it serves (``lrpo demo: serving SOURCE on
+    http://HOST:PORT/ ...``, :func:`lrpo.demo.app.serve`), or None for any other line: how a script
+    that started ``lrpo demo --port 0`` learns where to connect."""
+    found = re.search(r"^lrpo demo: serving .* on http://(?:\[[^\]]*\]|[^:/\s]+):(\d+)/", line)
+    return int(found.group(1)) if found else None
 
 
 def require_demo_packages() -> None:
