@@ -21,7 +21,7 @@ from lrpo.config import ConfigError
 from lrpo.rl.timesteps import TimestepSelection, parse_timestep_selection, selected_steps
 from lrpo.rl.trainer import LRPOTrainer
 
-from tests.rl.test_trainer import _state_equal, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
+from tests.rl.test_trainer import _state_equal, assert_resume_equals, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
 
 
 def test_parse_accepts_the_three_forms_and_names_the_key_otherwise():
@@ -107,10 +107,7 @@ def test_a_subset_trains_its_steps_with_ratio_one_first_and_resumes_exactly(setu
             assert rec["first_max_abs_log_ratio"] < 1e-6 and rec["first_clip_fraction"] == 0.0
     assert "reg" in straight.history[-1]  # some chosen steps fall among the last reg_last_k
 
-    LRPOTrainer(make_cfg(faces, base, tmp_path / "split", epochs=1, **over), progress=False).run()
-    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "split", epochs=2, **over), resume=tmp_path / "split", progress=False)
-    resumed.run()
-    _state_equal(straight, resumed)
+    assert_resume_equals(straight, faces, base, tmp_path / "split", **over)
 
 
 def test_random_k_plus_reg_always_trains_the_regularised_steps():
@@ -148,10 +145,7 @@ def test_random_k_plus_reg_trains_with_ratio_one_first_and_resumes_exactly(setup
         if "first_max_abs_log_ratio" in rec:
             assert rec["first_max_abs_log_ratio"] < 1e-6 and rec["first_clip_fraction"] == 0.0
     assert "reg" in straight.history[-1]
-    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
-    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
-    resumed.run()
-    _state_equal(straight, resumed)
+    assert_resume_equals(straight, faces, base, tmp_path / "b", **over)
 
 
 def test_the_shipped_cpu_preset_update_settings_keep_ratio_one_first_and_resume_exactly(setup_dirs, tmp_path):
@@ -172,10 +166,7 @@ def test_the_shipped_cpu_preset_update_settings_keep_ratio_one_first_and_resume_
     straight.run()
     firsts = [rec["first_max_abs_log_ratio"] for rec in straight.history if "first_max_abs_log_ratio" in rec]
     assert len(firsts) == 2 and max(firsts) < 1e-6
-    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
-    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
-    resumed.run()
-    _state_equal(straight, resumed)
+    assert_resume_equals(straight, faces, base, tmp_path / "b", **over)
 
 
 @pytest.mark.parametrize("compile", ["off", "on"])
@@ -215,10 +206,7 @@ def test_shared_prefix_rollouts_train_only_branched_steps_with_ratio_one_first_a
     for rec in straight.history:
         assert rec["first_max_abs_log_ratio"] == 0.0 and rec["first_clip_fraction"] == 0.0, rec
     assert "reg" in straight.history[-1]
-    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
-    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
-    resumed.run()
-    _state_equal(straight, resumed)
+    assert_resume_equals(straight, faces, base, tmp_path / "b", **over)
 
 
 def test_branch_step_is_checked_against_the_trained_steps_and_the_gt_term(setup_dirs, tmp_path):

@@ -121,6 +121,15 @@ def _state_equal(a: LRPOTrainer, b: LRPOTrainer) -> None:
             assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name])), (k, name)
 
 
+def assert_resume_equals(straight: LRPOTrainer, faces: Path, base: Path, folder: Path, **over) -> None:
+    """1 epoch in ``folder``, then 1 more with --resume, ends where ``straight`` (2 epochs, the same
+    settings ``over``) ended: weights and AdamW state bit for bit."""
+    LRPOTrainer(make_cfg(faces, base, folder, epochs=1, **over), progress=False).run()
+    resumed = LRPOTrainer(make_cfg(faces, base, folder, epochs=2, **over), resume=folder, progress=False)
+    resumed.run()
+    _state_equal(straight, resumed)
+
+
 def test_resume_is_exact(setup_dirs, tmp_path):
     faces, base = setup_dirs
     straight = LRPOTrainer(make_cfg(faces, base, tmp_path / "straight", reg_weight=1e-2), progress=False)

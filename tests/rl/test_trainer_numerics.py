@@ -18,7 +18,7 @@ from lrpo.config import SHIPPED_CONFIG_DIR
 from lrpo.precision import resolve_precision
 from lrpo.rl.trainer import LRPOTrainer
 
-from tests.rl.test_trainer import DEFAULTS, _state_equal, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
+from tests.rl.test_trainer import DEFAULTS, assert_resume_equals, make_cfg, setup_dirs  # noqa: F401  (setup_dirs is a fixture)
 
 MODES = [("bf16", "off"), ("bf16", "on"), ("fp32", "on")]
 
@@ -54,7 +54,4 @@ def test_cpu_preset_update_keeps_ratio_one_and_resumes_exactly(setup_dirs, tmp_p
     straight.run()
     assert [rec["first_max_abs_log_ratio"] for rec in straight.history] == [0.0, 0.0]
     assert straight.history[0]["precision"] == resolve_precision(over["precision"], "cpu")
-    LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=1, **over), progress=False).run()
-    resumed = LRPOTrainer(make_cfg(faces, base, tmp_path / "b", epochs=2, **over), resume=tmp_path / "b", progress=False)
-    resumed.run()
-    _state_equal(straight, resumed)
+    assert_resume_equals(straight, faces, base, tmp_path / "b", **over)
