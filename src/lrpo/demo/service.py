@@ -290,9 +290,9 @@ class DemoService:
         return job
 
     def compiled_forward(self):
-        """The loaded model's compiled batch-1 forward when it is ready, else None (eager)."""
-        job = self.compiling
-        return job.ready() if job is not None and job.policy is self.policy else None
+        """The loaded model's compiled batch-1 forward when it is ready, else None (eager). Every load
+        starts its own compile (:meth:`_load`), so :attr:`compiling` is always the loaded model's."""
+        return self.compiling.ready() if self.compiling is not None else None
 
     def compile_status(self) -> str:
         if self.compiling is None:
