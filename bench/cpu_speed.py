@@ -9,16 +9,21 @@ carry the backward, which compiles for minutes on a CPU), so their figures diffe
 and a compiled RL epoch pays for recomputing log pi_old of its trained steps in eager mode.
 
 Figures (the policy of configs/pixel-64.yaml, random weights; batch sizes as configs/lrpo-cpu.yaml):
-  forward      no-grad forwards of a batch of 24: ms per batch and sample-forwards/s
+  forward      no-grad forwards of a batch of 24: ms per batch and sample-forwards/s; also of the
+               restoring policy (PixelPolicy.inference_only: activations channels-last on the CPU,
+               which `lrpo restore`, `lrpo evaluate` and the demo use; a policy in training keeps
+               the default layout, whose rounding does not depend on a row's place in the batch)
   rollout      24 trajectories x 20 DDIM steps, latents and log-probs recorded: trajectories/s;
                also with shared-prefix rollouts (branch_step 14: each group of 8 runs steps 0-13
                once, eager, and branches for the last 6; lrpo.diffusion.rollout.branched_rollout)
   update       forward + backward of 24 sample-steps (lrpo-cpu: minibatch 12 x 2 steps): sample-steps/s;
                compiled modes add the eager recomputation of log pi_old (2 steps x 24 trajectories)
   epoch        an lrpo-cpu epoch without the reward: rollout + update (+ recomputation), seconds
-  pretrain     one pretraining step at batch 16 (forward, backward, AdamW): steps/s
-  restore      one 512 px face, 10 DDIM steps, batch 1 (what `lrpo restore --aligned` and the demo do
-               per face, detection and paste-back left out): seconds per face; the compiled modes
+  pretrain     one pretraining step at batch 16 (forward, backward, AdamW): steps/s; in the compiled
+               modes also with the step's diffusion forward and backward compiled (and the time
+               that took, compiling included), which lrpo does not do: it shows why
+  restore      one 512 px face, 10 DDIM steps, batch 1, the restoring policy (what `lrpo restore --aligned`
+               and the demo do per face, detection and paste-back left out): seconds per face; the compiled modes
                through a forward compiled for batch 1 (what a long-lived process such as the demo
                could use; `lrpo restore` keeps short jobs eager)
 plus compile times, the processor's bf16 capability as torch reports it, and the bf16 outputs'
@@ -28,6 +33,7 @@ relative L2 difference from fp32. Each mode is timed in turn, so all four share 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -128,8 +134,25 @@ def measure_mode(policy: PixelPolicy, precision: str, compiled: bool, reps: int)
     out["recompute_s"] = _recompute(policy, sampler, traj, cond, precision, reps) if compiled else 0.0
     out["epoch_without_reward_s"] = round(out["rollout_s"] + out["update_s"] + out["recompute_s"], 3)
     out["pretrain_steps_per_s"] = _pretrain(policy, precision, reps)
-    out["restore_s_per_face_10_steps"] = _restore(policy, precision, reps, CompiledForward(policy, 1) if compiled else None)
+    if compiled:  # what compiling a training step would give: its forward and backward through torch.compile
+        t0 = time.perf_counter()
+        out["pretrain_compiled_steps_per_s"] = _pretrain(policy, precision, reps, torch.compile(policy, dynamic=False))
+        out["pretrain_compiled_total_s"] = round(time.perf_counter() - t0, 1)
+    restoring = copy.deepcopy(policy).inference_only()
+    out["forward_restoring_ms_per_batch24"] = _forward_ms(restoring, precision, compiled, x, t, cond, reps)
+    out["restore_s_per_face_10_steps"] = _restore(restoring, precision, reps, CompiledForward(restoring, 1) if compiled else None)
     return out
+
+
+def _forward_ms(policy, precision, compiled, x, t, cond, reps) -> float:
+    """ms per no-grad forward of a batch of 24 (compiled mode: a graph of its own, compiled untimed)."""
+    net = CompiledForward(policy, ROLLOUT_BATCH) if compiled else policy
+
+    def forward():
+        with torch.no_grad(), autocast_context("cpu", precision):
+            return net(x, t, cond)
+
+    return round(timed(forward, reps * 3, warmup=2) * 1000, 1)
 
 
 def _rows(traj, cond):
@@ -176,7 +199,9 @@ def _recompute(policy, sampler, traj, cond, precision, reps) -> float:
     return round(timed(recompute, reps), 3)
 
 
-def _pretrain(policy, precision, reps) -> float:
+def _pretrain(policy, precision, reps, net=None) -> float:
+    """Pretraining steps per second; ``net``: the module that runs the diffusion forward (a compiled one)."""
+    net = net or policy
     res = policy.cfg.resolution
     g = torch.Generator().manual_seed(3)
     hq = torch.rand(PRETRAIN_BATCH, 3, res, res, generator=g)
@@ -191,7 +216,7 @@ def _pretrain(policy, precision, reps) -> float:
             c = policy.condition(lq)
             x0 = policy.encode(hq, c)
             x_t = add_noise(x0, noise, alphas[t])
-            loss = F.mse_loss(policy(x_t, t, c).float(), training_target(x0, noise, alphas[t], policy.prediction).float())
+            loss = F.mse_loss(net(x_t, t, c).float(), training_target(x0, noise, alphas[t], policy.prediction).float())
             loss = loss + F.l1_loss(policy.stage1_restore(lq).float(), hq * 2 - 1)
         loss.backward()
         opt.step()
@@ -228,6 +253,7 @@ def main() -> int:
             r[f"{key}_x"] = round(r[key] / ref[key], 2)
         r["epoch_speedup_x"] = round(ref["epoch_without_reward_s"] / r["epoch_without_reward_s"], 2)
         r["restore_speedup_x"] = round(ref["restore_s_per_face_10_steps"] / r["restore_s_per_face_10_steps"], 2)
+        r["forward_restoring_x"] = round(ref["forward_ms_per_batch24"] / r["forward_restoring_ms_per_batch24"], 2)
     result = {
         "bench": "cpu_speed", "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "bench/cpu_speed.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
@@ -241,12 +267,13 @@ def main() -> int:
 
 
 def table(result: dict) -> str:
-    head = ("| mode | forward ms (x) | rollout traj/s (x) | branched rollout traj/s (x) | update sample-steps/s (x) | epoch s (x) "
+    head = ("| mode | forward ms (x) | restoring forward ms (x) | rollout traj/s (x) | branched rollout traj/s (x) | update sample-steps/s (x) | epoch s (x) "
             "| pretrain steps/s (x) | restore s/face (x) | compile s |")
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in result["modes"]:
         lines.append(
             f"| {r['precision']} {'compiled' if r['compiled'] else 'eager'} | {r['forward_ms_per_batch24']} ({r['sample_forwards_per_s_x']}x) "
+            f"| {r['forward_restoring_ms_per_batch24']} ({r['forward_restoring_x']}x) "
             f"| {r['rollout_traj_per_s']} ({r['rollout_traj_per_s_x']}x) | {r['rollout_branched_traj_per_s']} ({r['rollout_branched_traj_per_s_x']}x) "
             f"| {r['update_sample_steps_per_s']} ({r['update_sample_steps_per_s_x']}x) "
             f"| {r['epoch_without_reward_s']} ({r['epoch_speedup_x']}x) | {r['pretrain_steps_per_s']} ({r['pretrain_steps_per_s_x']}x) "

@@ -151,6 +151,7 @@ def test_restorer_api_returns_input_sizes(tiny_run):
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
     out = restorer.restore(images, seeds=list(range(len(images))))
     assert [o.shape for o in out] == [(h, w, 3) for h, w in SIZES]
+    assert restorer.policy.unet.channels_last  # a restorer's policy is inference_only (it never trains)
     # seeds, not positions in the batch, decide each output
     again = restorer.restore(images[::-1], seeds=list(range(len(images)))[::-1])
     for a, b in zip(out, again[::-1]):

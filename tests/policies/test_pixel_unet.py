@@ -253,6 +253,33 @@ def test_output_depends_on_timestep_and_condition():
     assert not torch.allclose(a, policy(x_t, torch.tensor([10]), policy.condition(_images(1, seed=5))))
 
 
+def test_an_inference_only_policy_runs_channels_last_on_the_cpu_with_the_same_outputs():
+    """inference_only: every convolution's activations channels-last (oneDNN's faster layout), the
+    outputs in the default layout and equal to the default layout's up to float rounding; a policy
+    that may be trained keeps the default layout (batch-position-independent rounding)."""
+    policy = _policy(attention_levels=(1,))
+    _perturb(policy)
+    lq = _images(3)
+    x_t, t = torch.randn(3, 3, R, R, generator=torch.Generator().manual_seed(2)), torch.tensor([900, 400, 10])
+    layouts: list[bool] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for m in policy.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        cond = policy.condition(lq)
+        plain = policy(x_t, t, cond)
+        assert not any(layouts)
+        layouts.clear()
+        assert policy.inference_only() is policy
+        fast_cond = policy.condition(lq)
+        fast = policy(x_t, t, fast_cond)
+    assert layouts and all(layouts)  # stage 1 and the UNet, every convolution
+    assert fast.is_contiguous() and fast_cond.is_contiguous()
+    torch.testing.assert_close(fast_cond, cond, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    for h in hooks:
+        h.remove()
+
+
 def test_zero_initialised_output_layer_still_gets_a_gradient():
     policy = _policy().train()
     cond = policy.condition(_images(2))

@@ -272,6 +272,7 @@ class DemoService:
     def _load(self, source: str | Path) -> None:
         """Load ``source`` and set everything that depends on the model (attributes set after it loaded)."""
         policy, diffusion, resolved = load_policy(source, self.device, ema=self.ema, precision=self.precision)
+        policy.inference_only()  # the demo never trains it (before its forward is compiled)
         degradation, defaults = self._read_run_settings(resolved, diffusion)
         self.policy, self.diffusion, self.source = policy, diffusion, resolved
         self.resolution = policy.resolution

@@ -71,6 +71,7 @@ class Restorer:
         """``steps`` / ``eta`` None: the checkpoint's (or policy file's) ``diffusion.sample_steps`` / ``eta``."""
         dev = resolve_device(device)
         policy, diffusion, _ = load_policy(checkpoint, dev, ema=ema, precision=precision)
+        policy.inference_only()  # a restorer never trains its policy
         sampler = DDIMSampler.from_config(diffusion, eta=eta, num_steps=steps)
         return cls(policy, sampler, dev, resolve_precision(precision, dev))
 

@@ -12,7 +12,7 @@ A policy only predicts; the DDIM maths lives in :mod:`lrpo.diffusion`. Because `
 batch-first tensor, trainers can index, repeat and concatenate it like any other batch.
 
 What restoring callers (``lrpo.inference.restorer.Restorer``, the demo) need is part of the protocol too:
-``resolution``, ``resize_antialias``, ``compilable`` and ``restore_faces``, so they never probe a
+``resolution``, ``resize_antialias``, ``compilable``, ``inference_only`` and ``restore_faces``, so they never probe a
 policy for what kind it is.
 """
 
@@ -64,6 +64,10 @@ class Policy(Protocol):
 
     def fsdp_units(self) -> list[torch.nn.Module]:
         """What ``engine=fsdp`` shards, inner modules first (lrpo.engine)."""
+
+    def inference_only(self) -> "Policy":
+        """This policy, switched to the fastest numerics for restoring (it will not be trained from
+        here on: the PPO ratio's exactness does not bind it); returns itself."""
 
     def restore_faces(self, sampler, lq: Tensor, seeds: list[int], precision: str = "fp32",
                       forward: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:

@@ -503,6 +503,10 @@ class LatentPolicy(nn.Module):
             for k, v in sd.items():
                 params[k].copy_(v)
 
+    def inference_only(self) -> "LatentPolicy":
+        """This policy, only restoring from now on: nothing changes (it keeps its precision's numerics)."""
+        return self
+
     def restore_faces(self, sampler, lq: Tensor, seeds: list[int], precision: str = "fp32", forward=None) -> Tensor:
         """The Policy protocol's restore: sample, decode and colour-fix (see :func:`restore_faces`).
 

@@ -195,6 +195,8 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.sample_forward, self.compile_note = self._sampling_forward()
+        # a compiled rollout rounds otherwise than the eager update: log pi_old comes from the update's own forwards
+        self.recompute_old = self.sample_forward is not None
         self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
         # steps branch_step .. n_train-1 may be trained (before branch_step a group shares one deterministic path)
         branched = self.n_train - cfg.branch_step
@@ -412,34 +414,31 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         total_steps = cfg.inner_epochs * n_mb * (self.n_slots if cfg.update_mode == "per_timestep" else 1)
         # [N, width] steps per trajectory (train_timesteps), or None: every trajectory trains every step
         chosen = self.chosen_steps(epoch, batch.seeds)
-        if self.sample_forward is not None:  # the rollout ran a compiled graph: log pi_old in the update's mode
-            batch = self.recompute_log_probs(batch, chosen)
+        plan = self.update_plan(kept, n_mb, chosen, gen)
+        if self.recompute_old:  # log pi_old in the update's own forwards: the first ratio of an epoch is exactly 1
+            batch = self.recompute_log_probs(batch, plan[0])
         bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{cfg.epochs} update", unit="opt", disable=not self.progress, leave=False)
         first_done = False
-        for _ in range(cfg.inner_epochs):
-            order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)] if len(kept) else kept
-            for b in range(n_mb):
-                idx = order[b * cfg.minibatch_size : (b + 1) * cfg.minibatch_size].to(self.device)
-                if b == 0 and not first_done:
+        for minibatches in plan:
+            for idx, step_groups in minibatches:
+                if not first_done:
                     self.diag.update(self.update_diagnostics(batch, idx, chosen, adv, gt))
                     first_done = True
                 share = self._sample_share(len(idx))
                 if cfg.update_mode == "per_timestep":
-                    for j in range(self.n_slots):
-                        stats = self._backward(batch, idx, self._steps_of(idx, [j], chosen), adv, gt, scale=share, epoch=epoch)
+                    for steps in step_groups:
+                        stats = self._backward(batch, idx, steps, adv, gt, scale=share, epoch=epoch)
                         first = first if first is not None or not stats else dict(stats)
                         stats["grad_norm"] = self.optimizer_step()
                         means.add(stats)
                         bar.update(1)
                 else:
-                    chunks = [list(range(s, min(s + cfg.timesteps_per_forward, self.n_slots))) for s in range(0, self.n_slots, cfg.timesteps_per_forward)]
                     merged = _Means()
-                    for c, steps in enumerate(chunks):
+                    for c, steps in enumerate(step_groups):
                         # only the last backward of the step communicates (DDP no_sync)
-                        sync = contextlib.nullcontext() if c == len(chunks) - 1 else self.engine.accumulating()
+                        sync = contextlib.nullcontext() if c == len(step_groups) - 1 else self.engine.accumulating()
                         with sync:
-                            merged.add(self._backward(batch, idx, self._steps_of(idx, steps, chosen), adv, gt,
-                                                      scale=share * len(steps) / self.n_slots, epoch=epoch))
+                            merged.add(self._backward(batch, idx, steps, adv, gt, scale=share * len(steps) / self.n_slots, epoch=epoch))
                     stats = merged.result()
                     first = first if first is not None or not stats else dict(stats)
                     stats["grad_norm"] = self.optimizer_step()
@@ -452,26 +451,38 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
             out["first_max_abs_log_ratio"] = first["max_abs_log_ratio"]
         return out
 
+    def update_plan(self, kept: Tensor, n_mb: int, chosen: Tensor | None, gen: torch.Generator) -> list[list[tuple[Tensor, list[Tensor]]]]:
+        """The update's forwards, per inner epoch (each in a fresh order of the ``kept`` trajectories):
+        ``n_mb`` minibatches, each (trajectory indices, the [S, M] step tensors of its backwards): one
+        step slot per backward (per_timestep) or ``timesteps_per_forward`` of them (accumulate)."""
+        cfg = self.cfg
+        width = 1 if cfg.update_mode == "per_timestep" else cfg.timesteps_per_forward
+        slot_groups = [list(range(s, min(s + width, self.n_slots))) for s in range(0, self.n_slots, width)]
+        plan = []
+        for _ in range(cfg.inner_epochs):
+            order = kept[torch.randperm(len(kept), generator=gen).to(kept.device)] if len(kept) else kept
+            idxs = [order[b * cfg.minibatch_size : (b + 1) * cfg.minibatch_size].to(self.device) for b in range(n_mb)]
+            plan.append([(idx, [self._steps_of(idx, slots, chosen) for slots in slot_groups]) for idx in idxs])
+        return plan
+
     @torch.no_grad()
-    def recompute_log_probs(self, batch: RolloutBatch, chosen: Tensor | None) -> RolloutBatch:
+    def recompute_log_probs(self, batch: RolloutBatch, minibatches: list[tuple[Tensor, list[Tensor]]]) -> RolloutBatch:
         """``batch`` with log pi_old of the steps this epoch trains recomputed by the update's own
-        (eager) forward. A compiled rollout rounds differently from the eager update (other fused
-        kernels), which would make the first ratio of an epoch differ from 1; every row of the
-        network's output depends only on its own input row, so this equals what the update computes."""
-        n = len(batch.seeds)
-        steps = chosen if chosen is not None else torch.arange(self.n_train, device=self.device).expand(n, -1)
-        rows = torch.arange(n, device=self.device).repeat_interleave(steps.shape[1])
-        cols = steps.reshape(-1)
+        forwards: the same rows in the same batches (``minibatches``, the first inner epoch of
+        :meth:`update_plan`), with the weights before the epoch's first optimiser step. A compiled
+        rollout rounds differently from the eager update (other fused kernels), and a kernel may round
+        a row differently by its place in the batch and the batch's size, so only the update's own
+        batches give a first ratio of exactly 1."""
         log_probs = batch.log_probs.clone()
         timesteps = self.sampler.timesteps.to(self.device)
-        chunk = self.cfg.minibatch_size * self.cfg.timesteps_per_forward
-        for s in range(0, len(rows), chunk):
-            i, j = rows[s : s + chunk], cols[s : s + chunk]
-            x_t = batch.latents[i, j]
-            with autocast_context(self.device, self.precision):
-                out = self.policy(x_t, timesteps[j], batch.cond[i])
-            st = self.sampler.step(out.float(), x_t, j, prediction=self.policy.prediction, prev_sample=batch.latents[i, j + 1])
-            log_probs[i, j] = st.log_prob.to(log_probs.dtype)
+        for idx, step_groups in minibatches:
+            for steps in step_groups if len(idx) else []:
+                i, j = idx.repeat(len(steps)), steps.reshape(-1)  # as _backward lays out its rows
+                x_t = batch.latents[i, j]
+                with autocast_context(self.device, self.precision):
+                    out = self.policy(x_t, timesteps[j], batch.cond[i])
+                st = self.sampler.step(out.float(), x_t, j, prediction=self.policy.prediction, prev_sample=batch.latents[i, j + 1])
+                log_probs[i, j] = st.log_prob.to(log_probs.dtype)
         return batch._replace(log_probs=log_probs)
 
     def _sampling_forward(self) -> tuple[CompiledForward | None, str]:
