@@ -201,7 +201,7 @@ def _recompute(policy, sampler, traj, cond, precision, reps) -> float:
 
 def _pretrain(policy, precision, reps, net=None) -> float:
     """Pretraining steps per second; ``net``: the module that runs the diffusion forward (a compiled one)."""
-    net = net or policy
+    net = policy if net is None else net
     res = policy.cfg.resolution
     g = torch.Generator().manual_seed(3)
     hq = torch.rand(PRETRAIN_BATCH, 3, res, res, generator=g)
