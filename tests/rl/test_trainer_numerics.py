@@ -3,7 +3,7 @@
   * before the first optimiser step of an epoch the PPO ratio is exactly 1 and nothing is clipped:
     eager modes because the rollout and the update run the same function and every output row
     depends only on its own input row; the compiled mode because the update recomputes log pi_old
-    with its own (eager) forward;
+    with its own (eager) forwards, in its own minibatches (the same rows in the same order);
   * 1 + 1 epochs with a resume equal 2 straight, bit for bit (weights and AdamW state);
   * the mode used is in every epoch's log record.
 Settings: lrpo-cpu.yaml's update settings and the shipped defaults (per_timestep, train_fraction 0.99).
@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from lrpo.config import SHIPPED_CONFIG_DIR
+from lrpo.policies.pixel_unet import PixelPolicy
 from lrpo.precision import resolve_precision
 from lrpo.rl.trainer import LRPOTrainer
 
@@ -55,3 +56,35 @@ def test_cpu_preset_update_keeps_ratio_one_and_resumes_exactly(setup_dirs, tmp_p
     assert [rec["first_max_abs_log_ratio"] for rec in straight.history] == [0.0, 0.0]
     assert straight.history[0]["precision"] == resolve_precision(over["precision"], "cpu")
     assert_resume_equals(straight, faces, base, tmp_path / "b", **over)
+
+
+@pytest.mark.parametrize("update_mode, per_forward", [("per_timestep", 1), ("accumulate", 2)])
+def test_log_pi_old_is_recomputed_by_exactly_the_updates_forwards(setup_dirs, tmp_path, monkeypatch, update_mode, per_forward):
+    """The recomputation (what a compiled rollout triggers) runs, without grad, the very forwards the
+    update then runs with grad: the same rows, in the same order and batch sizes, at the same steps,
+    so a kernel that rounds a row by its place in the batch still gives a first ratio of exactly 1."""
+    import torch
+
+    calls: list[tuple[bool, torch.Tensor, torch.Tensor]] = []
+    real = PixelPolicy.forward
+
+    def spy(self, x_t, t, cond):
+        calls.append((torch.is_grad_enabled(), x_t.detach().clone(), t.expand(x_t.shape[0]).clone()))
+        return real(self, x_t, t, cond)
+
+    faces, base = setup_dirs
+    cfg = make_cfg(faces, base, tmp_path / "run", epochs=1, update_mode=update_mode, timesteps_per_forward=per_forward,
+                   minibatch_size=6, train_fraction=0.99, train_timesteps="random:2", diagnostics=False)
+    tr = LRPOTrainer(cfg, progress=False)
+    tr.recompute_old = True  # as with a compiled rollout, whose forwards this spy could not see
+    monkeypatch.setattr(PixelPolicy, "forward", spy)
+    tr.run()
+    first_grad = next(i for i, c in enumerate(calls) if c[0])
+    update = [c for c in calls[first_grad:] if c[0]]
+    recomputed = calls[first_grad - len(update) : first_grad]
+    assert len(update) == 3 * (2 if update_mode == "per_timestep" else 1)  # 16 kept rows in minibatches of 6, 2 steps each
+    assert not any(c[0] for c in recomputed)
+    for (_, x_r, t_r), (_, x_u, t_u) in zip(recomputed, update):
+        assert torch.equal(x_r, x_u) and torch.equal(t_r, t_u)
+    assert tr.history[-1]["first_max_abs_log_ratio"] == 0.0
+
