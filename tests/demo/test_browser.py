@@ -42,8 +42,9 @@ def _chromium() -> str:
     pytest.skip("chromium is not installed (CI installs it with apt-get install chromium)")
 
 
-def _start_demo(args: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    """Start ``lrpo demo`` and return the process and its URL (read from its first line)."""
+def _start_demo(args: list[str], env: dict) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start ``lrpo demo`` and return the process, its URL (read from its first line) and its output
+    so far (the list grows while it runs: a failing test prints it)."""
     proc = subprocess.Popen([sys.executable, "-m", "lrpo.cli", "demo", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue[str] = queue.Queue()
@@ -53,7 +54,7 @@ def _start_demo(args: list[str], env: dict) -> tuple[subprocess.Popen, str]:
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    seen = []
+    seen: list[str] = []
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -65,9 +66,16 @@ def _start_demo(args: list[str], env: dict) -> tuple[subprocess.Popen, str]:
         seen.append(line)
         port = served_port(line)
         if port is not None:
-            return proc, f"http://127.0.0.1:{port}/"
+            threading.Thread(target=_drain, args=(lines, seen), daemon=True).start()
+            return proc, f"http://127.0.0.1:{port}/", seen
     proc.kill()
     pytest.fail(f"lrpo demo did not start within {START_TIMEOUT_S} s:\n{''.join(seen)}")
+
+
+def _drain(lines: queue.Queue, into: list[str]) -> None:
+    """Move the demo's output lines into ``into`` for as long as it runs (a daemon thread)."""
+    while True:
+        into.append(lines.get())
 
 
 def _wait_until(page, fn: str, timeout_s: float = 60.0) -> None:
@@ -140,7 +148,7 @@ def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
     bad_path = tmp_path / "notes.png"
     bad_path.write_bytes(b"this is text, not a picture")
 
-    proc, url = _start_demo(args, env)
+    proc, url, log = _start_demo(args, env)
     shot = tmp_path / "demo.png"
     try:
         with playwright.sync_playwright() as p:
@@ -230,6 +238,9 @@ def test_demo_in_headless_chromium(tiny_run: Path, tmp_path: Path):
             page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
             assert not errors, errors
             browser.close()
+    except Exception:
+        print("lrpo demo's output:\n" + "".join(log[-60:]), file=sys.stderr)  # pytest shows it with the failure
+        raise
     finally:
         proc.terminate()
         try:
