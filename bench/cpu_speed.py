@@ -12,7 +12,7 @@ Figures (the policy of configs/pixel-64.yaml, random weights; batch sizes as con
   forward      no-grad forwards of a batch of 24: ms per batch and sample-forwards/s; also of the
                restoring policy (PixelPolicy.inference_only: activations channels-last on the CPU,
                which `lrpo restore`, `lrpo evaluate` and the demo use; a policy in training keeps
-               the default layout, whose rounding does not depend on a row's place in the batch)
+               the default layout), at batch 24 and at `lrpo evaluate`'s batch of 8
   rollout      24 trajectories x 20 DDIM steps, latents and log-probs recorded: trajectories/s;
                also with shared-prefix rollouts (branch_step 14: each group of 8 runs steps 0-13
                once, eager, and branches for the last 6; lrpo.diffusion.rollout.branched_rollout)
@@ -140,13 +140,16 @@ def measure_mode(policy: PixelPolicy, precision: str, compiled: bool, reps: int)
         out["pretrain_compiled_total_s"] = round(time.perf_counter() - t0, 1)
     restoring = copy.deepcopy(policy).inference_only()
     out["forward_restoring_ms_per_batch24"] = _forward_ms(restoring, precision, compiled, x, t, cond, reps)
+    # lrpo evaluate's batches (8): where `compile: auto` decides for the restoring policy
+    out["forward_restoring_ms_per_batch8"] = _forward_ms(restoring, precision, compiled, x[:8], t[:8], cond[:8], reps)
     out["restore_s_per_face_10_steps"] = _restore(restoring, precision, reps, CompiledForward(restoring, 1) if compiled else None)
     return out
 
 
 def _forward_ms(policy, precision, compiled, x, t, cond, reps) -> float:
-    """ms per no-grad forward of a batch of 24 (compiled mode: a graph of its own, compiled untimed)."""
-    net = CompiledForward(policy, ROLLOUT_BATCH) if compiled else policy
+    """ms per no-grad forward of the batch ``x`` (compiled mode: a graph of its own for that batch
+    size, compiled untimed)."""
+    net = CompiledForward(policy, x.shape[0]) if compiled else policy
 
     def forward():
         with torch.no_grad(), autocast_context("cpu", precision):

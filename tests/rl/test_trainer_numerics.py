@@ -1,9 +1,10 @@
 """The trainer's invariants in every numeric mode (precision x compile), on the tiny pixel policy:
 
   * before the first optimiser step of an epoch the PPO ratio is exactly 1 and nothing is clipped:
-    eager modes because the rollout and the update run the same function and every output row
-    depends only on its own input row; the compiled mode because the update recomputes log pi_old
-    with its own (eager) forwards, in its own minibatches (the same rows in the same order);
+    in bf16 eager because the rollout and the update run the same function and every output row
+    depends only on its own input row (bf16 outputs round away what the batch size changes); in fp32
+    and compiled modes because the update recomputes log pi_old with its own forwards, in its own
+    minibatches (the same rows in the same order and batch sizes);
   * 1 + 1 epochs with a resume equal 2 straight, bit for bit (weights and AdamW state);
   * the mode used is in every epoch's log record.
 Settings: lrpo-cpu.yaml's update settings and the shipped defaults (per_timestep, train_fraction 0.99).

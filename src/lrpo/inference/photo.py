@@ -9,7 +9,7 @@ One photo goes through four stages (each timed):
             resolution; the ``R x R`` crop is warped from the face's region only (:mod:`.align`).
 3. restore  the policy on the crops, batched across photos by :func:`restore_photos`; face j of a
             photo uses seed ``seed + j`` (faces in detection order), so a photo restores the same
-            alone or in a folder, at any batch size.
+            alone or in a folder, at any batch size (up to float rounding).
 4. paste    the background upscaled (Lanczos, or the user's upsampler), then each restored crop
             (gray when the photo is; optionally colour-matched to its input crop) warped back with
             A = S_u M^-1 through its feathered mask, faces in turn (:mod:`.paste`); the seam

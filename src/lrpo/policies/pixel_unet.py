@@ -38,11 +38,11 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 def cpu_channels_last(x: Tensor) -> Tensor:
     """``x`` in channels-last memory on the CPU, else unchanged. A convolution whose input is
     channels-last gives a channels-last output, so one call at a network's entry runs all its
-    convolutions in that layout, which oneDNN computes 1.2x (bf16) to 1.4x (fp32) faster than the
-    default one on our CPU (bench/cpu_speed.py). It rounds a row by its place in the batch, though,
-    which the default layout does not: so only policies that restore and never train use it
-    (:meth:`PixelPolicy.inference_only`); the PPO ratio's exactness and the equality of one process
-    with several rely on the default layout."""
+    convolutions in that layout, which oneDNN computes 1.17x (bf16) to 1.61x (fp32) faster than the
+    default one on our CPU (bench/cpu_speed.py). Its kernels round a row differently at more batch
+    sizes than the default layout's, which breaks the equality of one training process with two
+    (tests/rl/test_trainer.py), so only policies that restore and never train use it
+    (:meth:`PixelPolicy.inference_only`)."""
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
@@ -269,7 +269,7 @@ class PixelPolicy(nn.Module):
 
     def inference_only(self) -> "PixelPolicy":
         """This policy, from now on only restoring: its convolutions run channels-last on the CPU
-        (:func:`cpu_channels_last`; 1.2-1.4x faster there), which a trained policy must not do."""
+        (:func:`cpu_channels_last`; 1.17-1.61x faster there), which a trained policy does not do."""
         self.unet.channels_last = True
         if self.stage1 is not None:
             self.stage1.channels_last = True

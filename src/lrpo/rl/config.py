@@ -62,8 +62,8 @@ class LRPOConfig:
     # units, lrpo.precision); log-probs, the PPO ratio and losses are always fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # compile the rollouts' and evaluations' sampling forward (lrpo.policies.compiled): auto = when
-    # the run is long enough to pay back; the update stays eager and, when compiled, recomputes
-    # log pi_old in its own mode so that the first ratio of an epoch is exactly 1
+    # the run is long enough to pay back; the update stays eager and, when compiled (or in fp32),
+    # recomputes log pi_old with its own forwards so that the first ratio of an epoch is exactly 1
     compile: Literal["auto", "off", "on"] = "auto"
     epochs: int = 10
     time_budget_min: float = 0.0  # stop (with a checkpoint) once this invocation has run this many minutes (0 = off)

@@ -195,8 +195,10 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         self.eval_sampler = DDIMSampler(alphas, cfg.sample_steps, cfg.eval_eta)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.sample_forward, self.compile_note = self._sampling_forward()
-        # a compiled rollout rounds otherwise than the eager update: log pi_old comes from the update's own forwards
-        self.recompute_old = self.sample_forward is not None
+        # log pi_old from the update's own forwards where the rollout's may round otherwise: a compiled
+        # graph fuses differently, and in fp32 a kernel chosen for the rollout's batch size can give a
+        # row another last bit than the one chosen for a minibatch (bf16 outputs round that away)
+        self.recompute_old = self.sample_forward is not None or self.precision == "fp32"
         self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
         # steps branch_step .. n_train-1 may be trained (before branch_step a group shares one deterministic path)
         branched = self.n_train - cfg.branch_step
@@ -471,8 +473,8 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         forwards: the same rows in the same batches (``minibatches``, the first inner epoch of
         :meth:`update_plan`), with the weights before the epoch's first optimiser step. A compiled
         rollout rounds differently from the eager update (other fused kernels), and a kernel may round
-        a row differently by its place in the batch and the batch's size, so only the update's own
-        batches give a first ratio of exactly 1."""
+        a row differently at another batch size, so only the update's own batches give a first ratio
+        of exactly 1."""
         log_probs = batch.log_probs.clone()
         timesteps = self.sampler.timesteps.to(self.device)
         for idx, step_groups in minibatches:
