@@ -20,7 +20,7 @@ from ..outputs import OutputFolder, one_line, output_folder
 from ..policies import Policy
 from ..policies.compiled import CompiledForward, compile_decision
 from ..policies.loading import load_policy
-from ..precision import capability, resolve_precision
+from ..precision import resolve_precision
 from .detect import FaceDetector
 from .photo import restore_photo
 
@@ -39,10 +39,9 @@ class Restorer:
         when ``setting`` (auto | off | on) says so (lrpo.policies.compiled); returns why."""
         if not self.policy.compilable:
             return "compile: off (the latent policy samples through its own code)"
-        bf16_units = self.device.type == "cpu" and capability(self.device).bf16_units
-        if setting == "auto" and bf16_units and resolve_precision(self.precision, self.device) == "bf16" and batch_size > 1:
-            self.forward = None  # bench/cpu_speed.py: as fast eager as compiled at batches of 8 and 24
-            return "compile: auto -> off (on the CPU in bf16 the restoring policy's channels-last forward is as fast eager at batch > 1)"
+        if setting == "auto" and self.device.type == "cpu" and batch_size > 1:
+            self.forward = None  # bench/cpu_speed.py: as fast eager as compiled at batches of 8 and 24, fp32 and bf16
+            return "compile: auto -> off (on the CPU the restoring policy's channels-last forward is as fast eager at batch > 1)"
         forwards = -(-faces // batch_size) * self.sampler.num_steps
         on, note = compile_decision(setting, forwards, self.device)
         self.forward = CompiledForward(self.policy, batch_size) if on else None
