@@ -197,8 +197,11 @@ class LRPOTrainer(CheckpointMethods, RunRecordMethods):
         self.sample_forward, self.compile_note = self._sampling_forward()
         # log pi_old from the update's own forwards where the rollout's may round otherwise: a compiled
         # graph fuses differently, and in fp32 a kernel chosen for the rollout's batch size can give a
-        # row another last bit than the one chosen for a minibatch (bf16 outputs round that away)
-        self.recompute_old = self.sample_forward is not None or self.precision == "fp32"
+        # row another last bit than the one chosen for a minibatch (bf16 outputs round that away). Not
+        # under distributed FSDP (compile is off there too): its forward is a collective, and a process
+        # whose minibatch is empty would skip it here
+        fsdp = cfg.engine == "fsdp" and self.ctx.enabled
+        self.recompute_old = self.sample_forward is not None or (self.precision == "fp32" and not fsdp)
         self.n_train = num_train_steps(cfg.sample_steps, cfg.train_fraction)
         # steps branch_step .. n_train-1 may be trained (before branch_step a group shares one deterministic path)
         branched = self.n_train - cfg.branch_step
