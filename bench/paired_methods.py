@@ -14,7 +14,6 @@ method's means. Used for the quickstart's comparisons in docs/results-cpu.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -23,20 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
+from lrpo.eval.results import PER_IMAGE_FILE, read_per_image_csv
 from lrpo.eval.stats import paired_bootstrap_ci
 
 
-def read_methods(folders: list[Path]) -> dict[str, dict[str, dict[str, str]]]:
-    """{method: {face name: row}} over the folders' per_image.csv files."""
-    methods: dict[str, dict[str, dict[str, str]]] = {}
+def read_methods(folders: list[Path]) -> dict[str, dict[str, dict]]:
+    """{method: {face name: row}} over the folders' per-image files (metric values as floats or None)."""
+    methods: dict[str, dict[str, dict]] = {}
     for folder in folders:
-        path = folder / "per_image.csv"
+        path = folder / PER_IMAGE_FILE
         if not path.is_file():
             raise SystemExit(f"{path}: not found (an `lrpo evaluate --out` folder holds one)")
-        seen: dict[str, dict[str, dict[str, str]]] = {}
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                seen.setdefault(row["method"], {})[row["name"]] = row
+        seen: dict[str, dict[str, dict]] = {}
+        for row in read_per_image_csv(path):
+            seen.setdefault(row["method"], {})[row["name"]] = row
         for name, rows in seen.items():
             if name in methods:
                 raise SystemExit(f"{path}: method {name!r} is also in another folder; evaluate them under different names")
@@ -46,8 +45,8 @@ def read_methods(folders: list[Path]) -> dict[str, dict[str, dict[str, str]]]:
 
 def paired(methods: dict, new: str, old: str, metric: str) -> dict:
     faces = sorted(set(methods[new]) & set(methods[old]))
-    pairs = [(float(methods[new][k][metric]), float(methods[old][k][metric])) for k in faces]
-    pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    pairs = [(methods[new][k][metric], methods[old][k][metric]) for k in faces]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
     a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     mean, low, high = paired_bootstrap_ci(a, b)
     return {"mean": round(mean, 5), "ci95": [round(low, 5), round(high, 5)], "faces": len(pairs)}
@@ -70,7 +69,8 @@ def main() -> int:
     result = {
         "bench": "paired_methods", "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "bench/paired_methods.py", *sys.argv[1:]]),
         "runs": args.command,
-        "means": {m: {k: round(float(np.nanmean([float(r[k]) for r in rows.values()])), 5) for k in metrics} for m, rows in methods.items()},
+        "means": {m: {k: round(float(np.nanmean([np.nan if r[k] is None else r[k] for r in rows.values()])), 5) for k in metrics}
+                  for m, rows in methods.items()},
         "pairs": {pair: {k: paired(methods, *pair.split("-", 1), k) for k in metrics} for pair in args.pair},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
