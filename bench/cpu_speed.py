@@ -11,15 +11,17 @@ and a compiled RL epoch pays for recomputing log pi_old of its trained steps in 
 Figures (the policy of configs/pixel-64.yaml, random weights; batch sizes as configs/lrpo-cpu.yaml):
   forward      no-grad forwards of a batch of 24: ms per batch and sample-forwards/s; also of the
                restoring policy (PixelPolicy.inference_only: activations channels-last on the CPU,
-               which `lrpo restore`, `lrpo evaluate` and the demo use; a policy in training keeps
-               the default layout), at batch 24 and at `lrpo evaluate`'s batch of 8
+               which `lrpo restore`, `lrpo evaluate` and the demo use; a policy in RL training
+               keeps the default layout), at batch 24 and at `lrpo evaluate`'s batch of 8
   rollout      24 trajectories x 20 DDIM steps, latents and log-probs recorded: trajectories/s;
                also with shared-prefix rollouts (branch_step 14: each group of 8 runs steps 0-13
                once, eager, and branches for the last 6; lrpo.diffusion.rollout.branched_rollout)
   update       forward + backward of 24 sample-steps (lrpo-cpu: minibatch 12 x 2 steps): sample-steps/s;
                compiled modes add the eager recomputation of log pi_old (2 steps x 24 trajectories)
   epoch        an lrpo-cpu epoch without the reward: rollout + update (+ recomputation), seconds
-  pretrain     one pretraining step at batch 16 (forward, backward, AdamW): steps/s; in the compiled
+  pretrain     one pretraining step at batch 16 (forward, backward, AdamW): steps/s, in the default
+               layout and channels-last (PixelPolicy.use_channels_last: what `lrpo pretrain` runs,
+               one process at one batch size); in the compiled
                modes also with the step's diffusion forward and backward compiled (and the time
                that took, compiling included), which lrpo does not do: it shows why
   restore      one 512 px face, 10 DDIM steps, batch 1, the restoring policy (what `lrpo restore --aligned`
@@ -134,6 +136,7 @@ def measure_mode(policy: PixelPolicy, precision: str, compiled: bool, reps: int)
     out["recompute_s"] = _recompute(policy, sampler, traj, cond, precision, reps) if compiled else 0.0
     out["epoch_without_reward_s"] = round(out["rollout_s"] + out["update_s"] + out["recompute_s"], 3)
     out["pretrain_steps_per_s"] = _pretrain(policy, precision, reps)
+    out["pretrain_channels_last_steps_per_s"] = _pretrain(copy.deepcopy(policy).use_channels_last(), precision, reps)
     if compiled:  # what compiling a training step would give: its forward and backward through torch.compile
         t0 = time.perf_counter()
         out["pretrain_compiled_steps_per_s"] = _pretrain(policy, precision, reps, torch.compile(policy, dynamic=False))
@@ -254,6 +257,8 @@ def main() -> int:
         r["rel_l2_vs_fp32_eager"] = round(float((a - ref_output).norm() / ref_output.norm()), 5)
         for key in ("sample_forwards_per_s", "rollout_traj_per_s", "rollout_branched_traj_per_s", "update_sample_steps_per_s", "pretrain_steps_per_s"):
             r[f"{key}_x"] = round(r[key] / ref[key], 2)
+        # against fp32 eager's default layout: what pretraining ran before it went channels-last
+        r["pretrain_channels_last_steps_per_s_x"] = round(r["pretrain_channels_last_steps_per_s"] / ref["pretrain_steps_per_s"], 2)
         r["epoch_speedup_x"] = round(ref["epoch_without_reward_s"] / r["epoch_without_reward_s"], 2)
         r["restore_speedup_x"] = round(ref["restore_s_per_face_10_steps"] / r["restore_s_per_face_10_steps"], 2)
         r["forward_restoring_x"] = round(ref["forward_ms_per_batch24"] / r["forward_restoring_ms_per_batch24"], 2)
@@ -271,8 +276,8 @@ def main() -> int:
 
 def table(result: dict) -> str:
     head = ("| mode | forward ms (x) | restoring forward ms (x) | rollout traj/s (x) | branched rollout traj/s (x) | update sample-steps/s (x) | epoch s (x) "
-            "| pretrain steps/s (x) | restore s/face (x) | compile s |")
-    lines = [head, "|" + "---|" * 10]
+            "| pretrain steps/s (x) | the same, channels-last | restore s/face (x) | compile s |")
+    lines = [head, "|" + "---|" * 11]
     for r in result["modes"]:
         lines.append(
             f"| {r['precision']} {'compiled' if r['compiled'] else 'eager'} | {r['forward_ms_per_batch24']} ({r['sample_forwards_per_s_x']}x) "
@@ -280,6 +285,7 @@ def table(result: dict) -> str:
             f"| {r['rollout_traj_per_s']} ({r['rollout_traj_per_s_x']}x) | {r['rollout_branched_traj_per_s']} ({r['rollout_branched_traj_per_s_x']}x) "
             f"| {r['update_sample_steps_per_s']} ({r['update_sample_steps_per_s_x']}x) "
             f"| {r['epoch_without_reward_s']} ({r['epoch_speedup_x']}x) | {r['pretrain_steps_per_s']} ({r['pretrain_steps_per_s_x']}x) "
+            f"| {r['pretrain_channels_last_steps_per_s']} ({r['pretrain_channels_last_steps_per_s_x']}x) "
             f"| {r['restore_s_per_face_10_steps']} ({r['restore_speedup_x']}x) | {r.get('compile_s', '-')} |")
     return "\n".join(lines)
 

@@ -256,7 +256,8 @@ def test_output_depends_on_timestep_and_condition():
 def test_an_inference_only_policy_runs_channels_last_on_the_cpu_with_the_same_outputs():
     """inference_only: every convolution's activations channels-last (oneDNN's faster layout), the
     outputs in the default layout and equal to the default layout's up to float rounding; a policy
-    that may be trained keeps the default layout (batch-position-independent rounding)."""
+    as built keeps the default layout (what RL training runs: its rounding depends less on the
+    batch size)."""
     policy = _policy(attention_levels=(1,))
     _perturb(policy)
     lq = _images(3)

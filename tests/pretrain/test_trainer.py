@@ -16,7 +16,7 @@ import torch
 import lrpo.pretrain.trainer as trainer_mod
 from lrpo import checkpoint as ckpt_io
 from lrpo.config import PretrainConfig, from_dict, load_config
-from lrpo.pretrain.trainer import Pretrainer, lr_at
+from lrpo.pretrain.trainer import Pretrainer, lr_at, progress_after_warmup
 
 from tests.conftest import single_thread, tiny_overrides, write_tiny_faces
 
@@ -55,10 +55,33 @@ def test_progress_fraction_by_steps_and_by_time():
     cfg = SimpleNamespace(steps=110, time_budget_min=0.0, optim=SimpleNamespace(warmup_steps=10))
     fake = SimpleNamespace(cfg=cfg, step=60, elapsed=0.0)
     assert Pretrainer.progress_fraction(fake) == pytest.approx(0.5)  # (60 - 10) / (110 - 10)
-    # a 10-minute budget of which 9 minutes are spent binds before the steps do
+    # a 10-minute budget of which 9 minutes are spent is ahead of the steps (0.9 > 60 / 110): the
+    # time fraction of the whole run, mapped as the steps are: (0.9 * 110 - 10) / 100 = 0.89
     cfg.time_budget_min = 10.0
     fake.elapsed = 540.0
-    assert Pretrainer.progress_fraction(fake) == pytest.approx(0.9)
+    assert Pretrainer.progress_fraction(fake) == pytest.approx(0.89)
+    # 1 minute of the 10 spent is behind the steps (0.1 < 60 / 110): the steps alone, exactly
+    fake.elapsed = 60.0
+    assert Pretrainer.progress_fraction(fake) == (60 - 10) / (110 - 10)
+
+
+def test_a_budget_that_will_not_bind_leaves_the_schedule_to_the_steps():
+    """The quickstart's pretraining: 200 steps, 50 of warm-up, a 180 s cap it ends well inside.
+    At step 60 after 42 s the time fraction 42 / 180 = 0.233 is behind the steps' 60 / 200 = 0.3,
+    so the progress is (60 - 50) / 150 = 0.0667 on a fast machine or a slow one; taking the larger of
+    the post-warm-up step fraction and the time fraction, it was 0.233, which depended on the speed."""
+    assert progress_after_warmup(60, 200, 50, 42 / 180) == (60 - 50) / 150
+    assert progress_after_warmup(60, 200, 50, 50 / 180) == (60 - 50) / 150
+    # a machine 1.5x slower is ahead of its steps: 63 / 180 = 0.35 > 0.3 -> (0.35 * 200 - 50) / 150
+    assert progress_after_warmup(60, 200, 50, 63 / 180) == pytest.approx((0.35 * 200 - 50) / 150)
+    # the budget spent: the floor of the cosine, whatever the step
+    assert progress_after_warmup(120, 200, 50, 1.0) == pytest.approx(1.0)
+    # where the two fractions meet (100 / 200 = 0.5) both rules give (100 - 50) / 150: continuous
+    assert progress_after_warmup(100, 200, 50, 0.5) == 50 / 150
+    assert progress_after_warmup(100, 200, 50, 0.5 + 1e-9) == pytest.approx(50 / 150)
+    # no warm-up: the plain fractions, 30 / 100 by steps and 0.4 by time
+    assert progress_after_warmup(30, 100, 0, 0.2) == 0.3
+    assert progress_after_warmup(30, 100, 0, 0.4) == pytest.approx(0.4)
 
 
 def test_data_order_covers_every_image_once_per_epoch():
@@ -246,6 +269,32 @@ def test_bf16_training_step_keeps_fp32_master_weights(tiny_pretrain_cfg):
     assert math.isfinite(stats["loss"]) and stats["loss"] > 0
     assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
     assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.state_dict().items())
+
+
+def test_pretraining_runs_its_convolutions_channels_last_with_the_default_layouts_gradients(tiny_pretrain_cfg):
+    """Pretraining is one process at one batch size, so it takes channels-last's faster CPU kernels
+    (PixelPolicy.use_channels_last): every convolution of a step sees channels-last activations, and
+    the step's loss and gradients equal a default-layout policy's up to fp32 rounding (compared before
+    the optimiser, whose first Adam step would turn a last-bit difference in a near-zero gradient
+    into a whole step)."""
+    fast = Pretrainer(tiny_pretrain_cfg("precision=fp32", out="fast"), progress=False)
+    plain = Pretrainer(tiny_pretrain_cfg("precision=fp32", out="plain"), progress=False)
+    plain.policy.unet.channels_last = False
+    if plain.policy.stage1 is not None:
+        plain.policy.stage1.channels_last = False
+    layouts: list[bool] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for m in fast.policy.modules() if isinstance(m, torch.nn.Conv2d)]
+    for trainer in (fast, plain):
+        trainer.optimizer.step = lambda: None  # keep the gradients and the weights as the backward left them
+    fast_stats = fast.train_step()
+    for h in hooks:
+        h.remove()
+    assert layouts and all(layouts)
+    plain_stats = plain.train_step()
+    assert fast_stats["loss"] == pytest.approx(plain_stats["loss"], rel=1e-5)
+    for (name, a), b in zip(fast.policy.named_parameters(), plain.policy.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_sigint_finishes_the_step_checkpoints_and_resume_is_exact(straight, monkeypatch):

@@ -38,11 +38,11 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 def cpu_channels_last(x: Tensor) -> Tensor:
     """``x`` in channels-last memory on the CPU, else unchanged. A convolution whose input is
     channels-last gives a channels-last output, so one call at a network's entry runs all its
-    convolutions in that layout, which oneDNN computes 1.17x (bf16) to 1.61x (fp32) faster than the
+    convolutions in that layout, which oneDNN computes 1.14x (bf16) to 1.62x (fp32) faster than the
     default one on our CPU (bench/cpu_speed.py). Its kernels round a row differently at more batch
-    sizes than the default layout's, which breaks the equality of one training process with two
-    (tests/rl/test_trainer.py), so only policies that restore and never train use it
-    (:meth:`PixelPolicy.inference_only`)."""
+    sizes than the default layout's, which breaks the equality of one RL training process with two
+    (tests/rl/test_trainer.py), so only restoring policies and pretraining, one process at one batch
+    size, use it (:meth:`PixelPolicy.use_channels_last`)."""
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
@@ -92,7 +92,7 @@ class SelfAttention(nn.Module):
 class Stage1CNN(nn.Module):
     """Regression restorer: LQ [B,3,H,W] in [-1,1] -> restored image in [-1,1] (LQ + residual)."""
 
-    channels_last = False  # activations channels-last on the CPU (cpu_channels_last; PixelPolicy.inference_only)
+    channels_last = False  # activations channels-last on the CPU (cpu_channels_last; PixelPolicy.use_channels_last)
 
     def __init__(self, channels: int = 32, blocks: int = 4):
         super().__init__()
@@ -115,7 +115,7 @@ class Stage1CNN(nn.Module):
 class ConditionalUNet(nn.Module):
     """UNet eps/v/x0 predictor on [x_t, cond] channels."""
 
-    channels_last = False  # activations channels-last on the CPU (cpu_channels_last; PixelPolicy.inference_only)
+    channels_last = False  # activations channels-last on the CPU (cpu_channels_last; PixelPolicy.use_channels_last)
 
     def __init__(self, in_ch: int, out_ch: int, cfg: PolicyConfig):
         super().__init__()
@@ -269,7 +269,13 @@ class PixelPolicy(nn.Module):
 
     def inference_only(self) -> "PixelPolicy":
         """This policy, from now on only restoring: its convolutions run channels-last on the CPU
-        (:func:`cpu_channels_last`; 1.17-1.61x faster there), which a trained policy does not do."""
+        (:meth:`use_channels_last`), which a policy in RL training does not do."""
+        return self.use_channels_last()
+
+    def use_channels_last(self) -> "PixelPolicy":
+        """Run the convolutions on channels-last activations on the CPU (:func:`cpu_channels_last`;
+        1.14-1.62x faster restoring there, about 1.1x pretraining). Its rounding depends more on the batch
+        size than the default layout's, so RL training, whose processes split a batch, keeps that."""
         self.unet.channels_last = True
         if self.stage1 is not None:
             self.stage1.channels_last = True
