@@ -220,15 +220,15 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         help="a complete small run on embedded faces (CPU, a few minutes)",
         description="On embedded public-domain faces (or --data DIR): pretrain a small pixel policy, improve it "
         "with LRPO, evaluate base vs LRPO on held-out degraded faces and write a self-contained report.html "
-        "(metrics, reward curves, before/after grids). Prints the report's path. 150 pretraining steps and 8 LRPO "
+        "(metrics, reward curves, before/after grids). Prints the report's path. 200 pretraining steps and 4 LRPO "
         "epochs (the CPU preset's update): about 3 minutes on 2 CPU cores with bf16 units (precision auto), longer in fp32.",
     )
     p.add_argument("--data", help="folder of aligned HQ faces to use instead of the embedded ones")
     p.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    p.add_argument("--minutes", type=float, default=3.0, help="pretraining time cap in minutes; it stops earlier after its 150 steps (default 3)")
+    p.add_argument("--minutes", type=float, default=3.0, help="pretraining time cap in minutes; it stops earlier after its 200 steps (default 3)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="network precision of every stage: auto = bf16 where the processor has bf16 units (default auto)")
-    p.add_argument("--rl-minutes", type=float, default=3.0, help="LRPO time cap in minutes; it stops earlier after its 8 epochs (default 3)")
+    p.add_argument("--rl-minutes", type=float, default=3.0, help="LRPO time cap in minutes; it stops earlier after its 4 epochs (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds an earlier quickstart")
     p.add_argument("--no-progress", action="store_true")
