@@ -255,7 +255,8 @@ def compare_runs(ref: Path, run: Path) -> dict:
         for f in ("model.safetensors", "ema.safetensors")
     )
     sa, sb = ckpt_io.load_state(a), ckpt_io.load_state(b)
-    rest = lambda s: {k: v for k, v in s.items() if k not in ("optimizer", "history", "elapsed")}  # noqa: E731
+    # the clocks (elapsed, elapsed_cpu) measure time, not state
+    rest = lambda s: {k: v for k, v in s.items() if k not in ("optimizer", "history") and not k.startswith(TIMING_KEYS)}  # noqa: E731
     return {
         "checkpoint": b.name,
         "weights_equal": a.name == b.name and weights,

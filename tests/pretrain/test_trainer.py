@@ -52,7 +52,7 @@ def test_lr_constant_and_no_warmup():
 
 
 def test_progress_fraction_by_steps_and_by_time():
-    cfg = SimpleNamespace(steps=110, time_budget_min=0.0, optim=SimpleNamespace(warmup_steps=10))
+    cfg = SimpleNamespace(steps=110, time_budget_min=0.0, time_budget_clock="wall", optim=SimpleNamespace(warmup_steps=10))
     fake = SimpleNamespace(cfg=cfg, step=60, elapsed=0.0)
     assert Pretrainer.progress_fraction(fake) == pytest.approx(0.5)  # (60 - 10) / (110 - 10)
     # a 10-minute budget of which 9 minutes are spent is ahead of the steps (0.9 > 60 / 110): the
@@ -63,6 +63,12 @@ def test_progress_fraction_by_steps_and_by_time():
     # 1 minute of the 10 spent is behind the steps (0.1 < 60 / 110): the steps alone, exactly
     fake.elapsed = 60.0
     assert Pretrainer.progress_fraction(fake) == (60 - 10) / (110 - 10)
+    # a CPU-clock budget reads the CPU seconds: 9 of its 10 minutes spent, though 1 minute of wall
+    # time, gives 0.89 as above (the wall clock would give the steps' 0.5, and the cosine would not
+    # reach its floor before the CPU budget stops the run)
+    cfg.time_budget_clock = "cpu"
+    fake.elapsed_cpu = 540.0
+    assert Pretrainer.progress_fraction(fake) == pytest.approx(0.89)
 
 
 def test_a_budget_that_will_not_bind_leaves_the_schedule_to_the_steps():
@@ -350,4 +356,8 @@ def test_cpu_clock_budget_counts_this_processs_cpu(tiny_pretrain_cfg, monkeypatc
     ticks = iter(range(10**6))
     monkeypatch.setattr(pretrain_mod, "_cpu_seconds", lambda: float(next(ticks)))
     cfg = tiny_pretrain_cfg("steps=50", "time_budget_min=0.05", "time_budget_clock=cpu")
-    assert Pretrainer(cfg, progress=False).run()["step"] == 2
+    trainer = Pretrainer(cfg, progress=False)
+    assert trainer.run()["step"] == 2
+    # the schedule's CPU seconds are the last check's, 3 s, and the checkpoint keeps them for a resume
+    assert trainer.elapsed_cpu == 3.0
+    assert ckpt_io.load_state(ckpt_io.find_checkpoint(cfg.out_dir))["elapsed_cpu"] == 3.0

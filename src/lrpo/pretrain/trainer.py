@@ -127,6 +127,7 @@ class Pretrainer:
         self.perm = torch.randperm(len(self.train_set), generator=self.gen)
         self.pos = 0
         self.elapsed = 0.0  # training seconds, summed over resumed segments
+        self.elapsed_cpu = 0.0  # this process's CPU seconds in the training loops, summed likewise
         self.history: list[dict] = []
         if clear:
             clear_run_dir(self.out_dir)
@@ -153,7 +154,8 @@ class Pretrainer:
         of them (:func:`progress_after_warmup`)."""
         cfg = self.cfg
         budget_s = cfg.time_budget_min * 60
-        return progress_after_warmup(self.step, cfg.steps, cfg.optim.warmup_steps, self.elapsed / budget_s if budget_s > 0 else 0.0)
+        spent = self.elapsed_cpu if cfg.time_budget_clock == "cpu" else self.elapsed  # on the budget's own clock
+        return progress_after_warmup(self.step, cfg.steps, cfg.optim.warmup_steps, spent / budget_s if budget_s > 0 else 0.0)
 
     # -- one optimiser step ---------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -238,6 +240,7 @@ class Pretrainer:
             "pos": self.pos,
             "perm": self.perm,
             "elapsed": self.elapsed,
+            "elapsed_cpu": self.elapsed_cpu,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -285,6 +288,7 @@ class Pretrainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.perm, self.pos = self._resume_order(ckpt, state.get("perm"), state.get("pos"), changed=bool(allowed))
         self.elapsed = state.get("elapsed", 0.0)
+        self.elapsed_cpu = state.get("elapsed_cpu", 0.0)  # absent from checkpoints before it was kept
         self.history = state.get("history") or []
         self.resumed_from = self.step
         for rec in self.pending_records:
@@ -332,10 +336,11 @@ class Pretrainer:
         # the budget counts this invocation, as lrpo train's does: `--resume RUN time_budget_min=12`
         # trains 12 more minutes (the LR schedule still reads the whole run's time)
         budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min > 0 else math.inf
-        started, cpu0 = self.elapsed, _cpu_seconds()
+        started, cpu_started, cpu0 = self.elapsed, self.elapsed_cpu, _cpu_seconds()
 
-        def spent() -> float:
-            return _cpu_seconds() - cpu0 if cfg.time_budget_clock == "cpu" else self.elapsed - started
+        def spent() -> float:  # one read of the CPU clock per check, which also keeps elapsed_cpu
+            self.elapsed_cpu = cpu_started + _cpu_seconds() - cpu0
+            return self.elapsed_cpu - cpu_started if cfg.time_budget_clock == "cpu" else self.elapsed - started
         bar = tqdm(total=cfg.steps, initial=self.step, desc="pretrain", unit="step", disable=not self.progress, dynamic_ncols=True)
         last_val: dict[str, float] = {}
         last_val_step = -1
